@@ -1,0 +1,108 @@
+"""The FramePack section loop as a state machine: `Engine.step(state)` does one denoising step.
+
+A step may open a section (draw its noise from the job's generator, which is the only consumer of
+that generator) and may close it (put the clean latent into the history). Between two steps the
+`JobState` is complete and consistent: that is what pause, autosave and resume rely on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .denoiser import Denoiser, SectionInputs
+from .samplers import sampler_result, sampler_step
+from .schedule import sigma_schedule
+from .state import JobState, SamplerState
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What a step callback receives after every denoising step."""
+
+    section: int  # the section this step belonged to (generation order)
+    step: int  # steps done in that section after this step (1..steps)
+    steps: int
+    total_sections: int
+    steps_done: int  # over the whole job
+    total_steps: int
+    denoised: torch.Tensor  # current data prediction of the section (float32 CPU), for previews
+    section_finished: bool
+
+
+StepCallback = Callable[[StepEvent], None]
+
+
+def draw_section_noise(state: JobState) -> torch.Tensor:
+    """The section's starting noise, drawn from the job's generator (advancing its saved state)."""
+    generator = torch.Generator("cpu")
+    generator.set_state(state.generator_state)
+    noise = torch.randn(state.plan.noise_shape(), generator=generator, dtype=torch.float32)
+    state.generator_state = generator.get_state()
+    return noise
+
+
+class Engine:
+    """Runs job states on one transformer, on `device` in `dtype`."""
+
+    def __init__(self, transformer, device: torch.device, dtype: torch.dtype):
+        self.transformer = transformer
+        self.device = device
+        self.dtype = dtype
+        self.model_calls = 0
+        self._cache_key = None
+        self._cache = None
+
+    def _section(self, state: JobState):
+        """Denoiser and sigmas of the state's current section (rebuilt when the section changes)."""
+        key = (id(state.history_latents), state.section, id(state.conditioning))
+        if key != self._cache_key:
+            plan, params = state.plan, state.params
+            clean, clean_2x, clean_4x = plan.context(state.history_latents, state.start_latent)
+            to = dict(device=self.device)
+            inputs = SectionInputs(plan.layout(state.section), clean.to(**to), clean_2x.to(**to),
+                                   clean_4x.to(**to))
+            denoiser = Denoiser(self.transformer, state.conditioning, inputs, cfg=params.cfg, gs=params.gs,
+                                rs=params.rs, device=self.device, dtype=self.dtype)
+            sigmas = sigma_schedule(params.steps, plan.noise_shape(),
+                                    getattr(self.transformer.config, "patch_size", 2))
+            self._cache_key, self._cache = key, (denoiser, sigmas)
+        return self._cache
+
+    def step(self, state: JobState) -> StepEvent:
+        """Advance `state` in place by one denoising step and describe what happened."""
+        if state.done:
+            raise RuntimeError(f"job {state.job_id} has no sections left to sample")
+        if state.conditioning is None:
+            raise RuntimeError(f"job {state.job_id} has no prompt/image embeddings; encode them first")
+        denoiser, sigmas = self._section(state)
+        if state.sampler is None:
+            state.sampler = SamplerState(draw_section_noise(state), 0, [])
+        calls_before = denoiser.calls
+        sampler = sampler_step(state.params.sampler, denoiser, state.sampler, sigmas)
+        self.model_calls += denoiser.calls - calls_before
+        section = state.section
+        denoised = sampler.model_outputs[-1] if sampler.model_outputs else sampler.x
+        finished = sampler.step == state.params.steps
+        if finished:
+            clean = sampler_result(state.params.sampler, sampler)
+            state.history_latents = state.plan.append(state.history_latents, clean, state.start_latent, section)
+            state.section += 1
+            state.sampler = None
+        else:
+            state.sampler = sampler
+        return StepEvent(section, sampler.step, state.params.steps, state.plan.total_sections,
+                         section * state.params.steps + sampler.step, state.total_steps, denoised, finished)
+
+    def run(self, state: JobState, callback: StepCallback | None = None,
+            should_stop: Callable[[JobState], bool] | None = None) -> JobState:
+        """Step until the job is done or `should_stop(state)` says so (checked before every step)."""
+        while not state.done:
+            if should_stop is not None and should_stop(state):
+                break
+            event = self.step(state)
+            if callback is not None:
+                callback(event)
+        return state

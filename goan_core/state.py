@@ -1,0 +1,111 @@
+"""The job as a value: everything needed to continue it exactly, and nothing else.
+
+A `JobState` is advanced one denoising step at a time by `engine.Engine`. Between two steps it is
+always consistent, so it can be copied (`snapshot`), saved, and continued anywhere. Tensors are
+kept on the CPU in float32 (history, latents) so that a saved state is independent of the device
+and dtype the job ran with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .params import JobParams
+from .plan import SectionPlan
+
+
+@dataclass
+class Conditioning:
+    """Prompt and image embeddings, already encoded; with them a job needs no text or image encoder.
+
+    `prompt_embeds` is the Llama hidden state cropped and padded to 512 tokens, `prompt_mask` its
+    attention mask, `pooled` the CLIP pooled output, `image_embeds` the SigLIP last hidden state.
+    The negative triple is present only when real CFG is on (cfg != 1).
+    """
+
+    prompt_embeds: torch.Tensor
+    prompt_mask: torch.Tensor
+    pooled: torch.Tensor
+    image_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None = None
+    negative_prompt_mask: torch.Tensor | None = None
+    negative_pooled: torch.Tensor | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fields that are set, by name."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def clone(self) -> "Conditioning":
+        return Conditioning(**{k: v.clone() for k, v in self.tensors().items()})
+
+
+@dataclass
+class SamplerState:
+    """The sampler inside one section: where it is and what its multistep method remembers.
+
+    `x` is the current latent (float32, CPU), `step` the number of denoising steps done in this
+    section, `model_outputs` the most recent data predictions (oldest first; the last belongs to
+    step `step - 1`). Their sigmas follow from the schedule and `step`, so they are not stored.
+    """
+
+    x: torch.Tensor
+    step: int
+    model_outputs: list[torch.Tensor] = field(default_factory=list)
+
+    def clone(self) -> "SamplerState":
+        return SamplerState(self.x.clone(), self.step, [m.clone() for m in self.model_outputs])
+
+
+@dataclass
+class JobState:
+    """A FramePack job between two denoising steps.
+
+    `section` is the index (in generation order) of the section in progress or next to start;
+    `sampler` is None exactly when no section is in progress (a section boundary).
+    `history_latents` is the whole buffer FramePack keeps, zero padding included.
+    `generator_state` is the job's one CPU torch.Generator, which is consumed once per section when
+    the section's noise is drawn.
+    """
+
+    job_id: str
+    params: JobParams
+    plan: SectionPlan
+    conditioning: Conditioning
+    start_latent: torch.Tensor
+    history_latents: torch.Tensor
+    generator_state: torch.Tensor
+    section: int = 0
+    sampler: SamplerState | None = None
+    model_identity: dict = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.section >= self.plan.total_sections
+
+    @property
+    def step_in_section(self) -> int:
+        return 0 if self.sampler is None else self.sampler.step
+
+    @property
+    def steps_done(self) -> int:
+        """Denoising steps done over the whole job."""
+        return self.section * self.params.steps + self.step_in_section
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_sections * self.params.steps
+
+    def snapshot(self) -> "JobState":
+        """A deep copy whose tensors share nothing with this state (safe to hand to a writer thread)."""
+        return replace(
+            self,
+            conditioning=self.conditioning.clone(),
+            start_latent=self.start_latent.clone(),
+            history_latents=self.history_latents.clone(),
+            generator_state=self.generator_state.clone(),
+            sampler=None if self.sampler is None else self.sampler.clone(),
+            params=replace(self.params),
+            model_identity=dict(self.model_identity),
+        )
