@@ -35,13 +35,12 @@ class StepEvent:
 StepCallback = Callable[[StepEvent], None]
 
 
-def draw_section_noise(state: JobState) -> torch.Tensor:
-    """The section's starting noise, drawn from the job's generator (advancing its saved state)."""
+def draw_section_noise(shape: tuple[int, ...], generator_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A section's starting noise from the job's generator, and the generator's state afterwards."""
     generator = torch.Generator("cpu")
-    generator.set_state(state.generator_state)
-    noise = torch.randn(state.plan.noise_shape(), generator=generator, dtype=torch.float32)
-    state.generator_state = generator.get_state()
-    return noise
+    generator.set_state(generator_state)
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    return noise, generator.get_state()
 
 
 class Engine:
@@ -72,29 +71,36 @@ class Engine:
         return self._cache
 
     def step(self, state: JobState) -> StepEvent:
-        """Advance `state` in place by one denoising step and describe what happened."""
+        """Advance `state` in place by one denoising step and describe what happened.
+
+        The state is changed only after the step succeeded, so an exception (an interrupt, an
+        out-of-memory error) leaves it exactly as it was before the step: still consistent.
+        """
         if state.done:
             raise RuntimeError(f"job {state.job_id} has no sections left to sample")
         if state.conditioning is None:
             raise RuntimeError(f"job {state.job_id} has no prompt/image embeddings; encode them first")
         denoiser, sigmas = self._section(state)
-        if state.sampler is None:
-            state.sampler = SamplerState(draw_section_noise(state), 0, [])
+        sampler, generator_state = state.sampler, state.generator_state
+        if sampler is None:
+            noise, generator_state = draw_section_noise(state.plan.noise_shape(), generator_state)
+            sampler = SamplerState(noise, 0, [])
         calls_before = denoiser.calls
-        sampler = sampler_step(state.params.sampler, denoiser, state.sampler, sigmas)
+        sampler = sampler_step(state.params.sampler, denoiser, sampler, sigmas)
         self.model_calls += denoiser.calls - calls_before
-        section = state.section
+
+        section, steps = state.section, state.params.steps
         denoised = sampler.model_outputs[-1] if sampler.model_outputs else sampler.x
-        finished = sampler.step == state.params.steps
+        finished = sampler.step == steps
+        state.generator_state = generator_state
         if finished:
             clean = sampler_result(state.params.sampler, sampler)
             state.history_latents = state.plan.append(state.history_latents, clean, state.start_latent, section)
-            state.section += 1
-            state.sampler = None
+            state.section, state.sampler = section + 1, None
         else:
             state.sampler = sampler
-        return StepEvent(section, sampler.step, state.params.steps, state.plan.total_sections,
-                         section * state.params.steps + sampler.step, state.total_steps, denoised, finished)
+        return StepEvent(section, sampler.step, steps, state.plan.total_sections,
+                         section * steps + sampler.step, state.total_steps, denoised, finished)
 
     def run(self, state: JobState, callback: StepCallback | None = None,
             should_stop: Callable[[JobState], bool] | None = None) -> JobState:

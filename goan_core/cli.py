@@ -1,0 +1,151 @@
+"""`python -m goan_core`: generate, resume, inspect, make-tiny, demo.
+
+Every problem the user can fix ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import __version__
+from .errors import GoanError, InputError
+from .params import MODES, SAMPLERS, JobParams
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other goan error
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _pause_point(text: str) -> tuple[int, int]:
+    try:
+        section, step = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SECTION:STEP (e.g. 1:3), got {text!r}") from None
+    if section < 0 or step < 0:
+        raise argparse.ArgumentTypeError("SECTION and STEP must not be negative")
+    return section, step
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--models", type=Path, help="models root holding the diffusers/transformers folders")
+    source.add_argument("--tiny", action="store_true", help="use the built-in tiny random-weight models")
+    p.add_argument("--transformer", type=Path, help="FramePack transformer as one .safetensors file")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when present)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default: bf16 on cuda)")
+    p.add_argument("--conv-fp32", choices=("auto", "force", "off"), default="auto",
+                   help="run the Conv3d patch embeds in fp32 (auto: on GPUs without bf16 Conv3d)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="the MP4 to write")
+    p.add_argument("--crf", type=int, help="h264 quality (0-51, lower is better; default 16)")
+    p.add_argument("--pause-at", type=_pause_point, metavar="SECTION:STEP",
+                   help="pause before this step and write a resume file")
+    p.add_argument("--autosave-every", type=int, default=1, metavar="N", help="autosave every N sections (0: off)")
+    p.add_argument("--autosave-minutes", type=float, default=0.0, metavar="M", help="also every M minutes (0: off)")
+    p.add_argument("--keep-last", type=int, default=3, metavar="K", help="autosaves kept per job")
+    p.add_argument("--resume-dir", type=Path, help="where resume files go (default: next to --out, goan_resume/)")
+    p.add_argument("--no-embeddings", action="store_true",
+                   help="leave prompt/image embeddings out of resume files (resuming then needs the encoders)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m goan_core", description="Resumable FramePack image-to-video.")
+    parser.add_argument("--version", action="version", version=f"goan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = sub.add_parser("generate", help="image to video")
+    gen.add_argument("--image", type=Path, required=True)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--seconds", type=_positive_float, default=5.0)
+    gen.add_argument("--seed", type=int, default=31337)
+    gen.add_argument("--steps", type=int, default=25)
+    gen.add_argument("--cfg", type=float, default=1.0, help="real CFG scale (1: off)")
+    gen.add_argument("--gs", type=float, default=10.0, help="distilled guidance scale")
+    gen.add_argument("--rs", type=float, default=0.0, help="guidance rescale")
+    gen.add_argument("--lws", type=int, default=9, help="latent window size")
+    gen.add_argument("--mode", choices=MODES, default="backward")
+    gen.add_argument("--sampler", choices=SAMPLERS, default="unipc")
+    gen.add_argument("--resolution", type=int, default=640, help="bucket base size, a multiple of 16")
+    _add_model_args(gen)
+    _add_run_args(gen)
+
+    res = sub.add_parser("resume", help="continue a job from a .goan_resume file")
+    res.add_argument("file", type=Path)
+    res.add_argument("--additional-seconds", type=float, default=0.0, help="extend an f1 job by this much")
+    _add_model_args(res)
+    _add_run_args(res)
+
+    ins = sub.add_parser("inspect", help="validate a .goan_resume file and print its job info and params")
+    ins.add_argument("file", type=Path)
+
+    tiny = sub.add_parser("make-tiny", help="write the tiny random-weight model set as a models root")
+    tiny.add_argument("dir", type=Path)
+
+    demo = sub.add_parser("demo", help="generate, pause, resume and prove the result identical (tiny models)")
+    demo.add_argument("--out-dir", type=Path, default=Path("demo_out"))
+    return parser
+
+
+def tiny_models_root() -> Path:
+    """Where `--tiny` keeps its model set (written once, reused)."""
+    base = os.environ.get("GOAN_TINY_DIR") or Path.home() / ".cache" / "goan" / "tiny-models"
+    return Path(base)
+
+
+@contextmanager
+def ctrl_c_pauses(control):
+    """First Ctrl-C asks the job to pause (and save); a second one interrupts at once."""
+    def handler(signum, frame):
+        if control.request_pause():
+            print("\ngoan: pausing after this step (Ctrl-C again to stop at once)...", file=sys.stderr)
+        else:
+            raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from . import commands  # heavy imports (torch, diffusers) only once the arguments are fine
+        return commands.dispatch(args)
+    except GoanError as error:
+        print(f"goan: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def params_from_args(args) -> JobParams:
+    """JobParams from `generate` arguments (validated: bad values raise InputError)."""
+    return JobParams(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
+                     seconds=args.seconds, lws=args.lws, steps=args.steps, cfg=args.cfg, gs=args.gs,
+                     rs=args.rs, mode=args.mode, resolution=args.resolution, sampler=args.sampler,
+                     crf=16 if args.crf is None else args.crf)
+
+
+def print_json(data) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+__all__ = ["main", "build_parser", "params_from_args", "tiny_models_root", "ctrl_c_pauses", "InputError"]

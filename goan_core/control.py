@@ -1,0 +1,46 @@
+"""Pause and stop requests for a running job, safe to send from any thread."""
+
+from __future__ import annotations
+
+import threading
+
+PAUSE = "pause"
+STOP = "stop"
+
+
+class JobControl:
+    """What the user asked of a running job. The sampler reads it between two denoising steps.
+
+    A pause ends the run with a resume file; a stop (cancel) also writes the file, then ends.
+    Requests are idempotent: asking twice returns False the second time and changes nothing,
+    except that stop wins over pause.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._request: str | None = None
+
+    def request_pause(self) -> bool:
+        """Ask for a pause; False when a pause or stop was already requested."""
+        with self._lock:
+            if self._request is not None:
+                return False
+            self._request = PAUSE
+            return True
+
+    def request_stop(self) -> bool:
+        """Ask for a stop; False when a stop was already requested."""
+        with self._lock:
+            if self._request == STOP:
+                return False
+            self._request = STOP
+            return True
+
+    @property
+    def request(self) -> str | None:
+        with self._lock:
+            return self._request
+
+    def clear(self) -> None:
+        with self._lock:
+            self._request = None

@@ -1,0 +1,160 @@
+"""Running a job with pause, stop, autosave and fail-safe saves around `Engine.step`.
+
+The sampling thread only ever does three things besides stepping: check the `JobControl`, copy the
+state for an autosave (the write itself runs on a background thread), and, when it must stop, write
+the resume file of the last consistent state. Any exception inside the loop (Ctrl-C, ComfyUI's
+cancel, out-of-memory, a bug) first writes a fail-safe file, then propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from .control import PAUSE, STOP, JobControl
+from .engine import Engine, StepCallback, StepEvent
+from .state import JobState
+
+log = logging.getLogger("goan")
+
+FINISHED, PAUSED, STOPPED = "finished", "paused", "stopped"
+
+
+class Saver(Protocol):
+    """Writes resume files of one job. `kind` is "autosave", "pause", "stop" or "failsafe"."""
+
+    def save(self, snapshot: JobState, kind: str) -> Path: ...
+
+
+@dataclass
+class AutosavePolicy:
+    """Autosave every `every_sections` finished sections and/or every `every_minutes`; 0 turns either off."""
+
+    every_sections: int = 1
+    every_minutes: float = 0.0
+
+    def due(self, event: StepEvent, since_last: float) -> bool:
+        by_section = (self.every_sections > 0 and event.section_finished
+                      and (event.section + 1) % self.every_sections == 0)
+        by_time = self.every_minutes > 0 and since_last >= self.every_minutes * 60.0
+        return by_section or by_time
+
+
+@dataclass
+class RunResult:
+    state: JobState
+    status: str
+    resume_file: Path | None = None
+    autosaves: list[Path] = field(default_factory=list)
+    autosave_errors: list[str] = field(default_factory=list)
+
+
+class BackgroundWriter:
+    """One thread that writes autosaves; if it is still busy, a newer snapshot replaces a waiting one."""
+
+    def __init__(self, saver: Saver, on_saved: Callable[[Path], None], on_failed: Callable[[str], None]):
+        self._saver, self._on_saved, self._on_failed = saver, on_saved, on_failed
+        self._cond = threading.Condition()
+        self._pending: JobState | None = None
+        self._busy = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="goan-autosave", daemon=True)
+        self._thread.start()
+
+    def submit(self, snapshot: JobState) -> None:
+        with self._cond:
+            self._pending = snapshot
+            self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                snapshot, self._pending, self._busy = self._pending, None, True
+            try:
+                self._on_saved(self._saver.save(snapshot, "autosave"))
+            except Exception as error:  # an autosave must never stop generation: report and go on
+                self._on_failed(f"autosave failed, generation goes on: {error}")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every submitted snapshot has been written (or has failed)."""
+        with self._cond:
+            while self._pending is not None or self._busy:
+                self._cond.wait()
+
+    def close(self) -> None:
+        self.flush()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
+def run_job(engine: Engine, state: JobState, saver: Saver, *, control: JobControl | None = None,
+            autosave: AutosavePolicy | None = None, callback: StepCallback | None = None,
+            pause_at: tuple[int, int] | None = None,
+            on_autosaved: Callable[[Path], None] | None = None) -> RunResult:
+    """Step `state` to the end, or until a pause/stop request; write resume files as asked.
+
+    `pause_at=(section, step)` requests a pause when the job reaches that point (for tests, demos
+    and scripted runs). Returns the result; exceptions propagate after a fail-safe save.
+    """
+    control = control or JobControl()
+    result = RunResult(state, FINISHED)
+
+    def saved(path: Path) -> None:
+        result.autosaves.append(path)
+        if on_autosaved is not None:
+            on_autosaved(path)
+
+    def failed(message: str) -> None:
+        result.autosave_errors.append(message)
+        log.warning("goan: %s", message)
+
+    writer = BackgroundWriter(saver, saved, failed) if autosave is not None else None
+    last_save = time.monotonic()
+    try:
+        while not state.done:
+            if pause_at is not None and (state.section, state.step_in_section) >= pause_at:
+                control.request_pause()
+            request = control.request
+            if request is not None:
+                if writer is not None:
+                    writer.flush()
+                result.status = PAUSED if request == PAUSE else STOPPED
+                result.resume_file = saver.save(state.snapshot(), request)
+                return result
+            event = engine.step(state)
+            if callback is not None:
+                callback(event)
+            if writer is not None and not state.done and autosave.due(event, time.monotonic() - last_save):
+                writer.submit(state.snapshot())
+                last_save = time.monotonic()
+        return result
+    except BaseException as error:
+        if writer is not None:
+            writer.flush()
+        try:
+            path = saver.save(state.snapshot(), "failsafe")
+        except Exception as save_error:
+            error.add_note(f"goan: the fail-safe resume file could not be written: {save_error}")
+        else:
+            result.resume_file = path
+            error.add_note(f"goan: progress saved to {path}; resume it with `python -m goan_core resume {path}` "
+                           "or drop it on ComfyUI")
+            log.warning("goan: %s interrupted the job; progress saved to %s", type(error).__name__, path)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
