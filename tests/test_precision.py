@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 
 from goan_core.errors import InputError
+from goan_core.tiny import TINY_TRANSFORMER_CONFIG
 from goan_core.precision import (
     CONV_FP32_POLICIES,
     PATCH_EMBED_CONVS,
@@ -20,13 +21,6 @@ from goan_core.precision import (
     configure_precision,
     conv_fp32_applied,
     conv_fp32_needed,
-)
-
-TINY_CONFIG = dict(
-    in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=1,
-    num_single_layers=1, num_refiner_layers=1, text_embed_dim=32, pooled_projection_dim=16,
-    rope_axes_dim=(4, 6, 6), has_image_proj=True, image_proj_dim=24, has_clean_x_embedder=True,
-    guidance_embeds=True,
 )
 
 # Worst |bf16 model with fp32 patch embeds - fp32 model| / max |fp32 model| over the tiny model's output
@@ -40,7 +34,7 @@ LEGACY_ERROR = ("Could not run 'aten::slow_conv3d_forward' with arguments from t
 
 def tiny_transformer(**overrides) -> HunyuanVideoFramepackTransformer3DModel:
     torch.manual_seed(0)
-    return HunyuanVideoFramepackTransformer3DModel(**{**TINY_CONFIG, **overrides}).eval()
+    return HunyuanVideoFramepackTransformer3DModel(**{**TINY_TRANSFORMER_CONFIG, **overrides}).eval()
 
 
 def tiny_inputs(dtype: torch.dtype) -> dict:

@@ -1,0 +1,98 @@
+"""Full tiny generations through the real models: frame counts, MP4 output, stepping and the generator."""
+
+import numpy as np
+import pytest
+import torch
+
+from goan_core.engine import Engine
+from goan_core.job import prepare_job, render_frames
+from goan_core.params import JobParams
+from goan_core.plan import CONTEXT_FRAMES
+from goan_core.video import count_frames, write_mp4
+
+CPU, F32 = torch.device("cpu"), torch.float32
+
+
+def demo_image(h=64, w=72):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // w, y * 255 // h, (x + y) * 127 // (h + w)], axis=-1).astype(np.uint8)
+
+
+def tiny_params(mode, **overrides):
+    settings = dict(prompt="a red fox runs through snow", seconds=1.2, lws=3, steps=4, mode=mode,
+                    resolution=64, seed=7)
+    settings.update(overrides)
+    return JobParams(**settings)
+
+
+@pytest.mark.parametrize("mode", ["backward", "f1"])
+def test_full_generation_frame_counts_and_mp4(tiny_models, tmp_path, mode):
+    state, source = prepare_job(tiny_models, tiny_params(mode), demo_image(), device=CPU, dtype=F32)
+    plan = state.plan
+    assert plan.total_sections == 3 and source.shape == (plan.height, plan.width, 3)
+    engine = Engine(tiny_models.transformer, CPU, F32)
+    events = []
+    engine.run(state, callback=events.append)
+    assert state.done and len(events) == 3 * 4 == state.total_steps
+    assert [e.steps_done for e in events] == list(range(1, 13))
+    assert engine.model_calls == 12  # cfg 1: one transformer pass per step
+    assert state.history_latents.shape[2] == plan.total_latent_frames + CONTEXT_FRAMES == 3 * 3 + 1 + 19
+    assert torch.isfinite(state.history_latents).all()
+    frames = render_frames(tiny_models.vae, state, device=CPU, dtype=F32)
+    assert frames.dtype == torch.uint8
+    assert frames.shape == (plan.total_pixel_frames, plan.height, plan.width, 3) == (37, 64, 64, 3)
+    out = write_mp4(frames, tmp_path / "out.mp4")
+    assert count_frames(out) == 37
+
+
+def test_real_cfg_runs_two_passes(tiny_models):
+    state, _ = prepare_job(tiny_models, tiny_params("f1", cfg=3.0, rs=0.5, negative_prompt="blurry"),
+                           demo_image(), device=CPU, dtype=F32)
+    assert state.conditioning.negative_prompt_embeds is not None
+    engine = Engine(tiny_models.transformer, CPU, F32)
+    engine.step(state)
+    assert engine.model_calls == 2
+
+
+@pytest.mark.parametrize("mode,sampler", [("backward", "unipc"), ("f1", "unipc"), ("backward", "euler")])
+def test_stopping_anywhere_and_continuing_on_a_new_engine_is_exact(tiny_models, mode, sampler):
+    params = tiny_params(mode, sampler=sampler)
+    reference, _ = prepare_job(tiny_models, params, demo_image(), device=CPU, dtype=F32, job_id="ref")
+    Engine(tiny_models.transformer, CPU, F32).run(reference)
+    for stop_after in (1, 4, 6, 9):
+        state, _ = prepare_job(tiny_models, params, demo_image(), device=CPU, dtype=F32, job_id="ref")
+        engine = Engine(tiny_models.transformer, CPU, F32)
+        for _ in range(stop_after):
+            engine.step(state)
+        resumed = state.snapshot()
+        Engine(tiny_models.transformer, CPU, F32).run(resumed)
+        assert torch.equal(resumed.history_latents, reference.history_latents), stop_after
+
+
+def test_generator_is_consumed_once_per_section(tiny_models):
+    state, _ = prepare_job(tiny_models, tiny_params("backward"), demo_image(), device=CPU, dtype=F32)
+    engine = Engine(tiny_models.transformer, CPU, F32)
+    expected = torch.Generator("cpu").manual_seed(7)
+    for section in range(3):
+        engine.step(state)
+        torch.randn(state.plan.noise_shape(), generator=expected)
+        for _ in range(3):
+            assert torch.equal(state.generator_state, expected.get_state())
+            engine.step(state)
+    assert state.done
+
+
+def test_failed_step_leaves_state_unchanged(tiny_models, monkeypatch):
+    state, _ = prepare_job(tiny_models, tiny_params("f1"), demo_image(), device=CPU, dtype=F32)
+    engine = Engine(tiny_models.transformer, CPU, F32)
+    engine.step(state)
+    before = state.snapshot()
+
+    def boom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(tiny_models.transformer, "forward", boom)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        engine.step(state)
+    assert state.sampler.step == before.sampler.step and torch.equal(state.sampler.x, before.sampler.x)
+    assert torch.equal(state.generator_state, before.generator_state)
