@@ -66,13 +66,14 @@ class JobState:
     `sampler` is None exactly when no section is in progress (a section boundary).
     `history_latents` is the whole buffer FramePack keeps, zero padding included.
     `generator_state` is the job's one CPU torch.Generator, which is consumed once per section when
-    the section's noise is drawn.
+    the section's noise is drawn. `conditioning` is None for a state read from a file saved without
+    embeddings, until the prompt and image are encoded again.
     """
 
     job_id: str
     params: JobParams
     plan: SectionPlan
-    conditioning: Conditioning
+    conditioning: Conditioning | None
     start_latent: torch.Tensor
     history_latents: torch.Tensor
     generator_state: torch.Tensor
@@ -101,7 +102,7 @@ class JobState:
         """A deep copy whose tensors share nothing with this state (safe to hand to a writer thread)."""
         return replace(
             self,
-            conditioning=self.conditioning.clone(),
+            conditioning=None if self.conditioning is None else self.conditioning.clone(),
             start_latent=self.start_latent.clone(),
             history_latents=self.history_latents.clone(),
             generator_state=self.generator_state.clone(),
