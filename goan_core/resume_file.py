@@ -45,7 +45,7 @@ from .state import Conditioning, JobState, SamplerState
 
 FORMAT = "goan_resume"
 FORMAT_VERSION = 1
-KINDS = ("pause", "autosave", "failsafe", "finished")
+KINDS = ("pause", "stop", "autosave", "failsafe", "finished")
 
 JOB_INFO = "job_info.json"
 PARAMS = "params.json"

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from .control import PAUSE, STOP, JobControl
+import numpy as np
+
+from .atomic import RetentionFolder
+from .control import PAUSE, JobControl
 from .engine import Engine, StepCallback, StepEvent
 from .state import JobState
 
@@ -28,6 +31,20 @@ class Saver(Protocol):
     """Writes resume files of one job. `kind` is "autosave", "pause", "stop" or "failsafe"."""
 
     def save(self, snapshot: JobState, kind: str) -> Path: ...
+
+
+@dataclass
+class JobSaver:
+    """The Saver of one job: its retention folder plus what every file of it carries."""
+
+    folder: RetentionFolder
+    source_image: np.ndarray
+    workflow: dict | None = None
+    include_embeddings: bool = True
+
+    def save(self, snapshot: JobState, kind: str) -> Path:
+        return self.folder.save(snapshot, source_image=self.source_image, workflow=self.workflow,
+                                include_embeddings=self.include_embeddings, kind=kind)
 
 
 @dataclass
@@ -103,12 +120,14 @@ class BackgroundWriter:
 
 def run_job(engine: Engine, state: JobState, saver: Saver, *, control: JobControl | None = None,
             autosave: AutosavePolicy | None = None, callback: StepCallback | None = None,
-            pause_at: tuple[int, int] | None = None,
+            pause_at: tuple[int, int] | None = None, save_finished: bool = True,
             on_autosaved: Callable[[Path], None] | None = None) -> RunResult:
     """Step `state` to the end, or until a pause/stop request; write resume files as asked.
 
     `pause_at=(section, step)` requests a pause when the job reaches that point (for tests, demos
-    and scripted runs). Returns the result; exceptions propagate after a fail-safe save.
+    and scripted runs). A finished job also gets a "finished" file when `save_finished` is set, so
+    a forward (f1) video can be extended later. Returns the result; exceptions propagate after a
+    fail-safe save.
     """
     control = control or JobControl()
     result = RunResult(state, FINISHED)
@@ -141,6 +160,10 @@ def run_job(engine: Engine, state: JobState, saver: Saver, *, control: JobContro
             if writer is not None and not state.done and autosave.due(event, time.monotonic() - last_save):
                 writer.submit(state.snapshot())
                 last_save = time.monotonic()
+        if writer is not None:
+            writer.flush()
+        if save_finished:
+            result.resume_file = saver.save(state.snapshot(), "finished")
         return result
     except BaseException as error:
         if writer is not None:
