@@ -1,0 +1,221 @@
+"""Pause, resume, autosave and fail-safe saves on real tiny jobs, through real resume files."""
+
+import errno
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from goan_core.atomic import RetentionFolder
+from goan_core.control import JobControl
+from goan_core.engine import Engine
+from goan_core.errors import InputError
+from goan_core.job import extend_job, prepare_job, render_frames
+from goan_core.params import JobParams
+from goan_core.resume_file import read_resume_file
+from goan_core.runner import FINISHED, PAUSED, STOPPED, AutosavePolicy, JobSaver, run_job
+
+CPU, F32 = torch.device("cpu"), torch.float32
+STEPS = 4
+
+
+def image():
+    y, x = np.mgrid[0:64, 0:64]
+    return np.stack([x * 4, y * 4, (x ^ y) * 4], axis=-1).astype(np.uint8)
+
+
+def params(mode, **overrides):
+    settings = dict(prompt="waves roll onto a beach", seconds=1.2, lws=3, steps=STEPS, mode=mode,
+                    resolution=64, seed=11)
+    settings.update(overrides)
+    return JobParams(**settings)
+
+
+def new_state(models, mode, job_id="job", **overrides):
+    state, source = prepare_job(models, params(mode, **overrides), image(), device=CPU, dtype=F32, job_id=job_id)
+    return state, source
+
+
+def saver(tmp_path, state, source, keep_last=3):
+    return JobSaver(RetentionFolder(tmp_path, state.job_id, keep_last), source)
+
+
+@pytest.fixture(scope="module")
+def references(tiny_models):
+    """Uninterrupted final states per mode (and the frames of one), computed once."""
+    finished = {}
+    for mode in ("backward", "f1"):
+        state, _ = new_state(tiny_models, mode)
+        Engine(tiny_models.transformer, CPU, F32).run(state)
+        finished[mode] = state
+    return finished
+
+
+def pause_then_resume(models, tmp_path, mode, points):
+    """Run to each pause point in turn, each time through a file read back from disk; then finish."""
+    state, source = new_state(models, mode)
+    files = []
+    for point in points:
+        result = run_job(Engine(models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+                         pause_at=point, save_finished=False)
+        assert result.status == PAUSED and (state.section, state.step_in_section) == point
+        files.append(result.resume_file)
+        loaded = read_resume_file(result.resume_file)
+        assert loaded.exact and loaded.job_info["next_section"] == point[0]
+        assert loaded.job_info["step_in_section"] == point[1]
+        state, source = loaded.state, loaded.source_image
+    result = run_job(Engine(models.transformer, CPU, F32), state, saver(tmp_path, state, source))
+    assert result.status == FINISHED
+    return result.state, files
+
+
+GRID = [(0, 0), (0, 1), (0, 3), (1, 0), (1, 2), (2, 0), (2, 1), (2, 3)]
+
+
+@pytest.mark.parametrize("mode", ["backward", "f1"])
+@pytest.mark.parametrize("point", GRID)
+def test_resume_from_any_point_is_bit_identical(tiny_models, references, tmp_path, mode, point):
+    resumed, _ = pause_then_resume(tiny_models, tmp_path, mode, [point])
+    assert torch.equal(resumed.history_latents, references[mode].history_latents)
+
+
+@pytest.mark.parametrize("mode", ["backward", "f1"])
+def test_chains_of_pauses_and_frames_are_identical(tiny_models, references, tmp_path, mode):
+    resumed, files = pause_then_resume(tiny_models, tmp_path, mode, [(0, 2), (1, 0), (1, 3), (2, 1)])
+    assert len(files) == 4
+    assert torch.equal(resumed.history_latents, references[mode].history_latents)
+    frames = render_frames(tiny_models.vae, resumed, device=CPU, dtype=F32)
+    expected = render_frames(tiny_models.vae, references[mode], device=CPU, dtype=F32)
+    assert torch.equal(frames, expected)
+
+
+def test_resume_without_embeddings_reencodes_to_the_same_result(tiny_models, references, tmp_path):
+    from goan_core.encoders import build_conditioning
+
+    state, source = new_state(tiny_models, "backward")
+    job_saver = JobSaver(RetentionFolder(tmp_path, state.job_id), source, include_embeddings=False)
+    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, job_saver, pause_at=(1, 1))
+    loaded = read_resume_file(result.resume_file)
+    assert loaded.state.conditioning is None
+    loaded.state.conditioning, _ = build_conditioning(tiny_models, loaded.state.params, loaded.source_image, CPU, F32)
+    Engine(tiny_models.transformer, CPU, F32).run(loaded.state)
+    assert torch.equal(loaded.state.history_latents, references["backward"].history_latents)
+
+
+def test_pause_from_another_thread_stops_within_one_step(tiny_models, tmp_path):
+    state, source = new_state(tiny_models, "f1")
+    control = JobControl()
+    seen = []
+
+    def on_step(event):
+        seen.append(event.steps_done)
+        if event.steps_done == 5:
+            threading.Thread(target=control.request_pause).start()
+            threading.Event().wait(0.05)  # the request lands while the step is finishing
+
+    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+                     control=control, callback=on_step)
+    assert result.status == PAUSED and seen[-1] == 5 and state.steps_done == 5
+    assert read_resume_file(result.resume_file).state.steps_done == 5
+    assert control.request_pause() is False  # idempotent
+
+
+def test_stop_writes_a_file_then_ends(tiny_models, tmp_path):
+    state, source = new_state(tiny_models, "backward")
+    control = JobControl()
+    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+                     control=control, callback=lambda e: e.steps_done == 2 and control.request_stop())
+    assert result.status == STOPPED and state.steps_done == 2
+    assert read_resume_file(result.resume_file).job_info["kind"] == "stop"
+
+
+def test_autosave_cadence_and_retention(tiny_models, tmp_path):
+    state, source = new_state(tiny_models, "f1", seconds=2.4)  # 6 sections
+    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source, keep_last=2),
+                     autosave=AutosavePolicy(every_sections=2), save_finished=False)
+    assert result.status == FINISHED and not result.autosave_errors
+    # after sections 2 and 4 (not after the last: the job is done then)
+    assert [read_resume_file(p).job_info["next_section"] for p in result.autosaves] == [2, 4]
+    kept = RetentionFolder(tmp_path, state.job_id, 2).files()
+    assert kept == result.autosaves[-2:]
+
+
+def test_autosave_by_minutes(tiny_models, tmp_path):
+    state, source = new_state(tiny_models, "backward")
+    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source, keep_last=50),
+                     autosave=AutosavePolicy(every_sections=0, every_minutes=1e-9), save_finished=False)
+    assert len(result.autosaves) >= 3  # a write per step at most; newer snapshots replace waiting ones
+
+
+def test_autosave_off(tiny_models, tmp_path):
+    state, source = new_state(tiny_models, "backward")
+    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+                     autosave=AutosavePolicy(0, 0), save_finished=False)
+    assert result.autosaves == [] and not (tmp_path / "goan_resume" / "job").exists()
+
+
+def test_failing_autosave_warns_and_generation_goes_on(tiny_models, references, tmp_path, monkeypatch):
+    import goan_core.resume_file as resume_file
+
+    state, source = new_state(tiny_models, "backward")
+    real_write = resume_file.write_resume_file
+    calls = []
+
+    def disk_full(snapshot, path, **kwargs):
+        calls.append(kwargs["kind"])
+        if kwargs["kind"] == "autosave":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(snapshot, path, **kwargs)
+
+    monkeypatch.setattr(resume_file, "write_resume_file", disk_full)
+    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+                     autosave=AutosavePolicy(every_sections=1))
+    assert result.status == FINISHED and len(result.autosave_errors) == 2
+    assert "No space left" in result.autosave_errors[0]
+    assert torch.equal(state.history_latents, references["backward"].history_latents)
+    assert calls[-1] == "finished"
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), torch.cuda.OutOfMemoryError("CUDA out of memory"),
+                                   KeyboardInterrupt()])
+def test_failsafe_save_then_the_error_propagates(tiny_models, references, tmp_path, error):
+    state, source = new_state(tiny_models, "f1")
+    engine = Engine(tiny_models.transformer, CPU, F32)
+    real_step = engine.step
+
+    def failing_step(job):
+        if job.steps_done == 6:
+            raise error
+        return real_step(job)
+
+    engine.step = failing_step
+    with pytest.raises(type(error)) as raised:
+        run_job(engine, state, saver(tmp_path, state, source))
+    note = "\n".join(getattr(raised.value, "__notes__", []))
+    files = RetentionFolder(tmp_path, "job").files()
+    assert len(files) == 1 and str(files[0]) in note
+    loaded = read_resume_file(files[0])
+    assert loaded.job_info["kind"] == "failsafe" and loaded.state.steps_done == 6
+    Engine(tiny_models.transformer, CPU, F32).run(loaded.state)
+    assert torch.equal(loaded.state.history_latents, references["f1"].history_latents)
+
+
+def test_f1_extension_of_a_finished_job(tiny_models, tmp_path):
+    state, source = new_state(tiny_models, "f1")
+    finished = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source))
+    loaded = read_resume_file(finished.resume_file)
+    extend_job(loaded.state, 0.8)  # 2 more sections of 3 latent frames
+    assert loaded.state.plan.total_sections == 5 and not loaded.state.done
+    run_job(Engine(tiny_models.transformer, CPU, F32), loaded.state, saver(tmp_path, loaded.state, source))
+    assert loaded.state.plan.total_latent_frames == 16
+    frames = render_frames(tiny_models.vae, loaded.state, device=CPU, dtype=F32)
+    assert frames.shape[0] == loaded.state.plan.total_pixel_frames == 61
+    # the first sections are untouched by the extension
+    assert torch.equal(loaded.state.history_latents[:, :, :state.history_latents.shape[2]], state.history_latents)
+
+
+def test_backward_extension_is_explained(tiny_models):
+    state, _ = new_state(tiny_models, "backward")
+    with pytest.raises(InputError, match="from its end towards the input image"):
+        extend_job(state, 2.0)
