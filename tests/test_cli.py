@@ -1,0 +1,143 @@
+"""The command line: every bad input is one line and exit code 2; real tiny runs write real files."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from goan_core.cli import main
+from goan_core.video import count_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def cli_env(tiny_models_root, monkeypatch, tmp_path):
+    """`--tiny` reads the session's tiny set; an input picture in tmp_path."""
+    monkeypatch.setenv("GOAN_TINY_DIR", str(tiny_models_root))
+    picture = tmp_path / "in.png"
+    y, x = np.mgrid[0:70, 0:90]
+    Image.fromarray(np.stack([x * 2, y * 3, x + y], -1).astype(np.uint8)).save(picture)
+    return picture
+
+
+def fast(picture, out, *extra):
+    return ["generate", "--image", str(picture), "--prompt", "a boat on a lake", "--seconds", "0.8",
+            "--lws", "3", "--steps", "3", "--resolution", "64", "--tiny", "--out", str(out), *extra]
+
+
+def run_main(argv, capsys):
+    """Exit code, stdout and stderr of the CLI (argparse's own exits included)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("mode,frames", [("backward", 25), ("f1", 25)])
+def test_generate_writes_an_mp4_with_the_right_frame_count(cli_env, tmp_path, capsys, mode, frames):
+    out = tmp_path / f"{mode}.mp4"
+    code, stdout, _ = run_main(fast(cli_env, out, "--mode", mode), capsys)
+    assert code == 0 and f"wrote {out}" in stdout
+    assert count_frames(out) == frames
+
+
+def test_pause_at_then_resume_gives_the_same_video(cli_env, tmp_path, capsys):
+    import av
+
+    whole = tmp_path / "whole.mp4"
+    assert run_main(fast(cli_env, whole, "--autosave-every", "0"), capsys)[0] == 0
+    paused_out = tmp_path / "resumed.mp4"
+    code, stdout, _ = run_main(fast(cli_env, paused_out, "--pause-at", "1:2", "--resume-dir", str(tmp_path / "r")),
+                               capsys)
+    assert code == 0 and not paused_out.exists()
+    resume_file = Path(stdout.split("resume file: ")[1].split()[0])
+    assert resume_file.is_file() and resume_file.suffix == ".goan_resume"
+
+    code, stdout, _ = run_main(["inspect", str(resume_file)], capsys)
+    assert code == 0 and '"next_section": 1' in stdout and '"step_in_section": 2' in stdout
+
+    code, stdout, _ = run_main(["resume", str(resume_file), "--tiny", "--out", str(paused_out)], capsys)
+    assert code == 0 and "resuming job" in stdout
+
+    def frames(path):
+        with av.open(str(path)) as container:
+            return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+    a, b = frames(whole), frames(paused_out)
+    assert len(a) == len(b) == 25 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_resume_backward_with_additional_seconds_is_explained(cli_env, tmp_path, capsys):
+    code, stdout, _ = run_main(fast(cli_env, tmp_path / "x.mp4", "--pause-at", "0:1", "--resume-dir", str(tmp_path)),
+                               capsys)
+    resume_file = stdout.split("resume file: ")[1].split()[0]
+    code, _, err = run_main(["resume", resume_file, "--tiny", "--out", str(tmp_path / "y.mp4"),
+                             "--additional-seconds", "2"], capsys)
+    assert code == 2 and "fixed when they start" in err
+
+
+@pytest.mark.parametrize("change,message", [
+    (("--image", "MISSING"), "MISSING"),
+    (("--seconds", "0"), "greater than 0"),
+    (("--seconds", "-3"), "greater than 0"),
+    (("--mode", "sideways"), "invalid choice"),
+    (("--resolution", "650"), "multiple of 16"),
+    (("--steps", "0"), "steps must be between"),
+    (("--cfg", "nan"), "finite"),
+    (("--pause-at", "x"), "SECTION:STEP"),
+    (("--crf", "99"), "crf"),
+    (("--keep-last", "0"), "keep-last"),
+])
+def test_bad_inputs_end_with_one_clear_line_and_exit_2(cli_env, tmp_path, capsys, change, message):
+    argv = fast(cli_env, tmp_path / "o.mp4")
+    flag, value = change
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value if value != "MISSING" else str(tmp_path / "missing.png")
+    else:
+        argv += [flag, value]
+    code, _, err = run_main(argv, capsys)
+    assert code == 2
+    assert message.replace("MISSING", "missing.png") in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_not_an_image_and_wrong_models_folder(cli_env, tmp_path, capsys):
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    argv = fast(cli_env, tmp_path / "o.mp4")
+    argv[argv.index("--image") + 1] = str(text)
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and "notes.png" in err
+
+    empty = tmp_path / "models"
+    empty.mkdir()
+    argv = fast(cli_env, tmp_path / "o.mp4")
+    argv[argv.index("--tiny")] = "--models"
+    argv.insert(argv.index("--models") + 1, str(empty))
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and str(empty) in err and "transformer" in err and "Traceback" not in err
+
+
+def test_inspect_rejects_a_broken_file(tmp_path, capsys):
+    broken = tmp_path / "broken.goan_resume"
+    broken.write_bytes(b"PK\x03\x04 this is not really a zip")
+    code, _, err = run_main(["inspect", str(broken)], capsys)
+    assert code == 2 and "broken.goan_resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_make_tiny_and_the_real_entry_point(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "goan_core", "make-tiny", str(tmp_path / "tiny")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "tiny" / "transformer").is_dir() and (tmp_path / "tiny" / "FramePackI2V_tiny.safetensors").is_file()
+    bad = subprocess.run([sys.executable, "-m", "goan_core", "generate", "--image", "x.png", "--prompt", "p",
+                          "--tiny", "--out", str(tmp_path / "o.mp4"), "--seconds", "-1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
