@@ -20,6 +20,7 @@ import numpy as np
 from .atomic import RetentionFolder
 from .control import PAUSE, JobControl
 from .engine import Engine, StepCallback, StepEvent
+from .models import on_device
 from .state import JobState
 
 log = logging.getLogger("goan")
@@ -142,29 +143,10 @@ def run_job(engine: Engine, state: JobState, saver: Saver, *, control: JobContro
         log.warning("goan: %s", message)
 
     writer = BackgroundWriter(saver, saved, failed) if autosave is not None else None
-    last_save = time.monotonic()
     try:
-        while not state.done:
-            if pause_at is not None and (state.section, state.step_in_section) >= pause_at:
-                control.request_pause()
-            request = control.request
-            if request is not None:
-                if writer is not None:
-                    writer.flush()
-                result.status = PAUSED if request == PAUSE else STOPPED
-                result.resume_file = saver.save(state.snapshot(), request)
-                return result
-            event = engine.step(state)
-            if callback is not None:
-                callback(event)
-            if writer is not None and not state.done and autosave.due(event, time.monotonic() - last_save):
-                writer.submit(state.snapshot())
-                last_save = time.monotonic()
-        if writer is not None:
-            writer.flush()
-        if save_finished:
-            result.resume_file = saver.save(state.snapshot(), "finished")
-        return result
+        with on_device(engine.transformer, engine.device):  # back on the CPU afterwards, even after OOM
+            return _step_until_done(engine, state, saver, control, result, writer, autosave, callback,
+                                    pause_at, save_finished)
     except BaseException as error:
         if writer is not None:
             writer.flush()
@@ -181,3 +163,34 @@ def run_job(engine: Engine, state: JobState, saver: Saver, *, control: JobContro
     finally:
         if writer is not None:
             writer.close()
+
+
+def _step_until_done(engine, state, saver, control, result, writer, autosave, callback, pause_at,
+                     save_finished) -> RunResult:
+    """The loop of `run_job`: requests are honoured between steps; autosaves are handed to `writer`."""
+    last_save = time.monotonic()
+    while not state.done:
+        if pause_at is not None and (state.section, state.step_in_section) >= pause_at:
+            control.request_pause()
+        request = control.request
+        if request is not None:
+            if writer is not None:
+                writer.flush()
+            result.status = PAUSED if request == PAUSE else STOPPED
+            result.resume_file = saver.save(state.snapshot(), request)
+            return result
+        event = engine.step(state)
+        if callback is not None:
+            callback(event)
+        if writer is not None and not state.done and autosave.due(event, time.monotonic() - last_save):
+            writer.submit(state.snapshot())
+            last_save = time.monotonic()
+    if writer is not None:
+        writer.flush()
+    if save_finished:
+        try:
+            result.resume_file = saver.save(state.snapshot(), "finished")
+        except Exception as error:  # the video is done; losing only its extension point is a warning
+            result.autosave_errors.append(f"the finished job's resume file could not be written: {error}")
+            log.warning("goan: %s", result.autosave_errors[-1])
+    return result
