@@ -141,3 +141,28 @@ def test_make_tiny_and_the_real_entry_point(tmp_path):
                           "--tiny", "--out", str(tmp_path / "o.mp4"), "--seconds", "-1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_pauses_and_saves(tiny_models_root, tmp_path):
+    """A real SIGINT during generation: the job pauses after the current step and writes its file."""
+    import os
+    import signal
+    import time
+
+    picture = tmp_path / "in.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(picture)
+    env = dict(os.environ, GOAN_TINY_DIR=str(tiny_models_root), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "goan_core", "generate", "--image", str(picture), "--prompt", "rain",
+         "--seconds", "1.2", "--lws", "3", "--steps", "150", "--resolution", "64", "--tiny",
+         "--autosave-every", "0", "--out", str(tmp_path / "o.mp4")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen, deadline = b"", time.monotonic() + 240
+    while b"section 1/3" not in seen and time.monotonic() < deadline and process.poll() is None:
+        seen += os.read(process.stderr.fileno(), 4096)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=240)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert b"pausing after this step" in seen + stderr
+    resume_file = Path(stdout.decode().split("resume file: ")[1].split()[0])
+    assert resume_file.is_file() and not (tmp_path / "o.mp4").exists()
