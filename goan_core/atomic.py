@@ -98,6 +98,10 @@ class _FdWriter:
     def flush(self) -> None:
         """Nothing is buffered here; durability comes from the fsync in `atomic_writer`."""
 
+    def sync(self) -> None:
+        """fsync what was written so far (lets a writer overlap the disk flush with other work)."""
+        os.fsync(self._fd)
+
 
 def _write_error(path: Path, exc: OSError) -> ResumeFileError:
     """The one clear error for an OS failure while writing `path`."""

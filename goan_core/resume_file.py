@@ -24,6 +24,7 @@ import stat
 import struct
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,9 +33,6 @@ from typing import NoReturn
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from . import __version__
 from .atomic import SAFE_NAME, atomic_writer, check_free_space, format_size
@@ -80,6 +78,7 @@ MAX_HEADER_BYTES = 1024**2
 MAX_RATIO = 100  # deflate ratio allowed for members above RATIO_FLOOR; goan stores big members raw
 RATIO_FLOOR = 1024**2
 MAX_IDENTITY_ENTRIES = 64
+CHUNK_BYTES = 8 * 1024**2  # streaming unit for writing, reading and hashing the state member
 MAX_TEXT = 4096
 
 GENERATOR_STATE_BYTES = torch.Generator("cpu").get_state().numel()
@@ -123,36 +122,100 @@ def write_resume_file(state: JobState, path: str | Path, *, source_image, end_im
     `source_image`/`end_image`: np.uint8 HxWx3 arrays or PNG bytes. `workflow`: the ComfyUI graph
     (a dict) or None. Embeddings are stored when `include_embeddings` and the state has them.
     The state is validated exactly as a reader would, so a file that is written can be read.
-    Free space is checked before anything is written.
+    Free space is checked before anything is written. The tensors are streamed from their own
+    memory into the archive (no serialised copy), hashed on a second thread while zip computes
+    its CRC-32 and writes; job_info.json, which carries the checksums, is written last.
     """
     path = Path(path)
     if kind not in KINDS:
         raise InputError(f"unknown resume file kind {kind!r}: use one of {', '.join(KINDS)}")
-    members = _encode_members(state, path, source_image, end_image, workflow,
-                              include_embeddings and state.conditioning is not None, kind)
-    check_free_space(path.parent, sum(map(len, members.values())) + 64 * 1024, path)
+    with_embeddings = include_embeddings and state.conditioning is not None
+    others, tensors = _encode_members(state, path, source_image, end_image, workflow, with_embeddings)
+    header = _safetensors_header(tensors)
+    state_size = len(header) + sum(t.numel() * t.element_size() for t in tensors.values())
+    check_free_space(path.parent, sum(map(len, others.values())) + state_size + 64 * 1024, path)
     stamp = datetime.now().timetuple()[:6]
+    checksums = {name: hashlib.sha256(data).hexdigest() for name, data in others.items()}
     with atomic_writer(path) as fh, zipfile.ZipFile(fh, "w") as archive:
-        for name, data in members.items():
-            info = zipfile.ZipInfo(name, date_time=stamp)
-            info.external_attr = (stat.S_IFREG | 0o644) << 16
-            info.compress_type = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
-            archive.writestr(info, data)
+        for name, data in others.items():
+            archive.writestr(_zip_entry(name, stamp), data)
+        entry = _zip_entry(STATE, stamp)
+        entry.file_size = state_size
+        with archive.open(entry, "w", force_zip64=state_size > 2**31) as member:
+            checksums[STATE] = _write_hashed(member, [memoryview(header)] + [_raw_bytes(t) for t in tensors.values()],
+                                             fh)
+        job_info = _job_info(state, with_embeddings, kind, checksums)
+        archive.writestr(_zip_entry(JOB_INFO, stamp), _json_bytes(job_info))
     return path
 
 
+def _zip_entry(name: str, stamp) -> zipfile.ZipInfo:
+    """A regular-file entry; JSON is deflated, images and tensors are stored as they are."""
+    info = zipfile.ZipInfo(name, date_time=stamp)
+    info.external_attr = (stat.S_IFREG | 0o644) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
+    return info
+
+
+def _chunks(views, size: int = CHUNK_BYTES):
+    for view in views:
+        for start in range(0, len(view), size):
+            yield view[start:start + size]
+
+
+def _write_hashed(member, views, fh) -> str:
+    """Write the byte views to `member` while a second thread hashes them; the SHA-256 hex digest.
+
+    The views are the tensors' own memory, so every chunk can be queued for hashing at once;
+    hashlib, zlib's CRC-32, the write and fsync all release the GIL. The data is flushed to disk
+    while the hash catches up, leaving only the small job_info.json for the final fsync.
+    """
+    digest = hashlib.sha256()
+    chunks = list(_chunks(views))
+    with ThreadPoolExecutor(1, thread_name_prefix="goan-sha256") as pool:
+        hashed = [pool.submit(digest.update, chunk) for chunk in chunks]
+        for chunk in chunks:
+            member.write(chunk)
+        member.flush()
+        fh.sync()
+        for job in hashed:
+            job.result()
+    return digest.hexdigest()
+
+
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without a copy."""
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.view(torch.int16)
+    elif tensor.dtype == torch.bool:
+        tensor = tensor.view(torch.uint8)
+    return memoryview(tensor.numpy()).cast("B")
+
+
+def _safetensors_header(tensors: dict[str, torch.Tensor]) -> bytes:
+    """The safetensors header (8-byte length + JSON padded to 8 bytes) for tensors laid out in order."""
+    entries, offset = {}, 0
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        entries[name] = {"dtype": DTYPE_CODES[tensor.dtype], "shape": list(tensor.shape),
+                         "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
 def _encode_members(state: JobState, path: Path, source_image, end_image, workflow,
-                    with_embeddings: bool, kind: str) -> dict[str, bytes]:
-    """All members as bytes, job_info.json first (it carries the others' checksums)."""
+                    with_embeddings: bool) -> tuple[dict[str, bytes], dict[str, torch.Tensor]]:
+    """The small members as bytes and the state tensors (validated, contiguous, in file order)."""
     tensors = _state_tensors(state, with_embeddings)
     try:
         state.params.validate()
     except InputError as exc:
         raise ResumeFileError(path, f"not saved: the job's settings are invalid: {exc}") from exc
     table = {name: (DTYPE_CODES.get(t.dtype, str(t.dtype)), tuple(t.shape)) for name, t in tensors.items()}
-    outputs = 0 if state.sampler is None else len(state.sampler.model_outputs)
-    position = _Position(state.section, state.step_in_section, state.sampler is not None, outputs)
     where = _Where(path, "not saved, the job state is inconsistent: ")
+    position = _position_of(state)
     _check_identity(state.job_id, state.model_identity, where)
     _check_position(position, state.plan, state.params, where)
     _check_tensor_table(table, state.plan, position, with_embeddings, state.params, where)
@@ -168,8 +231,17 @@ def _encode_members(state: JobState, path: Path, source_image, end_image, workfl
         if len(others[WORKFLOW]) > MAX_WORKFLOW_BYTES:
             raise ResumeFileError(path, f"not saved: the workflow is {format_size(len(others[WORKFLOW]))}, "
                                         f"more than the {format_size(MAX_WORKFLOW_BYTES)} a resume file may embed")
-    others[STATE] = save_safetensors({k: v.contiguous() for k, v in tensors.items()})
-    job_info = {
+    return others, {name: tensors[name].contiguous() for name in sorted(tensors)}
+
+
+def _position_of(state: JobState) -> "_Position":
+    outputs = 0 if state.sampler is None else len(state.sampler.model_outputs)
+    return _Position(state.section, state.step_in_section, state.sampler is not None, outputs)
+
+
+def _job_info(state: JobState, with_embeddings: bool, kind: str, checksums: dict[str, str]) -> dict:
+    position = _position_of(state)
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "job_id": state.job_id,
@@ -178,16 +250,15 @@ def _encode_members(state: JobState, path: Path, source_image, end_image, workfl
         "next_section": state.section,
         "step_in_section": state.step_in_section,
         "in_section": position.in_section,
-        "sampler_outputs": outputs,
+        "sampler_outputs": position.outputs,
         "total_sections": state.plan.total_sections,
         "model_identity": dict(state.model_identity),
         "producer": f"goan {__version__}",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "has_embeddings": with_embeddings,
         "kind": kind,
-        "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in others.items()},
+        "sha256": checksums,
     }
-    return {JOB_INFO: _json_bytes(job_info), **others}
 
 
 def _state_tensors(state: JobState, with_embeddings: bool) -> dict[str, torch.Tensor]:
@@ -347,10 +418,16 @@ def _check_conditioning_table(cond: TensorTable, params: JobParams, fail) -> Non
         fail(f"the embeddings take {format_size(total)}, more than {format_size(MAX_CONDITIONING_BYTES)}")
 
 
+def _finite(tensor: torch.Tensor) -> bool:
+    """No NaN or Inf: both show in the extremes (NaN propagates), with no tensor-sized temporary."""
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
 def _check_values(tensors: dict[str, torch.Tensor], where: _Where) -> None:
     """No NaN/Inf in any float tensor, masks hold 0/1, and the generator state is one torch accepts."""
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and tensor.numel() and not _finite(tensor):
             where.fail(f"tensor {name!r} contains NaN or Inf values")
         if name.startswith(COND_PREFIX) and name[len(COND_PREFIX):] in COND_MASKS and tensor.dtype != torch.bool \
                 and bool(((tensor != 0) & (tensor != 1)).any()):
@@ -510,7 +587,7 @@ def _check_job_info(info: dict, archive: "SafeArchive") -> tuple[SectionPlan, _P
         fail(f"producer {info['producer'][:40]!r} is not goan")
     try:
         created = datetime.fromisoformat(text("created_at"))
-    except ValueError as exc:
+    except ValueError:
         fail(f"created_at {info['created_at'][:40]!r} is not an ISO 8601 time")
     if created.tzinfo is None:
         fail("created_at must carry a time zone (UTC)")
@@ -538,15 +615,24 @@ def _read_params(archive: "SafeArchive", job_info: dict, plan: SectionPlan, posi
     return params
 
 
-def _load_state(data: bytes, plan: SectionPlan, pos: _Position, with_embeddings: bool, params: JobParams,
+def _load_state(data: bytearray, plan: SectionPlan, pos: _Position, with_embeddings: bool, params: JobParams,
                 path: Path) -> dict[str, torch.Tensor]:
-    """Validate the safetensors header against the plan, then load and check the values."""
+    """Validate the safetensors header against the plan, then view the tensors in `data` and check them.
+
+    The header has been checked to tile the data exactly, so each tensor is a view into `data`
+    (no copy) at offsets known to be in range.
+    """
     table = parse_safetensors_header(data, STATE, path)
     _check_tensor_table(table, plan, pos, with_embeddings, params, _Where(path, f"{STATE}: "))
-    try:
-        tensors = load_safetensors(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise ResumeFileError(path, f"{STATE} cannot be loaded: {exc}") from exc
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(bytes(data[8:8 + length]))
+    view = memoryview(data)[8 + length:]
+    tensors = {}
+    for name, (code, shape) in table.items():
+        begin, end = header[name]["data_offsets"]
+        dtype = TORCH_DTYPES[code]
+        flat = torch.frombuffer(view[begin:end], dtype=dtype) if end > begin else torch.empty(0, dtype=dtype)
+        tensors[name] = flat.reshape(shape)
     _check_values(tensors, _Where(path, f"{STATE}: "))
     return tensors
 
@@ -694,30 +780,47 @@ class SafeArchive:
             if name not in self._infos:
                 raise ResumeFileError(self.path, f"it is missing {name}; it is not a complete goan resume file")
 
-    def read(self, name: str, limit: int) -> bytes:
-        """The bytes of member `name`, refused if it declares more than `limit` bytes."""
+    def read(self, name: str, limit: int, sha256: str | None = None) -> bytearray:
+        """The bytes of member `name`, refused if it declares more than `limit` bytes.
+
+        With `sha256`, the bytes are hashed on a second thread while zip reads them and checks
+        its CRC-32, and must match.
+        """
         info = self._infos[name]
         if info.file_size > limit:
             raise ResumeFileError(self.path, f"{name} is too large: {format_size(info.file_size)} "
                                              f"(at most {format_size(limit)} for this job)")
+        data = bytearray(info.file_size)
+        view = memoryview(data)
+        digest = hashlib.sha256()
         try:
-            with self._zip.open(info) as member:
-                data = member.read(limit + 1)
+            with self._zip.open(info) as member, ThreadPoolExecutor(1, thread_name_prefix="goan-sha256") as pool:
+                done, pending = 0, None
+                while done < len(data):
+                    got = member.readinto(view[done:done + CHUNK_BYTES])
+                    if not got:
+                        break
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(digest.update, view[done:done + got]) if sha256 else None
+                    done += got
+                if pending is not None:
+                    pending.result()
+                extra = member.read(1)  # also makes zip check the CRC-32 of a member that ends early
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError) as exc:
             raise ResumeFileError(self.path, f"{name} is damaged: {exc}") from exc
         except OSError as exc:
             raise ResumeFileError(self.path, f"{name} cannot be read: {exc.strerror or exc}") from exc
-        if len(data) != info.file_size:
-            raise ResumeFileError(self.path, f"{name} is damaged: it holds {len(data)} bytes, "
+        if done != info.file_size or extra:
+            raise ResumeFileError(self.path, f"{name} is damaged: it holds {done + len(extra)} bytes or more, "
                                              f"its directory entry says {info.file_size}")
-        return data
-
-    def read_checked(self, name: str, limit: int, job_info: dict) -> bytes:
-        """`read`, then compare with the SHA-256 listed in job_info.json."""
-        data = self.read(name, limit)
-        if hashlib.sha256(data).hexdigest() != job_info["sha256"][name]:
+        if sha256 is not None and digest.hexdigest() != sha256:
             raise ResumeFileError(self.path, f"{name} fails its checksum: the file is damaged or was edited")
         return data
+
+    def read_checked(self, name: str, limit: int, job_info: dict) -> bytearray:
+        """`read`, comparing with the SHA-256 listed in job_info.json."""
+        return self.read(name, limit, job_info["sha256"][name])
 
     def _open_zip(self) -> zipfile.ZipFile:
         size = self._file.seek(0, io.SEEK_END)

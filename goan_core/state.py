@@ -37,9 +37,6 @@ class Conditioning:
         """The fields that are set, by name."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
-    def clone(self) -> "Conditioning":
-        return Conditioning(**{k: v.clone() for k, v in self.tensors().items()})
-
 
 @dataclass
 class SamplerState:
@@ -55,6 +52,7 @@ class SamplerState:
     model_outputs: list[torch.Tensor] = field(default_factory=list)
 
     def clone(self) -> "SamplerState":
+        """A copy with its own tensors (for tests that compare against an untouched original)."""
         return SamplerState(self.x.clone(), self.step, [m.clone() for m in self.model_outputs])
 
 
@@ -99,14 +97,18 @@ class JobState:
         return self.plan.total_sections * self.params.steps
 
     def snapshot(self) -> "JobState":
-        """A deep copy whose tensors share nothing with this state (safe to hand to a writer thread)."""
+        """An independent copy, made in microseconds: safe to hand to a writer thread or to advance.
+
+        The copy shares the tensors, which is safe because no tensor of a JobState is ever
+        modified in place: every step builds new tensors (noise, sampler latents, the extended
+        history, the generator state) and assigns them. Only the containers are copied, so
+        advancing either state never changes the other. Code that changes a state's tensors must
+        assign new ones too.
+        """
         return replace(
             self,
-            conditioning=None if self.conditioning is None else self.conditioning.clone(),
-            start_latent=self.start_latent.clone(),
-            history_latents=self.history_latents.clone(),
-            generator_state=self.generator_state.clone(),
-            sampler=None if self.sampler is None else self.sampler.clone(),
+            conditioning=None if self.conditioning is None else replace(self.conditioning),
+            sampler=None if self.sampler is None else replace(self.sampler, model_outputs=list(self.sampler.model_outputs)),
             params=replace(self.params),
             model_identity=dict(self.model_identity),
         )
