@@ -156,8 +156,12 @@ def _check_class(folder: Path, part: _Part) -> None:
         )
 
 
-def _load_part(folder: Path, part: _Part, dtype: torch.dtype) -> Any:
-    """Load one subfolder from the local disk only, refusing missing or wrongly shaped weights."""
+def load_part(folder: Path, name: str, dtype: torch.dtype) -> Any:
+    """Load the component `name` (a key of PARTS) from `folder`, from the local disk only.
+
+    Refuses a folder holding another model class, and missing or wrongly shaped weights.
+    """
+    part = PARTS[name]
     _check_class(folder, part)
     try:
         if part.kind in ("tokenizer", "processor"):
@@ -185,6 +189,18 @@ def _some(names: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def load_parts(root: str | Path, names, dtype: torch.dtype) -> ModelSet:
+    """A ModelSet with the components `names` loaded from their subfolders of `root`.
+
+    Every missing piece is listed in one ModelFolderError before anything is loaded.
+    """
+    root = Path(root)
+    missing = missing_parts(root, list(names))
+    if missing:
+        raise ModelFolderError(f"{root}: models folder is incomplete, missing {', '.join(missing)}; {LAYOUT_HELP}")
+    return ModelSet(**{name: load_part(root / name, name, dtype) for name in names})
+
+
 def load_model_set(
     root: str | Path,
     *,
@@ -205,12 +221,7 @@ def load_model_set(
     names = needed_parts(
         transformer_folder=transformer_file is None, need_text=need_text, need_image=need_image
     )
-    missing = missing_parts(root, names)
-    if missing:
-        raise ModelFolderError(
-            f"{root}: models folder is incomplete, missing {', '.join(missing)}; {LAYOUT_HELP}"
-        )
-    models = ModelSet(**{name: _load_part(root / name, PARTS[name], dtype) for name in names})
+    models = load_parts(root, names, dtype)
     if transformer_file is not None:
         models.transformer = load_transformer_file(transformer_file, dtype)
     return models

@@ -1,0 +1,269 @@
+"""The one module that talks to ComfyUI; everything else in the pack goes through `HOST`.
+
+Inside ComfyUI (`folder_paths` is already imported by the time custom nodes load) `HOST` is a
+`ComfyHost` over folder_paths, comfy.utils.ProgressBar, comfy.model_management, server.PromptServer,
+ExecutionBlocker and latent_preview. Anywhere else (tests, scripts) it is a `PlainHost` with plain
+fallbacks: folders set by `configure`, a progress bar that records, an interrupt flag, events kept
+in a list. Nothing here imports ComfyUI at module level when ComfyUI is absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from ..goan_core.devices import resolve_device
+
+log = logging.getLogger("goan")
+
+# diffusers' AutoencoderKLHunyuanVideo scaling_factor: FramePack (and goan) keep latents multiplied by it;
+# ComfyUI's LATENT and VAE work on raw (unscaled) latents and apply it inside the model.
+HUNYUAN_VAE_SCALE = 0.476986
+
+# ComfyUI model folder names goan reads, and the subfolders of a plain models dir that stand for them.
+MODEL_FOLDERS = {
+    "diffusion_models": ("diffusion_models", "unet"),
+    "diffusers": ("diffusers",),
+    "vae": ("vae",),
+    "text_encoders": ("text_encoders", "clip"),
+    "clip_vision": ("clip_vision",),
+}
+
+
+class PlainInterrupt(Exception):
+    """Stands in for ComfyUI's InterruptProcessingException outside ComfyUI."""
+
+
+class PlainBlocker:
+    """Stands in for ComfyUI's ExecutionBlocker outside ComfyUI."""
+
+    def __init__(self, message=None):
+        self.message = message
+
+
+class PlainProgressBar:
+    """Records updates (value, total, preview) instead of drawing anything."""
+
+    def __init__(self, total: int, node_id=None, host: "PlainHost | None" = None):
+        self.total, self.node_id, self.current = total, node_id, 0
+        self.updates: list[tuple[int, int, object]] = []
+        self.host = host
+        if host is not None:
+            host.progress_bars.append(self)
+
+    def update_absolute(self, value, total=None, preview=None):
+        if total is not None:
+            self.total = total
+        self.current = min(value, self.total)
+        self.updates.append((self.current, self.total, preview))
+        if self.host is not None and self.host.on_progress is not None:
+            self.host.on_progress(self)  # where tests pause or cancel, as a user would mid-run
+
+
+class PlainHost:
+    """Outside ComfyUI: folders from `configure`, events in `events`, interrupts by `request_interrupt`."""
+
+    is_comfy = False
+    server = None
+
+    def __init__(self):
+        base = Path(tempfile.gettempdir()) / "goan_nodes"
+        self.dirs = {"input": base / "input", "output": base / "output", "temp": base / "temp"}
+        self.models_dir = base / "models"
+        self.events: list[tuple[str, dict]] = []
+        self.progress_bars: list[PlainProgressBar] = []
+        self.prompt_id = "local"
+        self.running: dict[str, dict] = {}  # prompt_id -> API prompt, as ComfyUI's queue would know it
+        self.previews = False
+        self.on_progress = None  # called with the bar after every update (tests)
+        self._interrupt = threading.Event()
+        self.interrupt_types: tuple[type[BaseException], ...] = (PlainInterrupt,)
+
+    def configure(self, *, models_dir=None, input_dir=None, output_dir=None, temp_dir=None) -> None:
+        if models_dir is not None:
+            self.models_dir = Path(models_dir)
+        for key, value in (("input", input_dir), ("output", output_dir), ("temp", temp_dir)):
+            if value is not None:
+                self.dirs[key] = Path(value)
+
+    # folders
+    def folder_paths(self, kind: str) -> list[str]:
+        return [str(self.models_dir / sub) for sub in MODEL_FOLDERS.get(kind, (kind,))]
+
+    def directory(self, kind: str) -> Path:
+        path = self.dirs[kind]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # devices and memory
+    def torch_device(self) -> torch.device:
+        return resolve_device("auto")
+
+    def release_memory(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def unload_other_models(self) -> None:
+        pass
+
+    # progress, previews, interrupts
+    def progress_bar(self, total: int, node_id=None) -> PlainProgressBar:
+        return PlainProgressBar(total, node_id, self)
+
+    def previewer(self):
+        return (lambda latent: ("JPEG", None, 512)) if self.previews else None
+
+    def request_interrupt(self) -> None:
+        self._interrupt.set()
+
+    def check_interrupt(self) -> None:
+        if self._interrupt.is_set():
+            self._interrupt.clear()
+            raise PlainInterrupt("Processing interrupted")
+
+    def is_interrupt(self, error: BaseException) -> bool:
+        return isinstance(error, self.interrupt_types)
+
+    def is_oom(self, error: BaseException) -> bool:
+        return isinstance(error, torch.OutOfMemoryError)
+
+    def blocker(self):
+        return PlainBlocker(None)
+
+    # server
+    def send(self, event: str, data: dict) -> None:
+        self.events.append((event, dict(data)))
+
+    def current_prompt_id(self) -> str | None:
+        return self.prompt_id
+
+    def running_prompts(self) -> dict[str, dict]:
+        """prompt_id -> API-format prompt of every prompt running now."""
+        return dict(self.running)
+
+
+class ComfyHost:
+    """Inside ComfyUI."""
+
+    is_comfy = True
+
+    def __init__(self, folder_paths):
+        import comfy.model_management as mm
+        import comfy.utils
+        from comfy_execution.graph import ExecutionBlocker
+
+        self._fp, self._mm, self._utils, self._blocker = folder_paths, mm, comfy.utils, ExecutionBlocker
+        try:
+            from server import PromptServer
+
+            self.server = getattr(PromptServer, "instance", None)
+        except ImportError:
+            self.server = None
+        self.interrupt_types = (mm.InterruptProcessingException,)
+
+    def folder_paths(self, kind: str) -> list[str]:
+        try:
+            return list(self._fp.get_folder_paths(kind))
+        except KeyError:
+            return []
+
+    def directory(self, kind: str) -> Path:
+        getter = {"input": self._fp.get_input_directory, "output": self._fp.get_output_directory,
+                  "temp": self._fp.get_temp_directory}[kind]
+        path = Path(getter())
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def torch_device(self) -> torch.device:
+        return self._mm.get_torch_device()
+
+    def release_memory(self) -> None:
+        self._mm.soft_empty_cache()
+
+    def unload_other_models(self) -> None:
+        """Make room on the GPU: ComfyUI's own loaded models are unloaded before goan samples."""
+        if self.torch_device().type != "cpu":
+            self._mm.unload_all_models()
+            self._mm.soft_empty_cache()
+
+    def progress_bar(self, total: int, node_id=None):
+        return self._utils.ProgressBar(total, node_id=node_id)
+
+    def previewer(self):
+        """A function latent -> ComfyUI preview tuple, or None when previews are off (--preview-method)."""
+        import comfy.latent_formats
+        import latent_preview
+
+        previewer = latent_preview.get_previewer(torch.device("cpu"), comfy.latent_formats.HunyuanVideo())
+        if previewer is None:
+            return None
+        return lambda latent: previewer.decode_latent_to_preview_image("JPEG", latent.float().cpu())
+
+    def check_interrupt(self) -> None:
+        self._mm.throw_exception_if_processing_interrupted()
+
+    def is_interrupt(self, error: BaseException) -> bool:
+        return isinstance(error, self.interrupt_types)
+
+    def is_oom(self, error: BaseException) -> bool:
+        oom = getattr(self._mm, "OOM_EXCEPTION", torch.OutOfMemoryError)
+        return isinstance(error, torch.OutOfMemoryError) or (oom is not Exception and isinstance(error, oom))
+
+    def blocker(self):
+        return self._blocker(None)
+
+    def send(self, event: str, data: dict) -> None:
+        if self.server is not None:
+            self.server.send_sync(event, data, getattr(self.server, "client_id", None))
+
+    def current_prompt_id(self) -> str | None:
+        try:
+            from comfy_execution.utils import get_executing_context
+
+            context = get_executing_context()
+            if context is not None:
+                return context.prompt_id
+        except ImportError:
+            pass
+        return getattr(self.server, "last_prompt_id", None)
+
+    def running_prompts(self) -> dict[str, dict]:
+        queue = getattr(self.server, "prompt_queue", None)
+        if queue is None:
+            return {}
+        running, _ = queue.get_current_queue_volatile()
+        return {item[1]: item[2] for item in running}
+
+
+def _detect():
+    folder_paths = sys.modules.get("folder_paths")
+    if folder_paths is not None and hasattr(folder_paths, "get_folder_paths"):
+        try:
+            return ComfyHost(folder_paths)
+        except ImportError as error:  # a module called folder_paths that is not ComfyUI's
+            log.warning("goan: folder_paths found but ComfyUI is incomplete (%s); running without it", error)
+    return PlainHost()
+
+
+HOST = _detect()
+
+
+def configure(**folders) -> None:
+    """Outside ComfyUI: where models, input, output and temp files live (see PlainHost.configure)."""
+    if HOST.is_comfy:
+        raise RuntimeError("inside ComfyUI the folders come from ComfyUI's own settings")
+    HOST.configure(**folders)
+
+
+def output_relative(path: Path) -> dict:
+    """{filename, subfolder, type: output} naming a file under the output folder, as /view takes it."""
+    output = Path(os.path.realpath(HOST.directory("output")))
+    parent = Path(os.path.realpath(path)).parent
+    subfolder = parent.relative_to(output).as_posix()
+    return {"filename": Path(path).name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}

@@ -1,0 +1,143 @@
+"""Which goan jobs run, and pause requests for them: shared by the sampler (worker thread) and the routes."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+
+from ..goan_core.control import JobControl
+from .adapter import HOST
+
+SAMPLER_TYPE = "GoanSegmentSampler"
+RUNNING, PAUSING, PAUSED, STOPPED, FINISHED, FAILED = "running", "pausing", "paused", "stopped", "finished", "failed"
+ACTIVE = (RUNNING, PAUSING)
+KEEP_RECENT = 20
+
+
+@dataclass
+class JobEntry:
+    prompt_id: str
+    node_id: str | None
+    job_id: str | None = None
+    status: str = RUNNING
+    section: int = 0
+    total_sections: int = 0
+    step: int = 0
+    steps: int = 0
+    file: dict | None = None
+    error: str | None = None
+    control: JobControl = field(default_factory=JobControl)
+    pending: bool = False  # a pause asked for before the sampler started
+    order: int = 0
+
+    def public(self) -> dict:
+        return {"prompt_id": self.prompt_id, "job_id": self.job_id, "node_id": self.node_id,
+                "status": self.status, "section": self.section, "total_sections": self.total_sections,
+                "step": self.step, "steps": self.steps, "file": self.file, "error": self.error}
+
+
+class JobRegistry:
+    def __init__(self, keep: int = KEEP_RECENT):
+        self._lock = threading.Lock()
+        self._entries: list[JobEntry] = []
+        self._counter = itertools.count(1)
+        self.keep = keep
+        self.generation = 0  # bumped whenever a run ends unfinished, so ComfyUI re-runs the sampler
+
+    # -- the sampler's side ----------------------------------------------------------------------
+    def start(self, prompt_id: str, node_id: str | None, job_id: str, *, section: int, step: int,
+              total_sections: int, steps: int) -> JobEntry:
+        """Register a running job; a pause asked for before it started applies now."""
+        with self._lock:
+            entry = next((e for e in self._entries if e.prompt_id == prompt_id and e.pending), None)
+            if entry is None:
+                entry = JobEntry(prompt_id, node_id)
+                self._entries.append(entry)
+            else:
+                entry.pending, entry.node_id = False, node_id or entry.node_id
+            entry.job_id, entry.section, entry.step = job_id, section, step
+            entry.total_sections, entry.steps = total_sections, steps
+            entry.order = next(self._counter)
+            return entry
+
+    def progress(self, entry: JobEntry, section: int, step: int, total_sections: int) -> None:
+        with self._lock:
+            entry.section, entry.step, entry.total_sections = section, step, total_sections
+
+    def set_file(self, entry: JobEntry, file: dict | None) -> None:
+        with self._lock:
+            entry.file = file
+
+    def end(self, entry: JobEntry, status: str, *, file: dict | None = None, error: str | None = None) -> None:
+        with self._lock:
+            entry.status = status
+            if file is not None:
+                entry.file = file
+            entry.error = error
+            entry.order = next(self._counter)
+            if status != FINISHED:
+                self.generation += 1
+            self._trim()
+
+    # -- the routes' side ------------------------------------------------------------------------
+    def request_pause(self, prompt_id: str) -> JobEntry | None:
+        """Pause the running job of `prompt_id`; None when there is none. Idempotent."""
+        running = None
+        with self._lock:
+            known = [e for e in self._entries if e.prompt_id == prompt_id]
+            running = next((e for e in known if e.status in ACTIVE + (PAUSED,)), None)
+            if running is None and known:
+                return None  # its goan job already finished, failed or was cancelled
+            if running is not None:
+                if running.status == RUNNING:
+                    running.control.request_pause()
+                    running.status = PAUSING
+                    notify = True
+                else:
+                    notify = False
+        if running is None:
+            running, notify = self._pending_pause(prompt_id), True
+            if running is None:
+                return None
+        if notify:
+            HOST.send("goan.pausing", {"prompt_id": prompt_id, "node_id": running.node_id})
+        return running
+
+    def _pending_pause(self, prompt_id: str) -> JobEntry | None:
+        """The prompt runs in ComfyUI and holds a goan sampler that has not started yet: pause it at once."""
+        prompt = HOST.running_prompts().get(prompt_id)
+        if not isinstance(prompt, dict):
+            return None
+        node_id = next((str(k) for k, v in prompt.items()
+                        if isinstance(v, dict) and v.get("class_type") == SAMPLER_TYPE), None)
+        if node_id is None:
+            return None
+        entry = JobEntry(prompt_id, node_id, status=PAUSING, pending=True)
+        entry.control.request_pause()
+        with self._lock:
+            entry.order = next(self._counter)
+            self._entries.append(entry)
+        return entry
+
+    def jobs(self) -> list[dict]:
+        """Running jobs first (oldest first), then the most recent others."""
+        running_prompts = set(HOST.running_prompts())
+        with self._lock:
+            # a pending pause whose prompt ended without running the sampler (cached, failed earlier)
+            self._entries = [e for e in self._entries if not (e.pending and e.prompt_id not in running_prompts)]
+            active = sorted((e for e in self._entries if e.status in ACTIVE), key=lambda e: e.order)
+            others = sorted((e for e in self._entries if e.status not in ACTIVE), key=lambda e: -e.order)
+            return [e.public() for e in active + others]
+
+    def _trim(self) -> None:
+        others = sorted((e for e in self._entries if e.status not in ACTIVE), key=lambda e: -e.order)
+        for old in others[self.keep:]:
+            self._entries.remove(old)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+REGISTRY = JobRegistry()

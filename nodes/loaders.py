@@ -1,0 +1,261 @@
+"""Loader nodes: the FramePack transformer, the HunyuanVideo VAE and text encoders, SigLIP.
+
+Files and folders are found through ComfyUI's model folders (`folder_paths`):
+- transformer: a single .safetensors in `diffusion_models` (bf16 or fp8), or a diffusers folder in
+  `diffusers` (shown as "[diffusers] NAME"), either the transformer folder itself or a root
+  holding `transformer/`;
+- VAE: a diffusers AutoencoderKLHunyuanVideo folder (or a root holding `vae/`) in `diffusers` or `vae`;
+- text encoders: a root holding text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/
+  (hunyuanvideo-community/HunyuanVideo) in `diffusers` or `text_encoders`;
+- image encoder: a root holding image_encoder/ and feature_extractor/ (lllyasviel/flux_redux_bfl)
+  in `diffusers` or `clip_vision`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..goan_core.devices import resolve_dtype
+from ..goan_core.errors import ModelFolderError
+from ..goan_core.models import (
+    IMAGE_PARTS,
+    PARTS,
+    TEXT_PARTS,
+    TRANSFORMER_CLASS_NAMES,
+    load_part,
+    load_parts,
+    load_transformer_file,
+)
+from ..goan_core.precision import CONV_FP32_POLICIES, configure_precision
+from .adapter import HOST
+from .types import (
+    CATEGORY,
+    IMAGE_ENCODER,
+    TEXT_ENCODERS,
+    TRANSFORMER,
+    VAE,
+    GoanImageEncoder,
+    GoanTextEncoders,
+    GoanTransformer,
+    GoanVAE,
+)
+
+DTYPE_CHOICES = ["auto", "bfloat16", "float16", "float32"]
+DIFFUSERS_PREFIX = "[diffusers] "
+SCAN_DEPTH = 3  # how deep below a model folder goan looks for diffusers folders
+NONE_FOUND = "(none found)"
+
+
+def _class_of(folder: Path) -> str | None:
+    """The model class named in folder/config.json (diffusers `_class_name` or transformers `model_type`)."""
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    found = data.get("_class_name") or data.get("model_type")
+    return found if isinstance(found, str) else None
+
+
+def _is_transformer(folder: Path) -> bool:
+    return _class_of(folder) in TRANSFORMER_CLASS_NAMES or _class_of(folder / "transformer") in TRANSFORMER_CLASS_NAMES
+
+
+def _is_vae(folder: Path) -> bool:
+    return "AutoencoderKLHunyuanVideo" in (_class_of(folder), _class_of(folder / "vae"))
+
+
+def _has_parts(names) -> Callable[[Path], bool]:
+    return lambda folder: all((folder / name).is_dir() for name in names)
+
+
+KINDS = {
+    "transformer": (("diffusers",), _is_transformer),
+    "vae": (("diffusers", "vae"), _is_vae),
+    "text_encoders": (("diffusers", "text_encoders"), _has_parts(TEXT_PARTS)),
+    "image_encoder": (("diffusers", "clip_vision"), _has_parts(IMAGE_PARTS)),
+}
+
+
+def _matching_folders(base: Path, accepts, depth: int = SCAN_DEPTH):
+    """Folders below `base` (down to `depth` levels, no hidden ones) that `accepts`; never below a match."""
+    if depth <= 0 or not base.is_dir():
+        return
+    try:
+        children = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return
+    for child in children:
+        if accepts(child):
+            yield child
+        else:
+            yield from _matching_folders(child, accepts, depth - 1)
+
+
+def list_folders(kind: str) -> list[str]:
+    """Names (relative to their model folder, '/'-separated) of the folders that hold `kind`."""
+    folder_kinds, accepts = KINDS[kind]
+    found = []
+    for folder_kind in folder_kinds:
+        for base in HOST.folder_paths(folder_kind):
+            for folder in _matching_folders(Path(base), accepts):
+                name = folder.relative_to(base).as_posix()
+                if name not in found:
+                    found.append(name)
+    return sorted(found)
+
+
+def _inside(base: Path, name: str) -> Path | None:
+    """base/name when `name` is a plain relative name (no absolute path, no '..'), else None.
+
+    Symlinks inside model folders are followed: people link their model files there.
+    """
+    if not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name or "\x00" in name:
+        return None
+    if any(part in ("..", ".", "") for part in name.split("/")):
+        return None
+    return base / name
+
+
+def find_folder(kind: str, name: str) -> Path:
+    """The folder a combo value names; ModelFolderError saying where goan looked otherwise."""
+    folder_kinds, accepts = KINDS[kind]
+    looked = []
+    for folder_kind in folder_kinds:
+        for base in HOST.folder_paths(folder_kind):
+            looked.append(base)
+            target = _inside(Path(base), name)
+            if target is not None and target.is_dir() and accepts(target):
+                return target
+    raise ModelFolderError(f"{name!r}: no such {kind.replace('_', ' ')} folder in {', '.join(looked) or 'any model folder'}; "
+                           "put it there and refresh (press R)")
+
+
+def _part_folder(root: Path, name: str) -> Path:
+    """A part's folder: root itself when root is that part, else root/<name>."""
+    accepts = PARTS[name].accepts
+    return root if accepts and _class_of(root) in accepts else root / name
+
+
+def transformer_choices() -> list[str]:
+    files = []
+    for base in HOST.folder_paths("diffusion_models"):
+        base = Path(base)
+        if base.is_dir():
+            for path in sorted(base.rglob("*")):
+                if path.suffix.lower() in (".safetensors", ".sft") and path.is_file():
+                    name = path.relative_to(base).as_posix()
+                    if name not in files:
+                        files.append(name)
+    return sorted(files) + [DIFFUSERS_PREFIX + name for name in list_folders("transformer")]
+
+
+def find_transformer_file(name: str) -> Path:
+    looked = []
+    for base in HOST.folder_paths("diffusion_models"):
+        looked.append(base)
+        target = _inside(Path(base), name)
+        if target is not None and target.is_file():
+            return target
+    raise ModelFolderError(f"{name!r}: no such transformer file in {', '.join(looked) or 'diffusion_models'}; "
+                           "put the FramePack .safetensors file there and refresh (press R)")
+
+
+def _dtype(name: str, device):
+    return resolve_dtype(None if name == "auto" else name, device)
+
+
+def _or_none(choices: list[str]) -> list[str]:
+    return choices or [NONE_FOUND]
+
+
+class GoanTransformerLoader:
+    DESCRIPTION = ("Loads the FramePack transformer from models/diffusion_models (one .safetensors file, bf16 or "
+                   "fp8) or from a diffusers folder in models/diffusers.")
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    RETURN_TYPES = (TRANSFORMER,)
+    RETURN_NAMES = ("transformer",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (_or_none(transformer_choices()), {"tooltip": "FramePackI2V_HY (or F1) weights"}),
+            "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": "auto: bfloat16 on a GPU, float32 on the CPU"}),
+            "conv_fp32": (list(CONV_FP32_POLICIES), {"default": "auto",
+                          "tooltip": "run the patch-embed Conv3d layers in fp32 (needed on GPUs without bf16 Conv3d)"}),
+        }}
+
+    def execute(self, model, dtype="auto", conv_fp32="auto"):
+        device = HOST.torch_device()
+        torch_dtype = _dtype(dtype, device)
+        if model.startswith(DIFFUSERS_PREFIX):
+            root = find_folder("transformer", model[len(DIFFUSERS_PREFIX):])
+            folder = _part_folder(root, "transformer")
+            loaded = load_part(folder, "transformer", torch_dtype)
+        else:
+            loaded = load_transformer_file(find_transformer_file(model), torch_dtype)
+        applied = configure_precision(loaded, conv_fp32, device, torch_dtype)
+        return (GoanTransformer(loaded, device, torch_dtype, applied, model),)
+
+
+class GoanVAELoader:
+    DESCRIPTION = "Loads the HunyuanVideo VAE (diffusers folder) from models/diffusers or models/vae."
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    RETURN_TYPES = (VAE,)
+    RETURN_NAMES = ("goan_vae",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"folder": (_or_none(list_folders("vae")),),
+                             "dtype": (DTYPE_CHOICES, {"default": "auto"})}}
+
+    def execute(self, folder, dtype="auto"):
+        device = HOST.torch_device()
+        torch_dtype = _dtype(dtype, device)
+        vae = load_part(_part_folder(find_folder("vae", folder), "vae"), "vae", torch_dtype)
+        return (GoanVAE(vae, device, torch_dtype, folder),)
+
+
+class GoanTextEncoderLoader:
+    DESCRIPTION = ("Loads HunyuanVideo's Llama and CLIP text encoders with their tokenizers from a diffusers folder "
+                   "(text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/).")
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    RETURN_TYPES = (TEXT_ENCODERS,)
+    RETURN_NAMES = ("text_encoders",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"folder": (_or_none(list_folders("text_encoders")),),
+                             "dtype": (DTYPE_CHOICES, {"default": "auto"})}}
+
+    def execute(self, folder, dtype="auto"):
+        device = HOST.torch_device()
+        torch_dtype = _dtype(dtype, device)
+        models = load_parts(find_folder("text_encoders", folder), TEXT_PARTS, torch_dtype)
+        return (GoanTextEncoders(models, device, torch_dtype, folder),)
+
+
+class GoanImageEncoderLoader:
+    DESCRIPTION = "Loads the SigLIP image encoder and its processor (image_encoder/, feature_extractor/)."
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    RETURN_TYPES = (IMAGE_ENCODER,)
+    RETURN_NAMES = ("image_encoder",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"folder": (_or_none(list_folders("image_encoder")),),
+                             "dtype": (DTYPE_CHOICES, {"default": "auto"})}}
+
+    def execute(self, folder, dtype="auto"):
+        device = HOST.torch_device()
+        torch_dtype = _dtype(dtype, device)
+        models = load_parts(find_folder("image_encoder", folder), IMAGE_PARTS, torch_dtype)
+        return (GoanImageEncoder(models, device, torch_dtype, folder),)

@@ -1,0 +1,98 @@
+"""ComfyUI's own encoder outputs and VAE, turned into what goan_core takes.
+
+- CONDITIONING from DualCLIPLoader(type hunyuan_video) + CLIPTextEncode: a list of
+  [cond, {"pooled_output": ..., optional "attention_mask": ...}], where cond is the Llama hidden
+  state of the user tokens only (template removed), (1, L, 4096), and pooled_output the CLIP-L
+  pooled output (1, 768). goan keeps at most 256 prompt tokens, zero-padded to 512 with a mask:
+  the same crop FramePack applies to the diffusers encoders' output.
+- CLIP_VISION_OUTPUT from CLIPVisionEncode with SigLIP: `last_hidden_state` (1, 729, 1152).
+- VAE (comfy.sd.VAE): encode takes IMAGE [N,H,W,3] in 0..1 and returns RAW latents
+  [1,16,T,h,w]; decode takes raw latents and returns [B,T,H,W,3] in 0..1. goan's latents are
+  scaled by 0.476986 (FramePack's convention), so they are divided by it before decode and
+  multiplied after encode.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from ..goan_core.encoders import PROMPT_EMBED_LENGTH, PROMPT_TOKENS, crop_or_pad
+from ..goan_core.errors import InputError
+from .adapter import HUNYUAN_VAE_SCALE
+
+log = logging.getLogger("goan")
+
+
+def _tensor(value, what: str, ndim: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.ndim != ndim:
+        got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise InputError(f"{what}: expected a {ndim}-D tensor, got {got}")
+    return value.detach()
+
+
+def prompt_from_conditioning(conditioning, name: str = "positive") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(embeds (1,512,D) float32, mask (1,512) bool, pooled (1,P) float32) from a ComfyUI CONDITIONING."""
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise InputError(f"{name}: expected ComfyUI CONDITIONING (a list of [tensor, dict]), got "
+                         f"{type(conditioning).__name__}")
+    if len(conditioning) > 1:
+        log.warning("goan: %s holds %d conditionings; only the first is used", name, len(conditioning))
+    entry = conditioning[0]
+    if not isinstance(entry, (list, tuple)) or len(entry) < 2 or not isinstance(entry[1], dict):
+        raise InputError(f"{name}: each CONDITIONING entry must be [tensor, dict]")
+    cond = _tensor(entry[0], f"{name} conditioning", 3)[:1].float().cpu()
+    pooled = entry[1].get("pooled_output")
+    if pooled is None:
+        raise InputError(f"{name}: the CONDITIONING has no pooled_output; use DualCLIPLoader with type "
+                         "hunyuan_video (CLIP-L + Llama) and CLIPTextEncode")
+    pooled = _tensor(pooled, f"{name} pooled_output", 2)[:1].float().cpu()
+    mask = entry[1].get("attention_mask")
+    if mask is not None:
+        mask = _tensor(mask, f"{name} attention_mask", 2)[:1].bool().cpu()
+        if mask.shape[1] != cond.shape[1]:
+            raise InputError(f"{name}: attention_mask covers {mask.shape[1]} tokens but the conditioning has "
+                             f"{cond.shape[1]}")
+        cond = cond[:, mask[0]]
+    embeds, prompt_mask = crop_or_pad(cond[:, :PROMPT_TOKENS], PROMPT_EMBED_LENGTH)
+    return embeds, prompt_mask, pooled
+
+
+def image_embeds_from_clip_vision(output) -> torch.Tensor:
+    """SigLIP last_hidden_state (1, N, E) float32 from a ComfyUI CLIP_VISION_OUTPUT."""
+    hidden = getattr(output, "last_hidden_state", None)
+    if hidden is None:
+        try:
+            hidden = output["last_hidden_state"]
+        except (KeyError, TypeError, IndexError):
+            hidden = None
+    if hidden is None:
+        raise InputError("clip_vision_output: it has no last_hidden_state; use CLIPVisionLoader with the SigLIP "
+                         "model (sigclip_vision_patch14_384) and CLIPVisionEncode")
+    return _tensor(hidden, "clip_vision_output last_hidden_state", 3)[:1].float().cpu()
+
+
+class ComfyVAE:
+    """A ComfyUI VAE seen the way goan_core's decode and encode steps want it."""
+
+    def __init__(self, vae):
+        if not (hasattr(vae, "encode") and hasattr(vae, "decode")):
+            raise InputError(f"vae: expected a ComfyUI VAE, got {type(vae).__name__}")
+        self.vae = vae
+
+    def encode_start_latent(self, image: np.ndarray) -> torch.Tensor:
+        """Scaled latent (1,16,1,h,w) float32 of a uint8 HxWx3 image."""
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).float().div(255.0)[None]
+        latent = self.vae.encode(pixels)
+        latent = _tensor(latent, "VAE encode output", 5)
+        return (latent[:, :, :1].float().cpu() * HUNYUAN_VAE_SCALE).contiguous()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels (1,3,F,H,W) in [-1,1] of scaled latents (1,16,T,h,w)."""
+        pixels = self.vae.decode(latents.float() / HUNYUAN_VAE_SCALE)
+        if pixels.ndim == 4:  # [F,H,W,3]
+            pixels = pixels[None]
+        pixels = _tensor(pixels, "VAE decode output", 5)[:1, ..., :3].float().cpu()
+        return (pixels.permute(0, 4, 1, 2, 3) * 2.0 - 1.0).contiguous()

@@ -1,0 +1,117 @@
+"""GoanLoadResume, GoanSaveResume and GoanPauseGate."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from ..goan_core.atomic import RetentionFolder
+from ..goan_core.errors import InputError
+from ..goan_core.resume_file import read_resume_file
+from . import types as T
+from .adapter import HOST, output_relative
+from .files import list_input_resume_files, resolve_input_name
+from .types import CATEGORY, GoanJob, uint8_to_image
+
+log = logging.getLogger("goan")
+
+
+class GoanLoadResume:
+    DESCRIPTION = ("Loads a .goan_resume file from the input folder (drop one on the canvas or upload it): the job "
+                   "state, its source image and its settings. A damaged or foreign file fails with a clear message.")
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    RETURN_TYPES = (T.STATE, "IMAGE", "STRING")
+    RETURN_NAMES = ("state", "source_image", "params")
+    OUTPUT_TOOLTIPS = ("the saved job, ready for the sampler's resume_state", "the job's (cropped) start image",
+                       "the job's settings as JSON")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"resume_file": (list_input_resume_files(), {
+            "goan_resume_upload": True,
+            "tooltip": "a .goan_resume file in the input folder (uploads go to input/goan_resume/)"})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, resume_file):
+        try:
+            path = resolve_input_name(resume_file)
+        except InputError as error:
+            return str(error)
+        if not path.is_file():
+            return f"resume file not found in the input folder: {resume_file}"
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, resume_file):
+        try:
+            stat = resolve_input_name(resume_file).stat()
+        except (InputError, OSError):
+            return float("nan")
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+    def execute(self, resume_file):
+        path = resolve_input_name(resume_file)
+        data = read_resume_file(path)
+        for note in data.notes:
+            log.warning("goan: %s: %s", resume_file, note)
+        subfolder, _, filename = resume_file.rpartition("/")
+        job = GoanJob(state=data.state, source_image=data.source_image, status=T.LOADED,
+                      file={"filename": filename, "subfolder": subfolder, "type": "input"}, path=path,
+                      workflow=data.workflow, end_image=data.end_image, needs_start_latent=data.needs_start_latent,
+                      job_info=data.job_info, notes=list(data.notes))
+        params = json.dumps(data.state.params.to_dict(), indent=2)
+        return (job, uint8_to_image(data.source_image), params)
+
+
+class GoanSaveResume:
+    DESCRIPTION = ("Saves the job as a .goan_resume file in output/goan_resume/<job>/ (with this workflow inside) "
+                   "and names it to the browser, which offers it for download.")
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"state": (T.STATE,)},
+                "hidden": {"unique_id": "UNIQUE_ID", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def execute(self, state, unique_id=None, extra_pnginfo=None):
+        if not isinstance(state, GoanJob):
+            raise InputError(f"state: expected a goan state, got {type(state).__name__}")
+        output = HOST.directory("output")
+        path = state.path
+        in_output = path is not None and state.file is not None and state.file.get("type") == "output"
+        if not (in_output and path.is_file()):
+            workflow = extra_pnginfo.get("workflow") if isinstance(extra_pnginfo, dict) else None
+            workflow = workflow if isinstance(workflow, dict) else state.workflow
+            kind = {T.FINISHED: "finished", T.STOPPED: "stop"}.get(state.status, "pause")
+            if state.state.done:
+                kind = "finished"
+            folder = RetentionFolder(output, state.state.job_id, state.keep_last)
+            path = folder.save(state.state.snapshot(), source_image=state.source_image, end_image=state.end_image,
+                               workflow=workflow, kind=kind)
+        file = output_relative(path)
+        return {"ui": {"goan_resume": [file]}, "result": ()}
+
+
+class GoanPauseGate:
+    DESCRIPTION = ("Routes a finished job's frames to the video branch and a paused job's state to the save branch; "
+                   "the branch that does not apply is skipped.")
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    RETURN_TYPES = ("IMAGE", "FLOAT", T.STATE)
+    RETURN_NAMES = ("images", "fps", "paused_state")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"state": (T.STATE,), "images": ("IMAGE",),
+                             "fps": ("FLOAT", {"forceInput": True})}}
+
+    def execute(self, state, images, fps):
+        if not isinstance(state, GoanJob):
+            raise InputError(f"state: expected a goan state, got {type(state).__name__}")
+        if state.status == T.FINISHED or state.state.done:
+            return (images, fps, HOST.blocker())
+        return (HOST.blocker(), HOST.blocker(), state)

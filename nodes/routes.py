@@ -1,0 +1,240 @@
+"""HTTP routes under /goan/ on ComfyUI's PromptServer (also served with an /api prefix by ComfyUI).
+
+POST /goan/pause                {prompt_id}          -> 200 {status, prompt_id} | 404 {error}
+GET  /goan/jobs                                      -> {jobs: [...]}
+POST /goan/upload/{upload_id}?offset=&total=&filename=  raw chunk bytes (<= 16 MiB)
+                                                     -> {received} | {done, name, filename, subfolder, type}
+GET  /goan/resume_info?name=goan_resume/NAME.goan_resume -> {workflow, job_info, params, exact, notes}
+GET  /goan/workflows                                 -> {workflows: [names]}
+GET  /goan/workflows/{name}.json                     -> the example workflow
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from ..goan_core.atomic import FREE_SPACE_MARGIN, format_size
+from ..goan_core.errors import GoanError, ResumeFileError
+from ..goan_core.resume_file import MAX_TOTAL_BYTES, read_resume_file
+from .adapter import HOST
+from .files import UPLOAD_SUBFOLDER, reserve_upload_path, resolve_input_name, sanitise_upload_name
+from .jobs import REGISTRY
+
+log = logging.getLogger("goan")
+
+UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+MAX_CHUNK = 16 * 1024 * 1024
+MAX_UPLOAD = MAX_TOTAL_BYTES + 64 * 1024 * 1024  # the largest file the reader would even open
+UPLOAD_TTL = 3600.0  # seconds an unfinished upload is kept without a new chunk
+WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+WORKFLOW_NAMES = ("goan_image_to_video.json", "goan_resume.json", "goan_native_encoders.json")
+
+
+def _error(status: int, message: str, **extra) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+@dataclass
+class Upload:
+    path: Path
+    total: int
+    filename: str
+    received: int = 0
+    touched: float = 0.0
+
+
+class Uploads:
+    """Unfinished chunked uploads, in the temp folder; one lock per upload id."""
+
+    def __init__(self):
+        self.active: dict[str, Upload] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def folder(self) -> Path:
+        folder = HOST.directory("temp") / "goan_uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def lock(self, upload_id: str) -> asyncio.Lock:
+        return self.locks.setdefault(upload_id, asyncio.Lock())
+
+    def drop(self, upload_id: str) -> None:
+        upload = self.active.pop(upload_id, None)
+        self.locks.pop(upload_id, None)
+        if upload is not None:
+            upload.path.unlink(missing_ok=True)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for upload_id, upload in list(self.active.items()):
+            if now - upload.touched > UPLOAD_TTL and not self.lock(upload_id).locked():
+                self.drop(upload_id)
+
+
+UPLOADS = Uploads()
+
+
+def _short_of_space(total: int) -> str | None:
+    """Why an upload of `total` bytes cannot fit (temp copy plus the stored file), or None."""
+    for folder in {UPLOADS.folder(), HOST.directory("input")}:
+        free = shutil.disk_usage(folder).free
+        if free < total + FREE_SPACE_MARGIN:
+            return (f"not enough free disk space for this {format_size(total)} upload: {format_size(free)} free; "
+                    "free some space and upload again")
+    return None
+
+
+def _int_param(request: web.Request, name: str) -> int:
+    value = request.query.get(name)
+    if value is None or not re.fullmatch(r"\d{1,15}", value):
+        raise ValueError(f"query parameter {name!r} must be a whole number >= 0")
+    return int(value)
+
+
+async def pause(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        return _error(400, 'send JSON {"prompt_id": "..."}')
+    prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+    if not isinstance(prompt_id, str) or not prompt_id:
+        return _error(400, 'send JSON {"prompt_id": "..."}')
+    entry = REGISTRY.request_pause(prompt_id)
+    if entry is None:
+        return _error(404, f"prompt {prompt_id} is not a running goan job")
+    return web.json_response({"status": entry.status, "prompt_id": prompt_id})
+
+
+async def jobs(request: web.Request) -> web.Response:
+    return web.json_response({"jobs": REGISTRY.jobs()})
+
+
+async def upload(request: web.Request) -> web.Response:
+    upload_id = request.match_info.get("upload_id", "")
+    if not UPLOAD_ID.fullmatch(upload_id):
+        return _error(400, "upload id must be 8-64 letters, digits, '_' or '-'")
+    try:
+        offset, total = _int_param(request, "offset"), _int_param(request, "total")
+    except ValueError as error:
+        return _error(400, str(error))
+    if not 0 < total <= MAX_UPLOAD:
+        return _error(400 if total == 0 else 413, f"total must be between 1 and {MAX_UPLOAD} bytes")
+    if request.content_length is not None and request.content_length > MAX_CHUNK:
+        return _error(413, f"a chunk may hold at most {MAX_CHUNK} bytes")
+    UPLOADS.expire()
+    async with UPLOADS.lock(upload_id):
+        chunk = await request.content.read(MAX_CHUNK + 1)
+        if len(chunk) > MAX_CHUNK:
+            UPLOADS.drop(upload_id)
+            return _error(413, f"a chunk may hold at most {MAX_CHUNK} bytes")
+        current = UPLOADS.active.get(upload_id)
+        if offset == 0:
+            if current is not None:
+                UPLOADS.drop(upload_id)
+            short = _short_of_space(total)
+            if short:
+                return _error(507, short)
+            filename = request.query.get("filename", "")
+            current = Upload(UPLOADS.folder() / f"{upload_id}.goan_resume", total, filename)
+            current.path.write_bytes(b"")
+            UPLOADS.active[upload_id] = current
+        elif current is None or offset != current.received:
+            received = 0 if current is None else current.received
+            return _error(409, f"chunk out of order: expected offset {received}, got {offset}", received=received)
+        if total != current.total:
+            UPLOADS.drop(upload_id)
+            return _error(400, f"total changed during the upload ({current.total} -> {total})")
+        if offset + len(chunk) > total:
+            UPLOADS.drop(upload_id)
+            return _error(400, f"the chunks add up to more than the announced {total} bytes")
+        with open(current.path, "ab") as fh:
+            fh.write(chunk)
+        current.received += len(chunk)
+        current.touched = time.monotonic()
+        if current.received < total:
+            return web.json_response({"received": current.received})
+        try:
+            return await _finish_upload(upload_id, current)
+        finally:
+            UPLOADS.drop(upload_id)
+
+
+async def _finish_upload(upload_id: str, current: Upload) -> web.Response:
+    stem = sanitise_upload_name(current.filename)
+    shown = f"{stem}.goan_resume"
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(None, read_resume_file, current.path)
+    except ResumeFileError as error:
+        return _error(400, f"{shown}: {error.problem}")
+    except GoanError as error:
+        return _error(400, f"{shown}: {error}")
+    target = reserve_upload_path(stem)
+    try:
+        try:
+            os.replace(current.path, target)
+        except OSError:  # the temp folder is on another file system
+            await loop.run_in_executor(None, shutil.copyfile, current.path, target)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    log.info("goan: uploaded resume file stored as %s", target)
+    return web.json_response({"done": True, "name": f"{UPLOAD_SUBFOLDER}/{target.name}", "filename": target.name,
+                              "subfolder": UPLOAD_SUBFOLDER, "type": "input", "received": current.received})
+
+
+async def resume_info(request: web.Request) -> web.Response:
+    name = request.query.get("name", "")
+    try:
+        path = resolve_input_name(name)
+    except GoanError as error:
+        return _error(400, str(error))
+    if not path.is_file():
+        return _error(404, f"{name}: no such resume file in the input folder")
+    try:
+        data = await asyncio.get_running_loop().run_in_executor(None, read_resume_file, path)
+    except ResumeFileError as error:
+        return _error(400, f"{name}: {error.problem}")
+    except GoanError as error:
+        return _error(400, f"{name}: {error}")
+    return web.json_response({"workflow": data.workflow, "job_info": data.job_info,
+                              "params": data.state.params.to_dict(), "exact": data.exact, "notes": data.notes})
+
+
+async def workflows(request: web.Request) -> web.Response:
+    return web.json_response({"workflows": [n for n in WORKFLOW_NAMES if (WORKFLOWS_DIR / n).is_file()]})
+
+
+async def workflow(request: web.Request) -> web.Response:
+    name = request.match_info.get("name", "")
+    if name not in WORKFLOW_NAMES or not (WORKFLOWS_DIR / name).is_file():
+        return _error(404, f"no example workflow named {name[:80]!r}")
+    return web.json_response(json.loads((WORKFLOWS_DIR / name).read_text(encoding="utf-8")))
+
+
+def add_routes(routes: web.RouteTableDef) -> None:
+    routes.post("/goan/pause")(pause)
+    routes.get("/goan/jobs")(jobs)
+    routes.post("/goan/upload/{upload_id}")(upload)
+    routes.get("/goan/resume_info")(resume_info)
+    routes.get("/goan/workflows")(workflows)
+    routes.get("/goan/workflows/{name}")(workflow)
+
+
+def make_app() -> web.Application:
+    """A stand-alone app with goan's routes (tests, or serving them outside ComfyUI)."""
+    routes = web.RouteTableDef()
+    add_routes(routes)
+    app = web.Application(client_max_size=MAX_CHUNK + 1024 * 1024)
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,359 @@
+"""The /goan/ routes with aiohttp's test client: pause, jobs, chunked upload, resume_info, workflows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from hostile_corpus import read_members, write_valid, write_zip
+from nodes_helpers import *  # noqa: F401,F403  (fixtures)
+
+UPLOAD_ID = "upload-0001"
+
+
+def serve(scenario):
+    """Run `scenario(client)` against a fresh app holding goan's routes."""
+    from goan_pack.nodes.routes import make_app
+
+    async def main():
+        async with TestClient(TestServer(make_app())) as client:
+            return await scenario(client)
+
+    return asyncio.run(main())
+
+
+async def upload(client, data: bytes, filename: str, chunk: int = 1000, upload_id: str = UPLOAD_ID):
+    """Send `data` in order in chunks; the last response's status and JSON."""
+    offset, response = 0, None
+    while offset < len(data) or offset == 0:
+        part = data[offset:offset + chunk]
+        response = await client.post(f"/goan/upload/{upload_id}", data=part,
+                                     params={"offset": offset, "total": len(data), "filename": filename})
+        if response.status != 200:
+            break
+        offset += len(part)
+        if not part:
+            break
+    return response.status, await response.json()
+
+
+@pytest.fixture(autouse=True)
+def fresh_uploads(pack):
+    from goan_pack.nodes.routes import UPLOADS
+
+    UPLOADS.active.clear()
+    UPLOADS.locks.clear()
+    yield
+    UPLOADS.active.clear()
+
+
+@pytest.fixture
+def valid_file(host, tmp_path):
+    return write_valid(tmp_path / "made_elsewhere.goan_resume").read_bytes()
+
+
+def stored(host):
+    folder = host.directory("input") / "goan_resume"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def leftovers(host):
+    folder = host.directory("temp") / "goan_uploads"
+    return sorted(os.listdir(folder)) if folder.is_dir() else []
+
+
+# -- pause and jobs -------------------------------------------------------------------------------
+
+def test_pause_unknown_running_idempotent_and_finished(host):
+    from goan_pack.nodes.jobs import REGISTRY
+
+    entry = REGISTRY.start("p-run", "7", "job-a", section=0, step=0, total_sections=2, steps=3)
+    finished = REGISTRY.start("p-done", "7", "job-b", section=0, step=0, total_sections=2, steps=3)
+    REGISTRY.end(finished, "finished", file={"filename": "f", "subfolder": "s", "type": "output"})
+
+    async def scenario(client):
+        results = []
+        for body in ({"prompt_id": "p-run"}, {"prompt_id": "p-run"}, {"prompt_id": "nope"},
+                     {"prompt_id": "p-done"}, {}, "prompt"):
+            response = await client.post("/goan/pause", json=body)
+            results.append((response.status, await response.json()))
+        bad = await client.post("/goan/pause", data=b"{not json", headers={"Content-Type": "application/json"})
+        results.append((bad.status, await bad.json()))
+        return results
+
+    results = serve(scenario)
+    assert results[0] == (200, {"status": "pausing", "prompt_id": "p-run"})
+    assert results[1] == (200, {"status": "pausing", "prompt_id": "p-run"})
+    assert results[2][0] == 404 and "not a running goan job" in results[2][1]["error"]
+    assert results[3][0] == 404
+    assert [status for status, _ in results[4:]] == [400, 400, 400]
+    assert entry.control.request == "pause"
+    assert [e for e, _ in host.events] == ["goan.pausing"]  # once, not per request
+    assert host.events[0][1] == {"prompt_id": "p-run", "node_id": "7"}
+    REGISTRY.end(entry, "paused", file={"filename": "x.goan_resume", "subfolder": "goan_resume/job-a",
+                                        "type": "output"})
+    (status, body), = serve(lambda c: _pause_once(c, "p-run"))
+    assert status == 200 and body["status"] == "paused"
+
+
+async def _pause_once(client, prompt_id):
+    response = await client.post("/goan/pause", json={"prompt_id": prompt_id})
+    return [(response.status, await response.json())]
+
+
+def test_pause_a_prompt_whose_sampler_has_not_started(host):
+    host.running["p-queued"] = {"1": {"class_type": "LoadImage"}, "4": {"class_type": "GoanSegmentSampler"}}
+    host.running["p-other"] = {"1": {"class_type": "KSampler"}}
+    statuses = serve(lambda c: _statuses(c, ["p-queued", "p-other"]))
+    assert statuses == [200, 404]
+
+
+async def _statuses(client, prompt_ids):
+    return [(await client.post("/goan/pause", json={"prompt_id": p})).status for p in prompt_ids]
+
+
+def test_jobs_lists_running_first_then_recent(host):
+    from goan_pack.nodes.jobs import REGISTRY
+
+    old = REGISTRY.start("p-old", "7", "job-old", section=0, step=0, total_sections=2, steps=3)
+    REGISTRY.end(old, "finished", file={"filename": "a.goan_resume", "subfolder": "goan_resume/job-old",
+                                        "type": "output"})
+    failed = REGISTRY.start("p-fail", "7", "job-fail", section=0, step=0, total_sections=2, steps=3)
+    REGISTRY.end(failed, "failed", error="out of memory: simulated")
+    running = REGISTRY.start("p-now", "3", "job-now", section=0, step=0, total_sections=4, steps=25)
+    REGISTRY.progress(running, 1, 12, 4)
+
+    async def scenario(client):
+        response = await client.get("/goan/jobs")
+        return response.status, await response.json()
+
+    status, body = serve(scenario)
+    assert status == 200
+    assert [j["prompt_id"] for j in body["jobs"]] == ["p-now", "p-fail", "p-old"]
+    assert body["jobs"][0] == {"prompt_id": "p-now", "job_id": "job-now", "node_id": "3", "status": "running",
+                               "section": 1, "total_sections": 4, "step": 12, "steps": 25, "file": None,
+                               "error": None}
+    assert body["jobs"][1]["error"] == "out of memory: simulated"
+    assert body["jobs"][2]["file"]["filename"] == "a.goan_resume"
+
+
+def test_jobs_keeps_only_recent_ones(host):
+    from goan_pack.nodes.jobs import REGISTRY
+
+    for n in range(30):
+        REGISTRY.end(REGISTRY.start(f"p{n}", "1", f"j{n}", section=0, step=0, total_sections=1, steps=1), "finished")
+    jobs = REGISTRY.jobs()
+    assert len(jobs) == 20 and jobs[0]["prompt_id"] == "p29"
+
+
+# -- chunked upload -------------------------------------------------------------------------------
+
+def test_chunked_upload_stores_a_validated_file(host, valid_file):
+    async def scenario(client):
+        first = await upload(client, valid_file, "My Job (final).goan_resume", chunk=4096)
+        second = await upload(client, valid_file, "My Job (final).goan_resume", chunk=len(valid_file),
+                              upload_id="upload-0002")
+        info = await client.get("/goan/resume_info", params={"name": first[1]["name"]})
+        return first, second, (info.status, await info.json())
+
+    (status, body), (status2, body2), (info_status, info) = serve(scenario)
+    assert status == 200 and body["done"] is True
+    assert body == {"done": True, "name": "goan_resume/My_Job_final.goan_resume",
+                    "filename": "My_Job_final.goan_resume", "subfolder": "goan_resume", "type": "input",
+                    "received": len(valid_file)}
+    assert status2 == 200 and body2["name"] == "goan_resume/My_Job_final_1.goan_resume"  # never overwritten
+    assert stored(host) == ["My_Job_final.goan_resume", "My_Job_final_1.goan_resume"]
+    assert (host.directory("input") / body["name"]).read_bytes() == valid_file
+    assert leftovers(host) == []
+    assert info_status == 200
+    assert info["workflow"]["nodes"][0]["type"] == "GoanSegmentSampler"
+    assert info["job_info"]["format"] == "goan_resume" and info["params"]["steps"] == 5
+
+
+def test_intermediate_chunks_report_progress(host, valid_file):
+    async def scenario(client):
+        response = await client.post(f"/goan/upload/{UPLOAD_ID}", data=valid_file[:100],
+                                     params={"offset": 0, "total": len(valid_file), "filename": "a"})
+        return response.status, await response.json()
+
+    assert serve(scenario) == (200, {"received": 100})
+
+
+@pytest.mark.parametrize("upload_id", ["short", "has space!", "../../etc", "x" * 65, "dot.dot.dot"])
+def test_upload_refuses_bad_ids(host, upload_id):
+    async def scenario(client):
+        response = await client.post(f"/goan/upload/{upload_id}", data=b"abc",
+                                     params={"offset": 0, "total": 3, "filename": "a"})
+        return response.status
+
+    assert serve(scenario) in (400, 404)  # 404: aiohttp never routes a '/' inside the id
+
+
+@pytest.mark.parametrize("params, status", [
+    ({"offset": "x", "total": 3}, 400), ({"offset": 0, "total": 0}, 400), ({"offset": -1, "total": 3}, 400),
+    ({"offset": 0}, 400), ({"offset": 0, "total": 10**14}, 413),
+])
+def test_upload_refuses_bad_numbers(host, params, status):
+    async def scenario(client):
+        return (await client.post(f"/goan/upload/{UPLOAD_ID}", data=b"abc", params=params)).status
+
+    assert serve(scenario) == status
+
+
+def test_out_of_order_chunks_are_refused_and_the_upload_can_go_on(host, valid_file):
+    total = len(valid_file)
+
+    async def scenario(client):
+        async def send(offset, data):
+            response = await client.post(f"/goan/upload/{UPLOAD_ID}", data=data,
+                                         params={"offset": offset, "total": total, "filename": "job"})
+            return response.status, await response.json()
+
+        never_started = await send(500, valid_file[500:600])
+        first = await send(0, valid_file[:500])
+        skipped = await send(900, valid_file[900:1000])
+        repeated = await send(0 + 100, valid_file[100:500])
+        rest = await send(500, valid_file[500:])
+        return never_started, first, skipped, repeated, rest
+
+    never_started, first, skipped, repeated, rest = serve(scenario)
+    assert never_started[0] == 409 and never_started[1]["received"] == 0
+    assert first == (200, {"received": 500})
+    assert skipped[0] == 409 and skipped[1]["received"] == 500 and "expected offset 500" in skipped[1]["error"]
+    assert repeated[0] == 409
+    assert rest[0] == 200 and rest[1]["done"] is True
+
+
+def test_too_many_bytes_for_the_announced_total(host):
+    async def scenario(client):
+        response = await client.post(f"/goan/upload/{UPLOAD_ID}", data=b"x" * 10,
+                                     params={"offset": 0, "total": 5, "filename": "a"})
+        return response.status
+
+    assert serve(scenario) == 400
+    assert leftovers(host) == [] and stored(host) == []
+
+
+def test_upload_that_cannot_fit_on_disk_is_refused_before_writing(host, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 1024**2, 5 * 1024**2))
+
+    async def scenario(client):
+        response = await client.post(f"/goan/upload/{UPLOAD_ID}", data=b"x" * 10,
+                                     params={"offset": 0, "total": 50 * 1024**2, "filename": "big"})
+        return response.status, await response.json()
+
+    status, body = serve(scenario)
+    assert status == 507 and "not enough free disk space" in body["error"]
+    assert leftovers(host) == []
+
+
+def test_chunk_over_16_mib_is_refused(host):
+    async def scenario(client):
+        response = await client.post(f"/goan/upload/{UPLOAD_ID}", data=b"\0" * (16 * 1024 * 1024 + 1),
+                                     params={"offset": 0, "total": 32 * 1024 * 1024, "filename": "a"})
+        return response.status
+
+    assert serve(scenario) == 413
+
+
+def _traversal_zip(tmp_path, valid_path):
+    members = read_members(valid_path)
+    return write_zip(tmp_path / "evil.goan_resume", members + [("../../../../tmp/evil.sh", b"#!/bin/sh\n")],
+                     fix_checksums=False).read_bytes()
+
+
+@pytest.mark.parametrize("build, phrase", [
+    (lambda tmp, valid: b"MZ\x90\x00 this is an exe", "not a goan resume file"),
+    (lambda tmp, valid: b"PK\x03\x04" + b"\0" * 100, "truncated"),
+    (lambda tmp, valid: valid.read_bytes()[: len(valid.read_bytes()) // 2], "truncated"),
+    (_traversal_zip, "unsafe member name"),
+])
+def test_hostile_uploads_are_refused_and_nothing_is_kept(host, tmp_path, build, phrase):
+    valid = write_valid(tmp_path / "valid.goan_resume")
+    data = build(tmp_path, valid)
+
+    async def scenario(client):
+        return await upload(client, data, "evil.goan_resume", chunk=512)
+
+    status, body = serve(scenario)
+    assert status == 400 and phrase in body["error"], body
+    assert body["error"].startswith("evil.goan_resume: ")  # the client's name, not a server path
+    assert str(host.directory("temp")) not in body["error"]
+    assert stored(host) == [] and leftovers(host) == []
+
+
+@pytest.mark.parametrize("filename, expected", [
+    ("../../etc/passwd", "passwd"), ("..\\..\\windows\\system32\\x.goan_resume", "x"),
+    ("/abs/path/run.goan_resume", "run"), (".hidden.goan_resume", "hidden"), ("....", "upload"),
+    ("", "upload"), ("naïve café ☕.goan_resume", "na_ve_caf"), ("a" * 300, "a" * 100),
+    ("x.goan_resume.goan_resume", "x.goan_resume"),
+])
+def test_upload_names_are_sanitised(host, valid_file, filename, expected):
+    status, body = serve(lambda client: upload(client, valid_file, filename, chunk=len(valid_file)))
+    assert status == 200 and body["filename"] == f"{expected}.goan_resume"
+    assert stored(host) == [f"{expected}.goan_resume"]
+
+
+# -- resume_info -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../secret.goan_resume", "/etc/passwd", "goan_resume/../../x.goan_resume",
+                                  "other/x.goan_resume", "goan_resume\\x.goan_resume", "", "x.png",
+                                  "goan_resume/a/b.goan_resume"])
+def test_resume_info_resolves_names_only_inside_the_input_folder(host, name):
+    async def scenario(client):
+        response = await client.get("/goan/resume_info", params={"name": name})
+        return response.status, await response.json()
+
+    status, body = serve(scenario)
+    assert status == 400 and body["error"]
+
+
+def test_resume_info_missing_broken_and_escaping_files(host, tmp_path):
+    inputs = host.directory("input")
+    (inputs / "goan_resume").mkdir()
+    (inputs / "goan_resume" / "broken.goan_resume").write_bytes(b"PK\x03\x04garbage")
+    outside = write_valid(tmp_path / "outside.goan_resume")
+    (inputs / "goan_resume" / "link.goan_resume").symlink_to(outside)
+
+    async def scenario(client):
+        out = []
+        for name in ("goan_resume/missing.goan_resume", "goan_resume/broken.goan_resume",
+                     "goan_resume/link.goan_resume"):
+            response = await client.get("/goan/resume_info", params={"name": name})
+            out.append((response.status, await response.json()))
+        return out
+
+    missing, broken, link = serve(scenario)
+    assert missing[0] == 404
+    assert broken[0] == 400 and broken[1]["error"].startswith("goan_resume/broken.goan_resume: ")
+    assert link[0] == 400 and "outside the input folder" in link[1]["error"]
+
+
+# -- example workflows ------------------------------------------------------------------------------
+
+def test_workflows_route_serves_only_the_examples(host):
+    from goan_pack.nodes.routes import WORKFLOW_NAMES, WORKFLOWS_DIR
+
+    async def scenario(client):
+        listing = await (await client.get("/goan/workflows")).json()
+        bodies = {}
+        for name in listing["workflows"]:
+            response = await client.get(f"/goan/workflows/{name}")
+            bodies[name] = (response.status, await response.json())
+        refused = [(await client.get(f"/goan/workflows/{name}")).status
+                   for name in ("secret.json", "..%2F__init__.py", "goan_resume", "%2e%2e%2fpyproject.toml")]
+        return listing, bodies, refused
+
+    listing, bodies, refused = serve(scenario)
+    assert listing["workflows"] == list(WORKFLOW_NAMES)
+    for name, (status, body) in bodies.items():
+        assert status == 200 and body == json.loads((WORKFLOWS_DIR / name).read_text())
+    assert set(refused) == {404}
