@@ -96,3 +96,27 @@ def test_failed_step_leaves_state_unchanged(tiny_models, monkeypatch):
         engine.step(state)
     assert state.sampler.step == before.sampler.step and torch.equal(state.sampler.x, before.sampler.x)
     assert torch.equal(state.generator_state, before.generator_state)
+
+
+def _tensors(state):
+    found = {"history": state.history_latents, "start": state.start_latent, "generator": state.generator_state,
+             **{f"cond.{k}": v for k, v in state.conditioning.tensors().items()}}
+    if state.sampler is not None:
+        found["x"] = state.sampler.x
+        found.update({f"out{i}": t for i, t in enumerate(state.sampler.model_outputs)})
+    return found
+
+
+def test_steps_never_modify_tensors_in_place_so_snapshots_may_share_them(tiny_models):
+    """The invariant that lets snapshot() share tensors instead of copying them."""
+    state, _ = prepare_job(tiny_models, tiny_params("backward", cfg=2.0), demo_image(), device=CPU, dtype=F32)
+    engine = Engine(tiny_models.transformer, CPU, F32)
+    for _ in range(3):
+        engine.step(state)  # mid-section, with a multistep history
+    frozen = state.snapshot()
+    copies = {name: t.clone() for name, t in _tensors(frozen).items()}
+    for _ in range(6):  # across a section boundary
+        engine.step(state)
+    assert state.section == 2 and frozen.section == 0 and frozen.sampler.step == 3
+    for name, tensor in _tensors(frozen).items():
+        assert torch.equal(tensor, copies[name]), name

@@ -94,7 +94,7 @@ def test_job_info_and_members(tmp_path):
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         members = {name: archive.read(name) for name in names}
-    assert names[0] == "job_info.json"
+    assert names[-1] == "job_info.json"  # written last: it carries the checksums of the streamed members
     assert set(names) == {"job_info.json", "params.json", "source_image.png", "workflow.json", "state.safetensors"}
     info = json.loads(members["job_info.json"])
     assert info["format"] == "goan_resume" and info["format_version"] == FORMAT_VERSION == 1
