@@ -222,40 +222,37 @@ class GoanVAELoader:
         return (GoanVAE(vae, device, torch_dtype, folder),)
 
 
-class GoanTextEncoderLoader:
+class _EncoderLoader:
+    """A loader of encoder components (`PARTS`) from a folder of the `KIND` list, wrapped as `WRAP`."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    KIND = ""
+    PARTS: tuple = ()
+    WRAP = None
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"folder": (_or_none(list_folders(cls.KIND)),),
+                             "dtype": (DTYPE_CHOICES, {"default": "auto"})}}
+
+    def execute(self, folder, dtype="auto"):
+        device = HOST.torch_device()
+        torch_dtype = _dtype(dtype, device)
+        models = load_parts(find_folder(self.KIND, folder), self.PARTS, torch_dtype)
+        return (self.WRAP(models, device, torch_dtype, folder),)
+
+
+class GoanTextEncoderLoader(_EncoderLoader):
     DESCRIPTION = ("Loads HunyuanVideo's Llama and CLIP text encoders with their tokenizers from a diffusers folder "
                    "(text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/).")
-    CATEGORY = CATEGORY
-    FUNCTION = "execute"
     RETURN_TYPES = (TEXT_ENCODERS,)
     RETURN_NAMES = ("text_encoders",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"folder": (_or_none(list_folders("text_encoders")),),
-                             "dtype": (DTYPE_CHOICES, {"default": "auto"})}}
-
-    def execute(self, folder, dtype="auto"):
-        device = HOST.torch_device()
-        torch_dtype = _dtype(dtype, device)
-        models = load_parts(find_folder("text_encoders", folder), TEXT_PARTS, torch_dtype)
-        return (GoanTextEncoders(models, device, torch_dtype, folder),)
+    KIND, PARTS, WRAP = "text_encoders", TEXT_PARTS, GoanTextEncoders
 
 
-class GoanImageEncoderLoader:
+class GoanImageEncoderLoader(_EncoderLoader):
     DESCRIPTION = "Loads the SigLIP image encoder and its processor (image_encoder/, feature_extractor/)."
-    CATEGORY = CATEGORY
-    FUNCTION = "execute"
     RETURN_TYPES = (IMAGE_ENCODER,)
     RETURN_NAMES = ("image_encoder",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"folder": (_or_none(list_folders("image_encoder")),),
-                             "dtype": (DTYPE_CHOICES, {"default": "auto"})}}
-
-    def execute(self, folder, dtype="auto"):
-        device = HOST.torch_device()
-        torch_dtype = _dtype(dtype, device)
-        models = load_parts(find_folder("image_encoder", folder), IMAGE_PARTS, torch_dtype)
-        return (GoanImageEncoder(models, device, torch_dtype, folder),)
+    KIND, PARTS, WRAP = "image_encoder", IMAGE_PARTS, GoanImageEncoder
