@@ -31,6 +31,11 @@ class JobEntry:
     pending: bool = False  # a pause asked for before the sampler started
     order: int = 0
 
+    @property
+    def sampling_done(self) -> bool:
+        """Every denoising step is done: the job is decoding its video and can no longer pause."""
+        return self.total_sections > 0 and (self.section, self.step) >= (self.total_sections - 1, self.steps)
+
     def public(self) -> dict:
         return {"prompt_id": self.prompt_id, "job_id": self.job_id, "node_id": self.node_id,
                 "status": self.status, "section": self.section, "total_sections": self.total_sections,
@@ -82,7 +87,10 @@ class JobRegistry:
 
     # -- the routes' side ------------------------------------------------------------------------
     def request_pause(self, prompt_id: str) -> JobEntry | None:
-        """Pause the running job of `prompt_id`; None when there is none. Idempotent."""
+        """Pause the running job of `prompt_id`; None when there is none. Idempotent.
+
+        A job whose sampling is done is returned unchanged (still running): it cannot pause.
+        """
         running = None
         with self._lock:
             known = [e for e in self._entries if e.prompt_id == prompt_id]
@@ -90,7 +98,7 @@ class JobRegistry:
             if running is None and known:
                 return None  # its goan job already finished, failed or was cancelled
             if running is not None:
-                if running.status == RUNNING:
+                if running.status == RUNNING and not running.sampling_done:
                     running.control.request_pause()
                     running.status = PAUSING
                     notify = True

@@ -28,7 +28,7 @@ from ..goan_core.errors import GoanError, ResumeFileError
 from ..goan_core.resume_file import MAX_TOTAL_BYTES, read_resume_file
 from .adapter import HOST
 from .files import UPLOAD_SUBFOLDER, reserve_upload_path, resolve_input_name, sanitise_upload_name
-from .jobs import REGISTRY
+from .jobs import REGISTRY, RUNNING
 
 log = logging.getLogger("goan")
 
@@ -112,11 +112,27 @@ async def pause(request: web.Request) -> web.Response:
     entry = REGISTRY.request_pause(prompt_id)
     if entry is None:
         return _error(404, f"prompt {prompt_id} is not a running goan job")
+    if entry.status == RUNNING:
+        return _error(409, "the job has finished sampling and is decoding its video; there is nothing left to pause")
     return web.json_response({"status": entry.status, "prompt_id": prompt_id})
 
 
 async def jobs(request: web.Request) -> web.Response:
     return web.json_response({"jobs": REGISTRY.jobs()})
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body, or None when it holds more than `limit` bytes.
+
+    `StreamReader.read(n)` returns what has arrived so far, so read until the end of the body.
+    """
+    parts, size = [], 0
+    while piece := await request.content.read(1024 * 1024):
+        size += len(piece)
+        if size > limit:
+            return None
+        parts.append(piece)
+    return b"".join(parts)
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -133,8 +149,8 @@ async def upload(request: web.Request) -> web.Response:
         return _error(413, f"a chunk may hold at most {MAX_CHUNK} bytes")
     UPLOADS.expire()
     async with UPLOADS.lock(upload_id):
-        chunk = await request.content.read(MAX_CHUNK + 1)
-        if len(chunk) > MAX_CHUNK:
+        chunk = await _read_body(request, MAX_CHUNK)
+        if chunk is None:
             UPLOADS.drop(upload_id)
             return _error(413, f"a chunk may hold at most {MAX_CHUNK} bytes")
         current = UPLOADS.active.get(upload_id)

@@ -105,6 +105,33 @@ async def _pause_once(client, prompt_id):
     return [(response.status, await response.json())]
 
 
+def test_pause_after_the_last_step_is_refused_clearly(host):
+    from goan_pack.nodes.jobs import REGISTRY
+
+    entry = REGISTRY.start("p-decoding", "7", "job-c", section=0, step=0, total_sections=2, steps=3)
+    REGISTRY.progress(entry, 1, 3, 2)  # the last step of the last section is done: decoding
+    (status, body), = serve(lambda c: _pause_once(c, "p-decoding"))
+    assert status == 409 and "decoding" in body["error"]
+    assert entry.control.request is None and entry.status == "running"
+
+
+def test_a_chunk_is_read_whole_however_it_arrives(host, valid_file):
+    """The body of one request is read to its end, not just what the first network read returned."""
+
+    async def trickle():
+        for start in range(0, len(valid_file), 16 * 1024):
+            await asyncio.sleep(0.005)
+            yield valid_file[start:start + 16 * 1024]
+
+    async def scenario(client):
+        response = await client.post(f"/goan/upload/{UPLOAD_ID}", data=trickle(),
+                                     params={"offset": 0, "total": len(valid_file), "filename": "slow.goan_resume"})
+        return response.status, await response.json()
+
+    status, body = serve(scenario)
+    assert status == 200 and body["done"] and body["received"] == len(valid_file)
+
+
 def test_pause_a_prompt_whose_sampler_has_not_started(host):
     host.running["p-queued"] = {"1": {"class_type": "LoadImage"}, "4": {"class_type": "GoanSegmentSampler"}}
     host.running["p-other"] = {"1": {"class_type": "KSampler"}}

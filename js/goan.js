@@ -1,0 +1,120 @@
+// goan: resumable FramePack image-to-video, the ComfyUI frontend extension.
+// Entry module; ComfyUI imports every .js under js/, only this one registers anything.
+import { app, nodesOfType, redraw } from "./goan_comfy.js";
+import { install as installJobs, onChange, getState, currentlyExecuting, pause, setResumeLoader } from "./goan_jobs.js";
+import { registerTab } from "./goan_panel.js";
+import { installInterceptors, addUploadButton, refreshLengthLabel, refreshAllLabels, restoreFromOutput } from "./goan_resume.js";
+import { SAMPLER_TYPE, runningJob } from "./lib/jobs.js";
+import { LOAD_RESUME_TYPE } from "./lib/labels.js";
+
+const PAUSE_LABEL = "Pause task";
+
+/** The sampler's pause button: enabled only while this very node runs in a goan job. */
+function addPauseButton(node) {
+  if ((node.widgets || []).some((w) => w.name === "goan_pause")) return;
+  const w = node.addWidget("button", "goan_pause", null, () => {
+    const job = nodeJob(node);
+    if (job) pause(job.prompt_id);
+  }, { serialize: false });
+  w.label = PAUSE_LABEL;
+  w.serialize = false;
+  w.disabled = true;
+}
+
+function nodeJob(node) {
+  const ex = currentlyExecuting();
+  const st = getState();
+  const job = ex.prompt_id ? st.jobs[ex.prompt_id] : null;
+  if (!job || job.status !== "running") return null;
+  if (String(ex.node) !== String(node.id) && String(job.node_id) !== String(node.id)) return null;
+  return job;
+}
+
+function updatePauseButtons() {
+  for (const node of nodesOfType(SAMPLER_TYPE)) {
+    const w = (node.widgets || []).find((x) => x.name === "goan_pause");
+    if (!w) continue;
+    const job = nodeJob(node);
+    const st = getState();
+    const ex = currentlyExecuting();
+    const pausing = ex.prompt_id && st.jobs[ex.prompt_id] && st.jobs[ex.prompt_id].status === "pausing";
+    const disabled = !job;
+    const label = pausing && String(ex.node) === String(node.id) ? "Pausing task..." : PAUSE_LABEL;
+    if (w.disabled !== disabled || w.label !== label) {
+      w.disabled = disabled;
+      w.label = label;
+      redraw();
+    }
+  }
+}
+
+// Action bar (frontends >= 1.5x). The button cannot be disabled through the API, so it is greyed
+// out in the DOM while no goan job runs and answers with a toast when clicked then.
+const ACTION_TOOLTIP = "Pause the running goan task";
+function updateActionButton() {
+  const disabled = !runningJob(getState());
+  for (const b of document.querySelectorAll(`button[aria-label="${ACTION_TOOLTIP}"]`)) {
+    b.classList.add("goan-action-pause");
+    b.style.opacity = disabled ? "0.4" : "";
+    b.setAttribute("aria-disabled", disabled ? "true" : "false");
+  }
+}
+
+app.registerExtension({
+  name: "goan.resume",
+
+  actionBarButtons: [
+    {
+      icon: "pi pi-pause",
+      label: "Pause",
+      tooltip: ACTION_TOOLTIP,
+      onClick: () => pause(),
+    },
+  ],
+
+  async setup() {
+    installJobs();
+    installInterceptors();
+    setResumeLoader(restoreFromOutput);
+    if (!registerTab(app)) console.warn("[goan] this frontend has no sidebar tabs; the job list is unavailable");
+    onChange(() => {
+      updatePauseButtons();
+      updateActionButton();
+    });
+    setInterval(() => {
+      updatePauseButtons();
+      updateActionButton();
+    }, 1000);
+    window.__goan = { ready: true, getState, refreshAllLabels };
+  },
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== SAMPLER_TYPE) return;
+    const orig = nodeType.prototype.onConnectionsChange;
+    nodeType.prototype.onConnectionsChange = function (...args) {
+      const r = orig ? orig.apply(this, args) : undefined;
+      const node = this;
+      setTimeout(() => refreshLengthLabel(node), 0);
+      return r;
+    };
+  },
+
+  nodeCreated(node) {
+    const type = node.comfyClass || node.type;
+    if (type === SAMPLER_TYPE) {
+      addPauseButton(node);
+      setTimeout(() => refreshLengthLabel(node), 0);
+    } else if (type === LOAD_RESUME_TYPE) {
+      addUploadButton(node);
+    }
+  },
+
+  loadedGraphNode(node) {
+    const type = node.comfyClass || node.type;
+    if (type === SAMPLER_TYPE) setTimeout(() => refreshLengthLabel(node), 0);
+  },
+
+  afterConfigureGraph() {
+    setTimeout(refreshAllLabels, 0);
+  },
+});

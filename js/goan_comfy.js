@@ -1,0 +1,94 @@
+// Thin glue over ComfyUI's frontend: toasts, JSON requests, browser downloads.
+// Works with the frontend ComfyUI pins (1.27.x) and the newest one (1.58.x).
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+import { downloadName, viewUrl } from "./lib/files.js";
+
+export { app, api };
+
+/** A toast through the workspace toast manager; an alert dialog on frontends without one. */
+export function toast(severity, summary, detail = undefined, life = 5000) {
+  const entry = { severity, summary, detail, life };
+  (window.__goanToasts ||= []).push(entry); // a trace the browser test can read
+  try {
+    const t = app.extensionManager && app.extensionManager.toast;
+    if (t && typeof t.add === "function") {
+      t.add(entry);
+      return;
+    }
+  } catch (e) {
+    console.warn("[goan] toast failed", e);
+  }
+  const text = detail ? `${summary}: ${detail}` : summary;
+  if (app.ui && app.ui.dialog && typeof app.ui.dialog.show === "function") app.ui.dialog.show(text);
+  else console.log("[goan]", text);
+}
+
+export function toastError(summary, err) {
+  const msg = err && err.message ? err.message : String(err || "unknown error");
+  console.error("[goan]", summary, err);
+  toast("error", summary, msg, 10000);
+}
+
+/** fetch through ComfyUI's api (it adds the /api prefix and the user header); {ok, status, json}. */
+export async function request(path, { method = "GET", json, body, headers } = {}) {
+  const init = { method, headers: { ...(headers || {}) } };
+  if (json !== undefined) {
+    init.body = JSON.stringify(json);
+    init.headers["Content-Type"] = "application/json";
+  } else if (body !== undefined) {
+    init.body = body;
+  }
+  const res = await api.fetchApi(path, init);
+  let data = null;
+  try {
+    data = await res.json();
+  } catch {
+    data = null;
+  }
+  return { ok: res.ok, status: res.status, json: data };
+}
+
+/** Throws an Error carrying the server's {error} message unless the answer is 2xx. */
+export function expectOk(res, what) {
+  if (res.ok) return res.json;
+  const msg = (res.json && (res.json.error || res.json.message)) || `HTTP ${res.status}`;
+  throw new Error(what ? `${what}: ${msg}` : msg);
+}
+
+/** Fetch an output file through /view and save it with the browser's download, as its own name. */
+export async function downloadFile(file) {
+  const res = await api.fetchApi(viewUrl(file));
+  if (!res.ok) throw new Error(`could not fetch ${file.filename} (HTTP ${res.status})`);
+  const blob = await res.blob();
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = downloadName(file);
+  a.style.display = "none";
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  return a.download;
+}
+
+/** All nodes of the current (root) graph. */
+export function graphNodes() {
+  const g = app.graph;
+  if (!g) return [];
+  return Array.from(g.nodes || g._nodes || []);
+}
+
+export function nodesOfType(type) {
+  return graphNodes().filter((n) => n.type === type || n.comfyClass === type);
+}
+
+export function redraw() {
+  try {
+    if (app.graph && app.graph.setDirtyCanvas) app.graph.setDirtyCanvas(true, true);
+    else if (app.canvas && app.canvas.setDirty) app.canvas.setDirty(true, true);
+  } catch {
+    /* drawing is best effort */
+  }
+}

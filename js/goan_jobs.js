@@ -1,0 +1,190 @@
+// The goan job list in the browser: fed by ComfyUI's queue, the server's /goan/jobs and the
+// websocket events; actions (pause, cancel, download again, load, remove) go to the server.
+import { api, toast, toastError, request, expectOk, downloadFile } from "./goan_comfy.js";
+import {
+  emptyState, applyQueue, applyServerJobs, applyEvent, markPausing, markCancelled, markDownloaded, removeJob,
+  runningJob, isTerminal, shouldAutoDownload,
+} from "./lib/jobs.js";
+
+const COMFY_EVENTS = ["execution_start", "executing", "progress", "executed", "execution_success", "execution_error", "execution_interrupted"];
+const GOAN_EVENTS = ["goan.pausing", "goan.paused", "goan.autosaved", "goan.resumed"];
+
+let state = emptyState();
+const listeners = new Set();
+let executing = { prompt_id: null, node: null };
+let currentPrompt = null;
+const autoDownloaded = new Set();
+let refreshing = null;
+let pollTimer = null;
+let resumeLoader = null; // set by the resume module: (file record) => Promise
+
+export function getState() {
+  return state;
+}
+export function currentlyExecuting() {
+  return executing;
+}
+export function onChange(fn) {
+  listeners.add(fn);
+  return () => listeners.delete(fn);
+}
+export function setResumeLoader(fn) {
+  resumeLoader = fn;
+}
+
+function set(next) {
+  if (next === state) return;
+  state = next;
+  notify();
+}
+
+function notify() {
+  for (const fn of listeners) {
+    try {
+      fn(state);
+    } catch (e) {
+      console.error("[goan] listener failed", e);
+    }
+  }
+}
+
+/** Re-read ComfyUI's queue and the server's goan jobs (the server may not know goan yet: 404 is fine). */
+export function refresh() {
+  if (refreshing) return refreshing;
+  refreshing = (async () => {
+    try {
+      const q = await request("/queue");
+      if (q.ok && q.json) set(applyQueue(state, q.json));
+      const j = await request("/goan/jobs");
+      if (j.ok && j.json) set(applyServerJobs(state, j.json));
+    } catch (e) {
+      console.warn("[goan] refresh failed", e);
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+function schedulePoll() {
+  if (pollTimer) return;
+  pollTimer = setInterval(() => {
+    const active = state.order.some((id) => !isTerminal(state.jobs[id].status));
+    if (active) refresh();
+  }, 1500);
+}
+
+async function autoDownload(detail) {
+  const key = `${detail.prompt_id}/${detail.subfolder}/${detail.filename}`;
+  if (autoDownloaded.has(key)) return;
+  autoDownloaded.add(key);
+  try {
+    const name = await downloadFile({ filename: detail.filename, subfolder: detail.subfolder, type: detail.type || "output" });
+    set(markDownloaded(state, detail.prompt_id));
+    toast("success", "Paused", `Resume file downloaded: ${name}`);
+  } catch (e) {
+    toastError("Paused, but the download failed (use download again in the goan tab)", e);
+  }
+}
+
+export function install() {
+  for (const type of COMFY_EVENTS) {
+    api.addEventListener(type, (e) => {
+      let d = e.detail;
+      if (type === "executing") {
+        // The frontends hand "executing" over as the bare node id (display_node || node).
+        const node = d !== null && typeof d === "object" ? d.display_node ?? d.node ?? null : d ?? null;
+        const promptId = (d && typeof d === "object" && d.prompt_id) || currentPrompt;
+        d = { node, prompt_id: promptId };
+        executing = { prompt_id: node == null ? null : promptId, node };
+        if (promptId && !state.jobs[promptId] && node != null) refresh();
+      }
+      d = d || {};
+      if (type === "execution_start") {
+        currentPrompt = d.prompt_id || null;
+        refresh();
+      }
+      set(applyEvent(state, type, d));
+      if (type === "execution_success" || type === "execution_error" || type === "execution_interrupted") {
+        if (d.prompt_id === currentPrompt) currentPrompt = null;
+        executing = { prompt_id: null, node: null };
+        refresh();
+      }
+      if (type === "executing" && d.node == null) refresh();
+      if (type === "executing" || type === "progress") notify();
+    });
+  }
+  for (const type of GOAN_EVENTS) {
+    api.addEventListener(type, (e) => {
+      const d = e.detail || {};
+      set(applyEvent(state, type, d));
+      if (type === "goan.paused" && shouldAutoDownload(d)) autoDownload(d);
+      else if (type === "goan.paused" && d.filename) {
+        toast("info", "Stopped: a resume file was kept", `${d.filename} (download it from the goan tab)`, 8000);
+      }
+    });
+  }
+  api.addEventListener("status", () => refresh());
+  api.addEventListener("reconnected", () => refresh());
+  schedulePoll();
+  refresh();
+}
+
+// ---- actions -------------------------------------------------------------------------------
+
+export async function pause(promptId) {
+  const target = promptId || (runningJob(state) || {}).prompt_id;
+  if (!target) {
+    toast("info", "No goan task is running", "Pause applies to a running GoanSegmentSampler job.");
+    return;
+  }
+  set(markPausing(state, target));
+  toast("info", "Pausing task...", "The resume file downloads when the current step ends.");
+  try {
+    const res = await request("/goan/pause", { method: "POST", json: { prompt_id: target } });
+    expectOk(res, "Pause failed");
+  } catch (e) {
+    toastError("Pause failed", e);
+    refresh();
+  }
+}
+
+export async function cancel(promptId) {
+  const job = state.jobs[promptId];
+  if (!job) return;
+  try {
+    if (job.status === "queued") {
+      expectOk(await request("/queue", { method: "POST", json: { delete: [promptId] } }), "Cancel failed");
+    } else {
+      expectOk(await request("/interrupt", { method: "POST", json: { prompt_id: promptId } }), "Cancel failed");
+    }
+    set(markCancelled(state, promptId));
+    toast("info", "Cancelled", job.status === "queued" ? "Removed from the queue." : "The task was interrupted.");
+  } catch (e) {
+    toastError("Cancel failed", e);
+  }
+  refresh();
+}
+
+export async function downloadAgain(promptId) {
+  const job = state.jobs[promptId];
+  if (!job || !job.file) return;
+  try {
+    await downloadFile(job.file);
+    set(markDownloaded(state, promptId));
+  } catch (e) {
+    toastError("Download failed", e);
+  }
+}
+
+export async function loadForResume(promptId) {
+  const job = state.jobs[promptId];
+  if (!job || !job.file || !resumeLoader) return;
+  await resumeLoader(job.file);
+}
+
+export function remove(promptId) {
+  set(removeJob(state, promptId));
+}
+
+export const actions = { pause, cancel, download: downloadAgain, load: loadForResume, remove };

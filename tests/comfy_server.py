@@ -1,0 +1,150 @@
+"""Start and stop a real ComfyUI with this pack linked in, for end-to-end tests.
+
+Shared by the end-to-end tests (browser and API). Everything lives under one temp base folder:
+custom_nodes/ (a link to this pack), input/, output/, temp/, user/ and models/ (the tiny set),
+all registered through one --extra-model-paths-config YAML. The first-run template dialog is
+switched off through the settings file before start (and can be through POST /settings).
+
+    server = ComfyServer(comfy_dir, python, base)
+    server.start(front_end_root=None)
+    ...  server.url, server.get_json("/queue")
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PACK_DIR = Path(__file__).resolve().parents[1]
+PACK_NAME = "goan"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def comfy_env() -> tuple[Path, str] | None:
+    """(COMFYUI_DIR, COMFYUI_PYTHON) when the environment names a usable ComfyUI, else None."""
+    d = os.environ.get("COMFYUI_DIR")
+    if not d or not (Path(d) / "main.py").is_file():
+        return None
+    py = os.environ.get("COMFYUI_PYTHON") or "python3"
+    return Path(d), py
+
+
+class ComfyServer:
+    def __init__(self, comfy_dir: Path, python: str, base: Path, models_dir: Path | None = None):
+        self.comfy_dir = Path(comfy_dir)
+        self.python = python
+        self.base = Path(base)
+        self.models_dir = Path(models_dir) if models_dir else self.base / "models"
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.log_path = self.base / "comfyui.log"
+        for sub in ("custom_nodes", "input", "output", "temp", "user/default", "models"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        link = self.base / "custom_nodes" / PACK_NAME
+        if not link.exists():
+            link.symlink_to(PACK_DIR, target_is_directory=True)
+        settings = self.base / "user" / "default" / "comfy.settings.json"
+        if not settings.exists():
+            settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+        self.yaml_path = self.base / "extra_paths.yaml"
+        self._write_yaml()
+
+    def _write_yaml(self) -> None:
+        m = self.models_dir
+        lines = [
+            "goan_e2e:",
+            f"  custom_nodes: {self.base / 'custom_nodes'}",
+            f"  diffusers: {m}",
+            f"  diffusion_models: {m}",
+            f"  vae: {m}",
+            f"  text_encoders: {m}",
+            f"  clip_vision: {m}",
+        ]
+        self.yaml_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, front_end_root: str | None = None, timeout: float = 120.0, extra_args: list[str] | None = None) -> None:
+        self.port = free_port()
+        args = [
+            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            "--input-directory", str(self.base / "input"),
+            "--output-directory", str(self.base / "output"),
+            "--temp-directory", str(self.base / "temp"),
+            "--user-directory", str(self.base / "user"),
+            "--extra-model-paths-config", str(self.yaml_path),
+            "--disable-auto-launch",
+        ]
+        if front_end_root:
+            args += ["--front-end-root", str(front_end_root)]
+        args += extra_args or []
+        env = dict(os.environ)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, cwd=self.comfy_dir, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            try:
+                self.get_json("/system_stats", timeout=2)
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within {timeout} s; log:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        p, self.proc = self.proc, None
+        if p is None or p.poll() is not None:
+            return
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def request(self, path: str, data: bytes | None = None, method: str | None = None, timeout: float = 30,
+                content_type: str = "application/json"):
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+
+    def get_json(self, path: str, timeout: float = 30):
+        return json.loads(self.request(path, timeout=timeout)[1])
+
+    def post_json(self, path: str, obj, timeout: float = 30):
+        return json.loads(self.request(path, json.dumps(obj).encode(), "POST", timeout)[1] or b"null")
+
+    def dismiss_first_run(self) -> None:
+        self.request("/settings/Comfy.TutorialCompleted", b"true", "POST")

@@ -1,0 +1,158 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  emptyState, applyQueue, applyServerJobs, applyEvent, markPausing, markCancelled, markDownloaded, removeJob,
+  controlsFor, statusText, listJobs, runningJob, promptHasSampler, samplerNodeId, isTerminal, STATUSES,
+  shouldAutoDownload,
+} from "../../js/lib/jobs.js";
+
+const goanPrompt = { "3": { class_type: "GoanSegmentSampler", inputs: {} }, "9": { class_type: "GoanSaveResume", inputs: {} } };
+const otherPrompt = { "1": { class_type: "KSampler", inputs: {} } };
+const queue = (running, pending) => ({
+  queue_running: running.map(([n, id, p]) => [n, id, p, {}, []]),
+  queue_pending: pending.map(([n, id, p]) => [n, id, p, {}, []]),
+});
+const enabled = (job) => Object.fromEntries(controlsFor(job).map((c) => [c.id, c.enabled]));
+
+test("only prompts containing the goan sampler become jobs", () => {
+  assert.equal(promptHasSampler(goanPrompt), true);
+  assert.equal(promptHasSampler(otherPrompt), false);
+  assert.equal(promptHasSampler(null), false);
+  assert.equal(samplerNodeId(goanPrompt), "3");
+  const s = applyQueue(emptyState(), queue([[1, "a", goanPrompt]], [[2, "b", otherPrompt], [3, "c", goanPrompt]]));
+  assert.deepEqual(s.order, ["a", "c"]);
+  assert.equal(s.jobs.a.status, "running");
+  assert.equal(s.jobs.c.status, "queued");
+  assert.equal(s.jobs.a.node_id, "3");
+});
+
+test("a full pause: running -> pausing -> paused, kept after the prompt ends", () => {
+  let s = applyQueue(emptyState(), queue([], [[1, "a", goanPrompt]]));
+  assert.equal(s.jobs.a.status, "queued");
+  s = applyEvent(s, "execution_start", { prompt_id: "a" });
+  assert.equal(s.jobs.a.status, "running");
+  s = applyEvent(s, "progress", { prompt_id: "a", node: "3", value: 2, max: 8 });
+  assert.deepEqual(s.jobs.a.progress, { value: 2, max: 8 });
+  assert.equal(applyEvent(s, "progress", { prompt_id: "a", node: "7", value: 1, max: 1 }), s); // another node's bar
+  s = applyServerJobs(s, { jobs: [{ prompt_id: "a", status: "running", section: 0, total_sections: 2, step: 2, steps: 4 }] });
+  assert.equal(statusText(s.jobs.a), "Running · section 1/2 · step 2/4 · 25%");
+  s = markPausing(s, "a");
+  assert.equal(s.jobs.a.status, "pausing");
+  // a late poll that still says "running" does not undo the user's pause
+  s = applyServerJobs(s, { jobs: [{ prompt_id: "a", status: "running", step: 3, steps: 4 }] });
+  assert.equal(s.jobs.a.status, "pausing");
+  s = applyEvent(s, "goan.pausing", { prompt_id: "a", node_id: "3" });
+  assert.equal(s.jobs.a.status, "pausing");
+  s = applyEvent(s, "goan.paused", { prompt_id: "a", node_id: "3", job_id: "j1", filename: "j1.goan_resume", subfolder: "goan", type: "output", kind: "pause" });
+  assert.equal(s.jobs.a.status, "paused");
+  assert.deepEqual(s.jobs.a.file, { filename: "j1.goan_resume", subfolder: "goan", type: "output" });
+  s = applyEvent(s, "execution_success", { prompt_id: "a" });
+  assert.equal(s.jobs.a.status, "paused");
+  s = applyQueue(s, queue([], []));
+  assert.equal(s.jobs.a.status, "paused");
+  assert.equal(statusText(s.jobs.a).startsWith("Paused"), true);
+});
+
+test("finish, failure, interrupt and cancel", () => {
+  let s = applyQueue(emptyState(), queue([[1, "a", goanPrompt]], [[2, "b", goanPrompt], [3, "c", goanPrompt]]));
+  s = applyEvent(s, "execution_success", { prompt_id: "a" });
+  assert.equal(s.jobs.a.status, "finished");
+  s = applyEvent(s, "execution_start", { prompt_id: "b" });
+  s = applyEvent(s, "execution_error", { prompt_id: "b", exception_message: "CUDA out of memory" });
+  assert.equal(s.jobs.b.status, "failed");
+  assert.equal(s.jobs.b.error, "CUDA out of memory");
+  s = markCancelled(s, "c");
+  assert.equal(s.jobs.c.status, "cancelled");
+  s = applyEvent(s, "execution_start", { prompt_id: "c" }); // cancelled stays cancelled
+  assert.equal(s.jobs.c.status, "cancelled");
+  let t = applyQueue(emptyState(), queue([[1, "x", goanPrompt]], []));
+  t = applyEvent(t, "execution_interrupted", { prompt_id: "x" });
+  assert.equal(t.jobs.x.status, "stopped");
+  t = applyEvent(t, "goan.paused", { prompt_id: "x", filename: "f.goan_resume", subfolder: "", type: "output", kind: "failsafe" });
+  assert.equal(t.jobs.x.status, "stopped");
+  assert.equal(t.jobs.x.file.filename, "f.goan_resume");
+});
+
+test("a queued job that leaves the queue without running is cancelled", () => {
+  let s = applyQueue(emptyState(), queue([], [[1, "a", goanPrompt]]));
+  s = applyQueue(s, queue([], []));
+  assert.equal(s.jobs.a.status, "cancelled");
+});
+
+test("server jobs are authoritative and bring their file", () => {
+  let s = applyServerJobs(emptyState(), { jobs: [
+    { prompt_id: "p", job_id: "j", node_id: 3, status: "paused", section: 1, total_sections: 3, step: 2, steps: 4, file: { filename: "j.goan_resume", subfolder: "goan", type: "output" }, error: null },
+    { prompt_id: "q", status: "bogus" },
+    { status: "running" },
+  ] });
+  assert.equal(s.jobs.p.status, "paused");
+  assert.equal(s.jobs.p.node_id, "3");
+  assert.equal(s.jobs.p.file.subfolder, "goan");
+  assert.equal(s.jobs.q.status, "queued");
+  assert.equal(s.order.length, 2);
+  assert.match(statusText(s.jobs.p), /section 2\/3 · step 2\/4/);
+  s = applyServerJobs(s, null);
+  assert.equal(s.order.length, 2);
+});
+
+test("goan.autosaved and the save node's output record the latest file", () => {
+  let s = applyQueue(emptyState(), queue([[1, "a", goanPrompt]], []));
+  s = applyEvent(s, "goan.autosaved", { prompt_id: "a", job_id: "j", filename: "j_1.goan_resume", subfolder: "goan", type: "output" });
+  assert.equal(s.jobs.a.file.filename, "j_1.goan_resume");
+  assert.equal(s.jobs.a.status, "running");
+  s = applyEvent(s, "executed", { prompt_id: "a", node: "9", output: { goan_resume: [{ filename: "j_2.goan_resume", subfolder: "goan", type: "output" }] } });
+  assert.equal(s.jobs.a.file.filename, "j_2.goan_resume");
+  s = applyEvent(s, "executed", { prompt_id: "zzz", output: { goan_resume: [{ filename: "x" }] } });
+  assert.equal(s.jobs.zzz, undefined);
+});
+
+test("goan.resumed marks a job running", () => {
+  const s = applyEvent(emptyState(), "goan.resumed", { prompt_id: "r", job_id: "j", section: 1, step: 2 });
+  assert.equal(s.jobs.r.status, "running");
+  assert.equal(s.jobs.r.section, 1);
+});
+
+test("ComfyUI events about non-goan prompts change nothing", () => {
+  const s0 = emptyState();
+  for (const t of ["execution_start", "executing", "progress", "execution_success", "execution_error", "execution_interrupted"]) {
+    assert.equal(applyEvent(s0, t, { prompt_id: "other", node: "1" }), s0);
+  }
+  assert.equal(applyEvent(s0, "goan.paused", {}), s0);
+  assert.equal(applyEvent(s0, "unknown", { prompt_id: "x" }), s0);
+});
+
+test("controls: always all five, in order, disabled when they do not apply", () => {
+  const ids = controlsFor({ status: "queued" }).map((c) => c.id);
+  assert.deepEqual(ids, ["pause", "cancel", "download", "load", "remove"]);
+  for (const st of STATUSES) assert.equal(controlsFor({ status: st }).length, 5);
+  assert.deepEqual(enabled({ status: "queued" }), { pause: false, cancel: true, download: false, load: false, remove: false });
+  assert.deepEqual(enabled({ status: "running" }), { pause: true, cancel: true, download: false, load: false, remove: false });
+  assert.deepEqual(enabled({ status: "pausing" }), { pause: false, cancel: true, download: false, load: false, remove: false });
+  const f = { filename: "a.goan_resume" };
+  assert.deepEqual(enabled({ status: "paused", file: f }), { pause: false, cancel: false, download: true, load: true, remove: true });
+  assert.deepEqual(enabled({ status: "finished", file: f }), { pause: false, cancel: false, download: true, load: false, remove: true });
+  assert.deepEqual(enabled({ status: "cancelled" }), { pause: false, cancel: false, download: false, load: false, remove: true });
+  assert.ok(isTerminal("paused") && !isTerminal("pausing"));
+});
+
+test("list order, running job, downloaded flag and removal", () => {
+  let s = applyQueue(emptyState(), queue([[1, "a", goanPrompt]], [[2, "b", goanPrompt]]));
+  assert.deepEqual(listJobs(s).map((j) => j.prompt_id), ["b", "a"]);
+  assert.equal(runningJob(s).prompt_id, "a");
+  s = markDownloaded(s, "a");
+  assert.equal(s.jobs.a.downloaded, true);
+  s = removeJob(s, "a");
+  assert.deepEqual(s.order, ["b"]);
+  assert.equal(runningJob(s), null);
+  assert.equal(removeJob(s, "nope"), s);
+  assert.equal(markPausing(s, "b"), s); // queued jobs cannot be paused
+});
+
+test("only a pause downloads at once; fail-safe and stop files wait in the list", () => {
+  assert.equal(shouldAutoDownload({ filename: "a.goan_resume", kind: "pause" }), true);
+  assert.equal(shouldAutoDownload({ filename: "a.goan_resume" }), true);
+  assert.equal(shouldAutoDownload({ filename: "a.goan_resume", kind: "failsafe" }), false);
+  assert.equal(shouldAutoDownload({ filename: "a.goan_resume", kind: "stop" }), false);
+  assert.equal(shouldAutoDownload({ kind: "pause" }), false);
+  assert.equal(shouldAutoDownload(null), false);
+});
