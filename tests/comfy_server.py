@@ -42,12 +42,20 @@ def comfy_env() -> tuple[Path, str] | None:
     return Path(d), py
 
 
+MODEL_FOLDERS = ("diffusers", "diffusion_models", "vae", "text_encoders", "clip_vision")
+
+
 class ComfyServer:
-    def __init__(self, comfy_dir: Path, python: str, base: Path, models_dir: Path | None = None):
+    """One ComfyUI process over a temp base folder. `folders` maps ComfyUI model folder names to
+    paths; by default every name in MODEL_FOLDERS points at `models_dir`."""
+
+    def __init__(self, comfy_dir: Path, python: str, base: Path, models_dir: Path | None = None,
+                 folders: dict[str, Path] | None = None):
         self.comfy_dir = Path(comfy_dir)
         self.python = python
         self.base = Path(base)
         self.models_dir = Path(models_dir) if models_dir else self.base / "models"
+        self.folders = folders or {name: self.models_dir for name in MODEL_FOLDERS}
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.log_path = self.base / "comfyui.log"
@@ -63,16 +71,8 @@ class ComfyServer:
         self._write_yaml()
 
     def _write_yaml(self) -> None:
-        m = self.models_dir
-        lines = [
-            "goan_e2e:",
-            f"  custom_nodes: {self.base / 'custom_nodes'}",
-            f"  diffusers: {m}",
-            f"  diffusion_models: {m}",
-            f"  vae: {m}",
-            f"  text_encoders: {m}",
-            f"  clip_vision: {m}",
-        ]
+        lines = ["goan_e2e:", f"  custom_nodes: {self.base / 'custom_nodes'}"]
+        lines += [f"  {name}: {path}" for name, path in self.folders.items()]
         self.yaml_path.write_text("\n".join(lines) + "\n")
 
     @property
@@ -97,6 +97,7 @@ class ComfyServer:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         env.setdefault("DO_NOT_TRACK", "1")
+        env.setdefault("PYTHONDONTWRITEBYTECODE", "1")  # leave the ComfyUI checkout untouched
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, cwd=self.comfy_dir, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)

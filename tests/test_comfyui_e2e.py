@@ -17,9 +17,6 @@ import asyncio
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -50,80 +47,31 @@ CORE_FILE_COMBOS = {("LoadImage", "image"), ("DualCLIPLoader", "clip_name1"), ("
                     ("CLIPVisionLoader", "clip_name"), ("VAELoader", "vae_name")}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory, tiny_models_root):
     """A running ComfyUI with the pack; yields a dict of its URL and folders."""
-    import requests
+    from comfy_server import ComfyServer
 
     from goan_core.tiny import TINY_TRANSFORMER_FILE
 
     base = tmp_path_factory.mktemp("comfyui")
-    custom_nodes = base / "custom_nodes"
-    custom_nodes.mkdir()
-    (custom_nodes / "goan").symlink_to(ROOT, target_is_directory=True)
     models = base / "models"
-    for folder in ("diffusers", "diffusion_models", *NATIVE_DUMMIES):
-        (models / folder).mkdir(parents=True)
+    folders = {name: models / name for name in ("diffusers", "diffusion_models", *NATIVE_DUMMIES)}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
     (models / "diffusers" / "goan_tiny").symlink_to(Path(tiny_models_root).resolve(), target_is_directory=True)
     (models / "diffusion_models" / TINY_TRANSFORMER_FILE).symlink_to(Path(tiny_models_root) / TINY_TRANSFORMER_FILE)
     for folder, names in NATIVE_DUMMIES.items():  # empty files: the native graph is only validated, see below
         for name in names:
             (models / folder / name).write_bytes(b"")
-    dirs = {name: base / name for name in ("input", "output", "user", "temp")}
-    for path in dirs.values():
-        path.mkdir()
-    config = base / "extra_model_paths.yaml"
-    config.write_text(
-        "goan_e2e:\n"
-        f"  base_path: {base}\n"
-        "  custom_nodes: custom_nodes\n"
-        "  diffusers: models/diffusers\n"
-        "  diffusion_models: models/diffusion_models\n"
-        "  text_encoders: models/text_encoders\n"
-        "  clip_vision: models/clip_vision\n"
-        "  vae: models/vae\n", encoding="utf-8")
-    port = free_port()
-    log_path = base / "comfyui.log"
-    command = [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-auto-launch", "--preview-method", "latent2rgb", "--extra-model-paths-config", str(config),
-               "--input-directory", str(dirs["input"]), "--output-directory", str(dirs["output"]),
-               "--user-directory", str(dirs["user"]), "--temp-directory", str(dirs["temp"])]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
-    url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=COMFYUI_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+    server = ComfyServer(Path(COMFYUI_DIR), COMFYUI_PYTHON, base, folders=folders)
+    server.start(timeout=START_TIMEOUT, extra_args=["--preview-method", "latent2rgb"])
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        info = None
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                response = requests.get(f"{url}/object_info", timeout=5)
-                if response.ok:
-                    info = response.json()
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        if info is None:
-            pytest.fail(f"ComfyUI did not answer within {START_TIMEOUT} s:\n{log_path.read_text()[-4000:]}")
-        yield {"url": url, "info": info, "log": log_path, "models": models, **dirs}
+        dirs = {name: base / name for name in ("input", "output", "user", "temp")}
+        yield {"url": server.url, "info": server.get_json("/object_info"), "log": server.log_path, "models": models,
+               **dirs}
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        server.stop()
 
 
 # -- client helpers ---------------------------------------------------------------------------------
