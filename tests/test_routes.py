@@ -384,3 +384,25 @@ def test_workflows_route_serves_only_the_examples(host):
     for name, (status, body) in bodies.items():
         assert status == 200 and body == json.loads((WORKFLOWS_DIR / name).read_text())
     assert set(refused) == {404}
+
+
+def test_a_valid_file_larger_than_one_chunk(host, tmp_path):
+    """A real-shaped resume file (embeddings at FramePack's sizes) over 16 MiB arrives in several chunks."""
+    from bench.common import synthetic_state
+    from goan_core.plan import SectionPlan
+    from goan_core.resume_file import write_resume_file
+    from hostile_corpus import source_image
+
+    state = synthetic_state(SectionPlan("backward", 9, 3, 544, 704), 2)
+    data = write_resume_file(state, tmp_path / "big.goan_resume", source_image=source_image()).read_bytes()
+    assert len(data) > 16 * 2**20
+
+    async def scenario(client):
+        done = await upload(client, data, "big.goan_resume", chunk=16 * 2**20)
+        info = await client.get("/goan/resume_info", params={"name": done[1]["name"]})
+        return done, info.status, await info.json()
+
+    (status, body), info_status, info = serve(scenario)
+    assert status == 200 and body["done"] and body["name"] == "goan_resume/big.goan_resume"
+    assert info_status == 200 and info["job_info"]["next_section"] == 2
+    assert (host.directory("input") / "goan_resume" / "big.goan_resume").read_bytes() == data
