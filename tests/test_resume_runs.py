@@ -145,7 +145,7 @@ def test_autosave_by_minutes(tiny_models, tmp_path):
     state, source = new_state(tiny_models, "backward")
     result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source, keep_last=50),
                      autosave=AutosavePolicy(every_sections=0, every_minutes=1e-9), save_finished=False)
-    assert len(result.autosaves) >= 3  # a write per step at most; newer snapshots replace waiting ones
+    assert len(result.autosaves) >= 2  # at most one write per step: newer snapshots replace waiting ones
 
 
 def test_autosave_off(tiny_models, tmp_path):
