@@ -111,8 +111,9 @@ def test_pause_from_another_thread_stops_within_one_step(tiny_models, tmp_path):
     def on_step(event):
         seen.append(event.steps_done)
         if event.steps_done == 5:
-            threading.Thread(target=control.request_pause).start()
-            threading.Event().wait(0.05)  # the request lands while the step is finishing
+            requester = threading.Thread(target=control.request_pause)
+            requester.start()
+            requester.join()  # the request lands from another thread while the step is finishing
 
     result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
                      control=control, callback=on_step)
