@@ -8,18 +8,19 @@ frames. Both move models to the compute device only while they use them.
 from __future__ import annotations
 
 import uuid
+from typing import Callable
 from datetime import datetime, timezone
 
 import numpy as np
 import torch
 
-from .decode import decode_history, to_uint8_frames
+from .decode import Decode, decode_history, to_uint8_frames
 from .encoders import build_conditioning, decode_latents
 from .image import nearest_bucket, resize_and_center_crop
 from .models import ModelSet, model_identity, on_device
 from .params import JobParams
 from .plan import CONTEXT_FRAMES, LATENT_CHANNELS, SectionPlan, section_count
-from .state import JobState
+from .state import Conditioning, JobState
 
 
 def new_job_id() -> str:
@@ -33,12 +34,16 @@ def initial_history(plan: SectionPlan, start_latent: torch.Tensor) -> torch.Tens
     return torch.cat([zeros, start_latent.float()], dim=2) if plan.mode == "f1" else zeros
 
 
-def prepare_job(models: ModelSet, params: JobParams, image: np.ndarray, *, device: torch.device,
-                dtype: torch.dtype, job_id: str | None = None) -> tuple[JobState, np.ndarray]:
-    """A fresh job at section 0, and the bucketed, cropped input image it was made from."""
+def start_job(params: JobParams, image: np.ndarray, encode: Callable[[np.ndarray], tuple[Conditioning, torch.Tensor]],
+              *, model_identity: dict, job_id: str | None = None) -> tuple[JobState, np.ndarray]:
+    """A fresh job at section 0, and the bucketed, cropped input image it was made from.
+
+    `encode(cropped_image)` returns the prompt/image embeddings and the start latent; front ends
+    pass their own (goan's encoders, or ComfyUI's conditioning and VAE).
+    """
     height, width = nearest_bucket(image.shape[0], image.shape[1], params.resolution)
     source = resize_and_center_crop(image, width, height)
-    conditioning, start_latent = build_conditioning(models, params, source, device, dtype)
+    conditioning, start_latent = encode(source)
     plan = SectionPlan(params.mode, params.lws, section_count(params.seconds, params.lws), height, width)
     generator = torch.Generator("cpu").manual_seed(params.seed)
     state = JobState(
@@ -49,9 +54,17 @@ def prepare_job(models: ModelSet, params: JobParams, image: np.ndarray, *, devic
         start_latent=start_latent.float(),
         history_latents=initial_history(plan, start_latent),
         generator_state=generator.get_state(),
-        model_identity=model_identity(models.transformer) if models.transformer is not None else {},
+        model_identity=model_identity,
     )
     return state, source
+
+
+def prepare_job(models: ModelSet, params: JobParams, image: np.ndarray, *, device: torch.device,
+                dtype: torch.dtype, job_id: str | None = None) -> tuple[JobState, np.ndarray]:
+    """`start_job` with goan's own encoders from `models`."""
+    identity = model_identity(models.transformer) if models.transformer is not None else {}
+    return start_job(params, image, lambda source: build_conditioning(models, params, source, device, dtype),
+                     model_identity=identity, job_id=job_id)
 
 
 def extend_job(state: JobState, additional_seconds: float) -> JobState:
@@ -64,14 +77,19 @@ def extend_job(state: JobState, additional_seconds: float) -> JobState:
     return state
 
 
-def render_frames(vae, state: JobState, *, device: torch.device, dtype: torch.dtype,
-                  progress=None) -> torch.Tensor:
-    """(F,H,W,3) uint8 frames of everything generated so far (all sections when finished)."""
+def decode_frames(state: JobState, decode: Decode, progress=None) -> torch.Tensor:
+    """(F,H,W,3) uint8 frames of everything generated so far, decoding latents with `decode`."""
     sections = min(state.section, state.plan.total_sections)
     if sections == 0:
         raise ValueError(f"job {state.job_id} has no finished section to decode yet")
     real = state.plan.real_history(state.history_latents, sections)
-    with on_device(vae, device):
-        pixels = decode_history(state.plan, real, lambda z: decode_latents(vae, z, device, dtype),
-                                sections, progress)
+    with torch.no_grad():
+        pixels = decode_history(state.plan, real, decode, sections, progress)
     return to_uint8_frames(pixels)
+
+
+def render_frames(vae, state: JobState, *, device: torch.device, dtype: torch.dtype,
+                  progress=None) -> torch.Tensor:
+    """`decode_frames` with a diffusers HunyuanVideo VAE, on the compute device only while decoding."""
+    with on_device(vae, device):
+        return decode_frames(state, lambda z: decode_latents(vae, z, device, dtype), progress)

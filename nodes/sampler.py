@@ -9,15 +9,13 @@ from pathlib import Path
 import torch
 
 from ..goan_core.atomic import RetentionFolder
-from ..goan_core.decode import decode_history, to_uint8_frames
 from ..goan_core.encoders import encode_image_embeds, encode_prompt, encode_start_latent
 from ..goan_core.engine import Engine
 from ..goan_core.errors import InputError
-from ..goan_core.image import nearest_bucket, resize_and_center_crop
-from ..goan_core.job import extend_job, initial_history, new_job_id, render_frames
+from ..goan_core.job import decode_frames as job_frames
+from ..goan_core.job import extend_job, render_frames, start_job
 from ..goan_core.models import on_device
 from ..goan_core.params import FPS, LIMITS, MODES, SAMPLERS, JobParams
-from ..goan_core.plan import SectionPlan, section_count
 from ..goan_core.resume_file import model_identity_mismatch
 from ..goan_core.runner import FINISHED, PAUSED, AutosavePolicy, JobSaver, RunResult, run_job
 from ..goan_core.state import Conditioning, JobState
@@ -78,13 +76,7 @@ def decode_frames(decoder, state: JobState, progress=None) -> torch.Tensor:
     decoder = _need_decoder(decoder, "decoding the video")
     if isinstance(decoder, T.GoanVAE):
         return render_frames(decoder.model, state, device=decoder.device, dtype=decoder.dtype, progress=progress)
-    sections = min(state.section, state.plan.total_sections)
-    if sections == 0:
-        raise ValueError(f"job {state.job_id} has no finished section to decode yet")
-    real = state.plan.real_history(state.history_latents, sections)
-    with torch.no_grad():
-        pixels = decode_history(state.plan, real, decoder.decode, sections, progress)
-    return to_uint8_frames(pixels)
+    return job_frames(state, decoder.decode, progress)
 
 
 def build_conditioning(params: JobParams, source, *, text_encoders=None, image_encoder=None, positive=None,
@@ -113,19 +105,11 @@ def build_conditioning(params: JobParams, source, *, text_encoders=None, image_e
 
 
 def new_state(transformer, params: JobParams, picture, conditioning_inputs: dict, decoder):
-    """A fresh job at section 0, as goan_core.job.prepare_job makes it, and its cropped source image."""
-    height, width = nearest_bucket(picture.shape[0], picture.shape[1], params.resolution)
-    source = resize_and_center_crop(picture, width, height)
-    conditioning = build_conditioning(params, source, **conditioning_inputs)
-    start_latent = encode_start(decoder, source)
-    plan = SectionPlan(params.mode, params.lws, section_count(params.seconds, params.lws), height, width)
-    state = JobState(
-        job_id=new_job_id(), params=params, plan=plan, conditioning=conditioning,
-        start_latent=start_latent.float(), history_latents=initial_history(plan, start_latent),
-        generator_state=torch.Generator("cpu").manual_seed(params.seed).get_state(),
-        model_identity=transformer.identity(),
-    )
-    return state, source
+    """A fresh job at section 0 (goan_core.job.start_job) and its cropped source image."""
+    def encode(source):
+        return build_conditioning(params, source, **conditioning_inputs), encode_start(decoder, source)
+
+    return start_job(params, picture, encode, model_identity=transformer.identity())
 
 
 class GoanSegmentSampler:
