@@ -60,6 +60,16 @@ def build_pipeline(models):
     return pipe
 
 
+def _alternating(goan, diffusers, repeats: int) -> dict[str, list]:
+    """Paired samples of both sides, alternating who goes first so order effects cancel."""
+    samples = {"goan": [], "diffusers": []}
+    for i in range(repeats):
+        order = (("diffusers", diffusers), ("goan", goan)) if i % 2 else (("goan", goan), ("diffusers", diffusers))
+        for name, measure in order:
+            samples[name].append(measure())
+    return samples
+
+
 def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None = None) -> list[Row]:
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack import FramepackSamplingType
 
@@ -126,15 +136,8 @@ def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None =
                 return {"wall": wall, "cpu": cpu, **{k: after[k] - before[k] for k in after}}
 
             goan("euler", False), diffusers(False)  # warm-up both
-            samples = {"goan": [], "goan_unipc": [], "diffusers": []}
-            for i in range(loop_repeats):  # alternate who goes first, so order effects cancel
-                if i % 2:
-                    samples["diffusers"].append(diffusers(False))
-                    samples["goan"].append(goan("euler", False))
-                else:
-                    samples["goan"].append(goan("euler", False))
-                    samples["diffusers"].append(diffusers(False))
-                samples["goan_unipc"].append(goan("unipc", False))
+            samples = _alternating(lambda: goan("euler", False), lambda: diffusers(False), loop_repeats)
+            samples["goan_unipc"] = [goan("unipc", False) for _ in range(loop_repeats)]
             stats = {name: _stats(s) for name, s in samples.items()}
             g, d = stats["goan"], stats["diffusers"]
             if g["calls"] != d["calls"]:
@@ -155,16 +158,9 @@ def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None =
                 details={"what": "everything but the transformer's forward: sampler, scheduling, context, "
                                   "noise, bookkeeping (goan: run_job and Engine; diffusers: __call__)"}))
             if cfg["decode"]:
-                e2e = {"goan": [], "diffusers": []}
                 if not quick:
                     goan("euler", True), diffusers(True)  # warm-up of the VAE on both sides
-                for i in range(repeats):
-                    if i % 2:
-                        e2e["diffusers"].append(diffusers(True))
-                        e2e["goan"].append(goan("euler", True))
-                    else:
-                        e2e["goan"].append(goan("euler", True))
-                        e2e["diffusers"].append(diffusers(True))
+                e2e = _alternating(lambda: goan("euler", True), lambda: diffusers(True), repeats)
                 ge, de = _stats(e2e["goan"]), _stats(e2e["diffusers"])
                 rows.append(Row.check(
                     f"engine: end to end with VAE decode, CPU time [{label}]", ge["total"], "s", baseline=de["total"],
