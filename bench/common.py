@@ -25,10 +25,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from goan_core.jobs import Job, create_job, goan_encoders
+from goan_core.media import demo_image, nearest_bucket
+from goan_core.models import Transformer, default_tiny_root, load_model_set, write_tiny_models
 from goan_core.params import JobParams
-from goan_core.plan import LATENT_CHANNELS, SectionPlan, section_count
-from goan_core.image import nearest_bucket
-from goan_core.state import Conditioning, JobState, SamplerState
+from goan_core.sampling import LATENT_CHANNELS, Conditioning, JobState, SamplerState, SectionPlan, section_count
 
 CPU, F32 = torch.device("cpu"), torch.float32
 
@@ -236,19 +237,19 @@ _TINY = None
 
 
 def tiny_models():
-    """The tiny model set (built once per process, in memory, float32 CPU)."""
+    """The tiny model set, float32 on the CPU: written once to the tiny root ($GOAN_TINY_DIR or ~/.cache,
+    as `python -m goan_core demo` does) and loaded through the real loaders once per process."""
     global _TINY
     if _TINY is None:
-        from goan_core.tiny import build_tiny_models
-
-        _TINY = build_tiny_models()
+        _TINY = load_model_set(write_tiny_models(default_tiny_root()), dtype=F32)
     return _TINY
 
 
-def bench_image(height: int = 80, width: int = 96) -> np.ndarray:
-    from goan_core.demo import demo_image
-
-    return demo_image(height, width)
+def tiny_job(models, params: JobParams, image: np.ndarray, job_id: str | None = None) -> Job:
+    """A new job at section 0 on the CPU in float32 (`job.state`, `job.source_image`)."""
+    encoders = goan_encoders(models, CPU, F32)
+    return create_job(params, image, encoders, identity=Transformer(models.transformer, CPU, F32).identity(),
+                      job_id=job_id)
 
 
 # == synthetic real-size states ======================================================================
@@ -302,7 +303,7 @@ def state_tensor_bytes(state: JobState, with_embeddings: bool = True) -> int:
 
 def source_image_for(plan: SectionPlan) -> np.ndarray:
     """A smooth synthetic picture at the plan's frame size (PNG-compressible like a photo, not noise)."""
-    return bench_image(plan.height, plan.width)
+    return demo_image(plan.height, plan.width)
 
 
 class FakeTransformer(torch.nn.Module):

@@ -11,9 +11,9 @@ The pipeline is built from the tiny ModelSet's components and a FlowMatchEulerDi
 and, for reference, its default UniPC. The transformer's forward is wrapped with one counter on
 both sides: calls and the seconds spent inside the model.
 
-- loop: goan `run_job` (no autosave) vs the pipeline with output_type="latent" (no VAE decode).
+- loop: goan `sample_job` (no autosave) vs the pipeline with output_type="latent" (no VAE decode).
   Per model call: total / calls; overhead = (total - time inside the model) / calls.
-- end to end: goan `run_job` + `render_frames` vs the pipeline with output_type="pt" (FramePack's
+- end to end: goan `sample_job` + `render_frames` vs the pipeline with output_type="pt" (FramePack's
   per-section VAE decodes on both sides, the same number and sizes of decodes).
 Runs alternate between goan and diffusers; the ratio is the median of the per-pair ratios of
 process CPU time (one torch thread: the work runs on the calling thread, and time spent
@@ -28,14 +28,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from goan_core.atomic import RetentionFolder
-from goan_core.engine import Engine
-from goan_core.job import prepare_job, render_frames
+from goan_core.jobs import JobSaver, render_frames, sample_job
+from goan_core.media import demo_image
+from goan_core.models import VAE
 from goan_core.params import JobParams
-from goan_core.runner import JobSaver, run_job
+from goan_core.resumefile import RetentionFolder
+from goan_core.sampling import Engine
 
-from .common import (CPU, F32, Row, bench_dir, bench_image, count_calls, median, spread, timed_cpu, tiny_models,
-                     uncount_calls)
+from .common import (CPU, F32, Row, bench_dir, count_calls, median, spread, timed_cpu, tiny_job,
+                     tiny_models, uncount_calls)
 
 
 def configs(quick: bool) -> list[dict]:
@@ -87,15 +88,16 @@ def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None =
             base = dict(prompt="a sunset over the sea", seconds=n * lws * 4 / 30, lws=lws, steps=steps,
                         mode="backward", resolution=cfg["resolution"], seed=11, cfg=1.0, gs=10.0)
             r = cfg["resolution"]
-            image = bench_image(r * 5 // 4, r * 3 // 2) if r > 64 else bench_image()
-            prepared, source = prepare_job(models, JobParams(**base, sampler="euler"), image, device=CPU, dtype=F32)
+            image = demo_image(r * 5 // 4, r * 3 // 2) if r > 64 else demo_image()
+            job = tiny_job(models, JobParams(**base, sampler="euler"), image)
+            prepared, source = job.state, job.source_image
             assert prepared.plan.total_sections == n
             cond = prepared.conditioning
             pil = Image.fromarray(source)
             window = (lws - 1) * 4 + 1
             # Same inputs on both sides: the pipeline refuses image and image_latents together (and cannot
             # run without image), so its two encoders are given goan's results for this job instead of
-            # running: the SigLIP embeddings and the VAE start latent, as goan's prepare_job made them.
+            # running: the SigLIP embeddings and the VAE start latent, as goan's create_job made them.
             pipe.encode_image = lambda *a, **k: cond.image_embeds
             pipe.prepare_image_latents = lambda *a, **k: prepared.start_latent.clone()
 
@@ -105,10 +107,10 @@ def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None =
                 engine = Engine(models.transformer, CPU, F32)
                 def work():
                     with torch.no_grad():
-                        run_job(engine, state, JobSaver(RetentionFolder(folder, state.job_id, keep_last=1), source),
-                                save_finished=False)
+                        sample_job(engine, state, JobSaver(RetentionFolder(folder, state.job_id, keep_last=1), source),
+                                   save_finished=False)
                         if decode:
-                            render_frames(models.vae, state, device=CPU, dtype=F32)
+                            render_frames(state, VAE(models.vae, CPU, F32))
 
                 return _measured(work)
 
@@ -156,7 +158,7 @@ def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None =
                 baseline=median(outside_d) / d["calls"], baseline_label="diffusers pipeline",
                 ratio=median([a / b for a, b in zip(outside_g, outside_d)]), op="<=", limit=1.0,
                 details={"what": "everything but the transformer's forward: sampler, scheduling, context, "
-                                  "noise, bookkeeping (goan: run_job and Engine; diffusers: __call__)"}))
+                                  "noise, bookkeeping (goan: sample_job and Engine; diffusers: __call__)"}))
             if cfg["decode"]:
                 if not quick:
                     goan("euler", True), diffusers(True)  # warm-up of the VAE on both sides

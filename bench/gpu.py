@@ -5,7 +5,7 @@ built directly on the GPU, run by goan's Engine at the 640 bucket of a 640x480 i
 lws 9, backward, real conditioning shapes) for a few timed steps after a warm-up step. Reported:
 seconds per generated frame, extrapolated to FramePack's defaults (25 steps per section, 36 new
 video frames per section with lws 9), and peak VRAM (torch.cuda.max_memory_allocated); then the
-same with the FP32 Conv3d fallback forced (`goan_core.precision.apply_conv_fp32`). The transformer
+same with the FP32 Conv3d fallback forced (`goan_core.models.configure_precision`, policy "force"). The transformer
 only: text/image encoders and the VAE decode are not part of it. FramePack's published figure,
 2.5 s/frame on an RTX 4090 (without TeaCache), is set beside it, not measured here.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from goan_core.precision import apply_conv_fp32
-from goan_core.tiny import FRAMEPACK_I2V_HY_CONFIG
+from goan_core.models import FRAMEPACK_I2V_HY_CONFIG, configure_precision
+from goan_core.sampling import Engine
 
 from .common import Row, median, real_plan, synthetic_state
 
@@ -42,8 +42,6 @@ def build_transformer(config: dict, device: torch.device, dtype: torch.dtype):
 
 
 def time_steps(model, device, dtype, plan, cond_shapes: dict, steps: int) -> dict:
-    from goan_core.engine import Engine
-
     state = synthetic_state(plan, min(2, plan.total_sections - 1), steps=FRAMEPACK_STEPS, **cond_shapes)
     engine = Engine(model, device, dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -91,7 +89,7 @@ def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None =
     model = build_transformer(config, device, dtype)
     params_b = sum(p.numel() for p in model.parameters()) / 1e9
     plain = time_steps(model, device, dtype, plan, cond, steps)
-    apply_conv_fp32(model)
+    configure_precision(model, "force", device, dtype)
     fp32 = time_steps(model, device, dtype, plan, cond, steps)
     del model
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)

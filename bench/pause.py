@@ -1,7 +1,7 @@
 """Measure 3, pause latency: from a pause request, sent from another thread at a random moment, to the
 resume file on disk (written, fsynced and renamed: `Saver.save` has returned).
 
-- tiny: the tiny models run a real job through `run_job`; the request lands at a uniformly random
+- tiny: the tiny models run a real job through `sample_job`; the request lands at a uniformly random
   moment of the run. Latency in seconds and in steps (steps that still started after the request:
   the sampler only looks at requests between steps, so the step in progress always finishes; no
   new step should start, so this is 0).
@@ -20,15 +20,16 @@ import threading
 import time
 from pathlib import Path
 
-from goan_core.atomic import RetentionFolder
-from goan_core.control import JobControl
-from goan_core.engine import Engine
-from goan_core.job import prepare_job
+from goan_core.jobs import AutosavePolicy, JobControl, JobSaver, sample_job
+from goan_core.media import demo_image
 from goan_core.params import JobParams
-from goan_core.runner import PAUSED, AutosavePolicy, JobSaver, run_job
+from goan_core.resumefile import RetentionFolder
+from goan_core.sampling import Engine
+from goan_core.vocabulary import FileKind, Status
 
 from .autosave import make_state
-from .common import CPU, F32, FakeTransformer, Row, bench_dir, bench_image, median, source_image_for, tiny_models
+from .common import (CPU, F32, FakeTransformer, Row, bench_dir, median, source_image_for, tiny_job,
+                     tiny_models)
 
 STEP_S = 0.25
 
@@ -38,8 +39,8 @@ class _TimedSaver:
 
     def __init__(self, inner: JobSaver):
         self.inner = inner
-        self.done_at: dict[str, float] = {}
-        self.save_s: dict[str, float] = {}
+        self.done_at: dict[FileKind, float] = {}
+        self.save_s: dict[FileKind, float] = {}
 
     def save(self, snapshot, kind):
         start = time.perf_counter()
@@ -70,12 +71,12 @@ def _one(make, engine, folder: Path, window: float, rng: random.Random, autosave
 
     thread = threading.Thread(target=pauser)
     thread.start()
-    result = run_job(engine, state, saver, control=control, autosave=autosave, save_finished=False)
+    result = sample_job(engine, state, saver, control=control, autosave=autosave, save_finished=False)
     thread.join()
     engine.step = inner
-    if result.status != PAUSED or not result.resume_file.is_file():
+    if result.status != Status.PAUSED or not result.resume_file.is_file():
         return {}
-    return {"latency_s": saver.done_at["pause"] - request["at"], "save_s": saver.save_s["pause"],
+    return {"latency_s": saver.done_at[FileKind.PAUSE] - request["at"], "save_s": saver.save_s[FileKind.PAUSE],
             "steps_after_request": steps["started"] - request["steps"]}
 
 
@@ -89,10 +90,11 @@ def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None =
     models = tiny_models()
     params = JobParams(prompt="a sunset over the sea", seconds=(2 if quick else 4) * 12 / 30, lws=3,
                        steps=3 if quick else 6, mode="backward", resolution=64, seed=5)
-    image = bench_image()
+    image = demo_image()
 
     def make_tiny():
-        return prepare_job(models, params, image, device=CPU, dtype=F32)
+        job = tiny_job(models, params, image)
+        return job.state, job.source_image
 
     engine = Engine(models.transformer, CPU, F32)
     state, _ = make_tiny()

@@ -21,15 +21,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from goan_core.atomic import RetentionFolder
-from goan_core.engine import Engine
-from goan_core.job import prepare_job, render_frames
+from goan_core.jobs import JobSaver, render_frames, sample_job
+from goan_core.media import demo_image
+from goan_core.models import VAE
 from goan_core.params import JobParams
-from goan_core.plan import section_count
-from goan_core.resume_file import read_resume_file
-from goan_core.runner import JobSaver, run_job
+from goan_core.resumefile import RetentionFolder, read_resume_file
+from goan_core.sampling import Engine, section_count
 
-from .common import CPU, F32, Row, bench_dir, bench_image, median, spread, timed_cpu, tiny_models
+from .common import CPU, F32, Row, bench_dir, median, spread, timed_cpu, tiny_job, tiny_models
 
 
 def config(quick: bool) -> dict:
@@ -46,33 +45,36 @@ def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None =
     params = JobParams(prompt="a sunset over the sea", seconds=seconds, lws=lws, steps=cfg["steps"],
                        mode="backward", resolution=cfg["resolution"], seed=7)
     models = tiny_models()
-    image = bench_image()
+    image = demo_image()
     folder = bench_dir(base_dir, "resume")
     assert section_count(seconds, lws) == n
 
+    vae = VAE(models.vae, CPU, F32)
+
     def fresh(job_id):
-        return prepare_job(models, params, image, device=CPU, dtype=F32, job_id=job_id)
+        job = tiny_job(models, params, image, job_id=job_id)
+        return job.state, job.source_image
 
     # resume files: one per k, made once (the pause itself is not part of the resumed run's cost)
     files = {}
     for k in cfg["ks"]:
         state, source = fresh(f"bench-resume-k{k}")
-        files[k] = run_job(Engine(models.transformer, CPU, F32), state,
-                           JobSaver(RetentionFolder(folder, state.job_id), source), pause_at=(k, 0)).resume_file
+        files[k] = sample_job(Engine(models.transformer, CPU, F32), state,
+                              JobSaver(RetentionFolder(folder, state.job_id), source), pause_at=(k, 0)).resume_file
 
     def full():
         state, source = fresh("bench-full")
-        *s, _ = timed_cpu(run_job, Engine(models.transformer, CPU, F32), state,
+        *s, _ = timed_cpu(sample_job, Engine(models.transformer, CPU, F32), state,
                           JobSaver(RetentionFolder(folder, state.job_id), source), save_finished=False)
-        *d, _ = timed_cpu(render_frames, models.vae, state, device=CPU, dtype=F32)
+        *d, _ = timed_cpu(render_frames, state, vae)
         return s, d  # each (wall s, cpu s)
 
     def resumed(k):
         *l, data = timed_cpu(read_resume_file, files[k])
-        *s, _ = timed_cpu(run_job, Engine(models.transformer, CPU, F32), data.state,
+        *s, _ = timed_cpu(sample_job, Engine(models.transformer, CPU, F32), data.state,
                           JobSaver(RetentionFolder(folder, data.state.job_id, keep_last=1), data.source_image),
                           save_finished=False)
-        *d, _ = timed_cpu(render_frames, models.vae, data.state, device=CPU, dtype=F32)
+        *d, _ = timed_cpu(render_frames, data.state, vae)
         return l, s, d
 
     if not quick:

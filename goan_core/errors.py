@@ -33,3 +33,9 @@ class NewerFormatError(ResumeFileError):
 
 class DiskSpaceError(ResumeFileError):
     """Not enough free space to write a file; nothing was changed."""
+
+
+def some_names(names: list[str], limit: int = 8) -> str:
+    """A short, readable list of names for a message: the first `limit`, then how many more."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -5,6 +5,7 @@ import { install as installJobs, onChange, getState, currentlyExecuting, pause, 
 import { registerTab } from "./goan_panel.js";
 import { installInterceptors, addUploadButton, refreshLengthLabel, refreshAllLabels, restoreFromOutput } from "./goan_resume.js";
 import { SAMPLER_TYPE, runningJob } from "./lib/jobs.js";
+import { STATUS } from "./lib/vocabulary.js";
 import { LOAD_RESUME_TYPE } from "./lib/labels.js";
 
 const PAUSE_LABEL = "Pause task";
@@ -25,7 +26,7 @@ function nodeJob(node) {
   const ex = currentlyExecuting();
   const st = getState();
   const job = ex.prompt_id ? st.jobs[ex.prompt_id] : null;
-  if (!job || job.status !== "running") return null;
+  if (!job || job.status !== STATUS.RUNNING) return null;
   if (String(ex.node) !== String(node.id) && String(job.node_id) !== String(node.id)) return null;
   return job;
 }
@@ -37,7 +38,7 @@ function updatePauseButtons() {
     const job = nodeJob(node);
     const st = getState();
     const ex = currentlyExecuting();
-    const pausing = ex.prompt_id && st.jobs[ex.prompt_id] && st.jobs[ex.prompt_id].status === "pausing";
+    const pausing = ex.prompt_id && st.jobs[ex.prompt_id] && st.jobs[ex.prompt_id].status === STATUS.PAUSING;
     const disabled = !job;
     const label = pausing && String(ex.node) === String(node.id) ? "Pausing task..." : PAUSE_LABEL;
     if (w.disabled !== disabled || w.label !== label) {

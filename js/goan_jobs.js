@@ -3,8 +3,9 @@
 import { api, toast, toastError, request, expectOk, downloadFile } from "./goan_comfy.js";
 import {
   emptyState, applyQueue, applyServerJobs, applyEvent, markPausing, markCancelled, markDownloaded, removeJob,
-  runningJob, isTerminal, shouldAutoDownload,
+  runningJob, shouldAutoDownload,
 } from "./lib/jobs.js";
+import { STATUS, isTerminal } from "./lib/vocabulary.js";
 
 const COMFY_EVENTS = ["execution_start", "executing", "progress", "executed", "execution_success", "execution_error", "execution_interrupted"];
 const GOAN_EVENTS = ["goan.pausing", "goan.paused", "goan.autosaved", "goan.resumed"];
@@ -153,13 +154,13 @@ export async function cancel(promptId) {
   const job = state.jobs[promptId];
   if (!job) return;
   try {
-    if (job.status === "queued") {
+    if (job.status === STATUS.QUEUED) {
       expectOk(await request("/queue", { method: "POST", json: { delete: [promptId] } }), "Cancel failed");
     } else {
       expectOk(await request("/interrupt", { method: "POST", json: { prompt_id: promptId } }), "Cancel failed");
     }
     set(markCancelled(state, promptId));
-    toast("info", "Cancelled", job.status === "queued" ? "Removed from the queue." : "The task was interrupted.");
+    toast("info", "Cancelled", job.status === STATUS.QUEUED ? "Removed from the queue." : "The task was interrupted.");
   } catch (e) {
     toastError("Cancel failed", e);
   }

@@ -1,6 +1,7 @@
 // The "goan" sidebar tab: one row per goan job, controls first on the left. A control that does not
 // apply to a job is shown disabled, never hidden, so the layout stays put.
 import { controlsFor, statusText, listJobs } from "./lib/jobs.js";
+import { STATUS } from "./lib/vocabulary.js";
 import { downloadName } from "./lib/files.js";
 import { getState, onChange, refresh, actions } from "./goan_jobs.js";
 
@@ -46,8 +47,8 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const STATUS_WORD = {
-  queued: "Queued", running: "Running", pausing: "Pausing task...", paused: "Paused",
-  stopped: "Stopped", finished: "Finished", failed: "Failed", cancelled: "Cancelled",
+  [STATUS.QUEUED]: "Queued", [STATUS.RUNNING]: "Running", [STATUS.PAUSING]: "Pausing task...", [STATUS.PAUSED]: "Paused",
+  [STATUS.STOPPED]: "Stopped", [STATUS.FINISHED]: "Finished", [STATUS.FAILED]: "Failed", [STATUS.CANCELLED]: "Cancelled",
 };
 
 /** One job: its controls first, on the left (all of them, inapplicable ones disabled), then its state. */

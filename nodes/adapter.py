@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..goan_core.devices import resolve_device
+from ..goan_core.models import resolve_device
 
 log = logging.getLogger("goan")
 

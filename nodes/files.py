@@ -7,7 +7,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from ..goan_core.atomic import RESUME_SUFFIX, RETENTION_DIR
+from ..goan_core.resumefile import RESUME_SUFFIX, RETENTION_DIR
 from ..goan_core.errors import InputError
 from .adapter import HOST
 

@@ -6,12 +6,11 @@ import itertools
 import threading
 from dataclasses import dataclass, field
 
-from ..goan_core.control import JobControl
+from ..goan_core.jobs import JobControl
+from ..goan_core.vocabulary import Status
 from .adapter import HOST
 
 SAMPLER_TYPE = "GoanSegmentSampler"
-RUNNING, PAUSING, PAUSED, STOPPED, FINISHED, FAILED = "running", "pausing", "paused", "stopped", "finished", "failed"
-ACTIVE = (RUNNING, PAUSING)
 KEEP_RECENT = 20
 
 
@@ -20,7 +19,7 @@ class JobEntry:
     prompt_id: str
     node_id: str | None
     job_id: str | None = None
-    status: str = RUNNING
+    status: Status = Status.RUNNING
     section: int = 0
     total_sections: int = 0
     step: int = 0
@@ -38,7 +37,7 @@ class JobEntry:
 
     def public(self) -> dict:
         return {"prompt_id": self.prompt_id, "job_id": self.job_id, "node_id": self.node_id,
-                "status": self.status, "section": self.section, "total_sections": self.total_sections,
+                "status": self.status.value, "section": self.section, "total_sections": self.total_sections,
                 "step": self.step, "steps": self.steps, "file": self.file, "error": self.error}
 
 
@@ -74,14 +73,15 @@ class JobRegistry:
         with self._lock:
             entry.file = file
 
-    def end(self, entry: JobEntry, status: str, *, file: dict | None = None, error: str | None = None) -> None:
+    def end(self, entry: JobEntry, status: Status, *, file: dict | None = None, error: str | None = None) -> None:
+        status = Status(status)
         with self._lock:
             entry.status = status
             if file is not None:
                 entry.file = file
             entry.error = error
             entry.order = next(self._counter)
-            if status != FINISHED:
+            if status is not Status.FINISHED:
                 self.generation += 1
             self._trim()
 
@@ -94,13 +94,13 @@ class JobRegistry:
         running = None
         with self._lock:
             known = [e for e in self._entries if e.prompt_id == prompt_id]
-            running = next((e for e in known if e.status in ACTIVE + (PAUSED,)), None)
+            running = next((e for e in known if e.status.active or e.status is Status.PAUSED), None)
             if running is None and known:
                 return None  # its goan job already finished, failed or was cancelled
             if running is not None:
-                if running.status == RUNNING and not running.sampling_done:
+                if running.status is Status.RUNNING and not running.sampling_done:
                     running.control.request_pause()
-                    running.status = PAUSING
+                    running.status = Status.PAUSING
                     notify = True
                 else:
                     notify = False
@@ -121,7 +121,7 @@ class JobRegistry:
                         if isinstance(v, dict) and v.get("class_type") == SAMPLER_TYPE), None)
         if node_id is None:
             return None
-        entry = JobEntry(prompt_id, node_id, status=PAUSING, pending=True)
+        entry = JobEntry(prompt_id, node_id, status=Status.PAUSING, pending=True)
         entry.control.request_pause()
         with self._lock:
             entry.order = next(self._counter)
@@ -134,12 +134,12 @@ class JobRegistry:
         with self._lock:
             # a pending pause whose prompt ended without running the sampler (cached, failed earlier)
             self._entries = [e for e in self._entries if not (e.pending and e.prompt_id not in running_prompts)]
-            active = sorted((e for e in self._entries if e.status in ACTIVE), key=lambda e: e.order)
-            others = sorted((e for e in self._entries if e.status not in ACTIVE), key=lambda e: -e.order)
+            active = sorted((e for e in self._entries if e.status.active), key=lambda e: e.order)
+            others = sorted((e for e in self._entries if not e.status.active), key=lambda e: -e.order)
             return [e.public() for e in active + others]
 
     def _trim(self) -> None:
-        others = sorted((e for e in self._entries if e.status not in ACTIVE), key=lambda e: -e.order)
+        others = sorted((e for e in self._entries if not e.status.active), key=lambda e: -e.order)
         for old in others[self.keep:]:
             self._entries.remove(old)
 

@@ -18,30 +18,13 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..goan_core.devices import resolve_dtype
 from ..goan_core.errors import ModelFolderError
-from ..goan_core.models import (
-    IMAGE_PARTS,
-    PARTS,
-    TEXT_PARTS,
-    TRANSFORMER_CLASS_NAMES,
-    load_part,
-    load_parts,
-    load_transformer_file,
-)
-from ..goan_core.precision import CONV_FP32_POLICIES, configure_precision
+from ..goan_core.models import (CONV_FP32_POLICIES, IMAGE_PARTS, PARTS, TEXT_PARTS, TRANSFORMER_CLASS_NAMES,
+                                ImageEncoder, TextEncoders, Transformer, configure_precision, load_part, load_parts,
+                                load_transformer_file, resolve_dtype)
+from ..goan_core.models import VAE as VAEModel
 from .adapter import HOST
-from .types import (
-    CATEGORY,
-    IMAGE_ENCODER,
-    TEXT_ENCODERS,
-    TRANSFORMER,
-    VAE,
-    GoanImageEncoder,
-    GoanTextEncoders,
-    GoanTransformer,
-    GoanVAE,
-)
+from .types import CATEGORY, IMAGE_ENCODER, TEXT_ENCODERS, TRANSFORMER, VAE
 
 DTYPE_CHOICES = ["auto", "bfloat16", "float16", "float32"]
 DIFFUSERS_PREFIX = "[diffusers] "
@@ -200,7 +183,7 @@ class GoanTransformerLoader:
         else:
             loaded = load_transformer_file(find_transformer_file(model), torch_dtype)
         applied = configure_precision(loaded, conv_fp32, device, torch_dtype)
-        return (GoanTransformer(loaded, device, torch_dtype, applied, model),)
+        return (Transformer(loaded, device, torch_dtype, applied, model),)
 
 
 class GoanVAELoader:
@@ -219,7 +202,7 @@ class GoanVAELoader:
         device = HOST.torch_device()
         torch_dtype = _dtype(dtype, device)
         vae = load_part(_part_folder(find_folder("vae", folder), "vae"), "vae", torch_dtype)
-        return (GoanVAE(vae, device, torch_dtype, folder),)
+        return (VAEModel(vae, device, torch_dtype, folder),)
 
 
 class _EncoderLoader:
@@ -248,11 +231,11 @@ class GoanTextEncoderLoader(_EncoderLoader):
                    "(text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/).")
     RETURN_TYPES = (TEXT_ENCODERS,)
     RETURN_NAMES = ("text_encoders",)
-    KIND, PARTS, WRAP = "text_encoders", TEXT_PARTS, GoanTextEncoders
+    KIND, PARTS, WRAP = "text_encoders", TEXT_PARTS, TextEncoders
 
 
 class GoanImageEncoderLoader(_EncoderLoader):
     DESCRIPTION = "Loads the SigLIP image encoder and its processor (image_encoder/, feature_extractor/)."
     RETURN_TYPES = (IMAGE_ENCODER,)
     RETURN_NAMES = ("image_encoder",)
-    KIND, PARTS, WRAP = "image_encoder", IMAGE_PARTS, GoanImageEncoder
+    KIND, PARTS, WRAP = "image_encoder", IMAGE_PARTS, ImageEncoder

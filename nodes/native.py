@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from ..goan_core.encoders import PROMPT_EMBED_LENGTH, PROMPT_TOKENS, crop_or_pad
+from ..goan_core.models import PROMPT_EMBED_LENGTH, PROMPT_TOKENS, crop_or_pad
 from ..goan_core.errors import InputError
 from .adapter import HUNYUAN_VAE_SCALE
 
@@ -74,8 +75,28 @@ def image_embeds_from_clip_vision(output) -> torch.Tensor:
     return _tensor(hidden, "clip_vision_output last_hidden_state", 3)[:1].float().cpu()
 
 
+class NativePrompt:
+    """A ComfyUI CONDITIONING as a goan prompt encoder: the text was encoded by ComfyUI already."""
+
+    def __init__(self, conditioning, which: str):
+        self.conditioning, self.which = conditioning, which
+
+    def encode_prompt(self, text: str):
+        return prompt_from_conditioning(self.conditioning, self.which)
+
+
+class NativeImageEmbeds:
+    """A ComfyUI CLIP_VISION_OUTPUT as a goan image encoder: the image was encoded by ComfyUI already."""
+
+    def __init__(self, output):
+        self.output = output
+
+    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+        return image_embeds_from_clip_vision(self.output)
+
+
 class ComfyVAE:
-    """A ComfyUI VAE seen the way goan_core's decode and encode steps want it."""
+    """A ComfyUI VAE as a goan_core LatentCodec (ComfyUI loads and offloads it itself)."""
 
     def __init__(self, vae):
         if not (hasattr(vae, "encode") and hasattr(vae, "decode")):
@@ -96,3 +117,6 @@ class ComfyVAE:
             pixels = pixels[None]
         pixels = _tensor(pixels, "VAE decode output", 5)[:1, ..., :3].float().cpu()
         return (pixels.permute(0, 4, 1, 2, 3) * 2.0 - 1.0).contiguous()
+
+    def loaded(self):
+        return nullcontext(self)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-from ..goan_core.atomic import RetentionFolder
 from ..goan_core.errors import InputError
-from ..goan_core.resume_file import read_resume_file
+from ..goan_core.resumefile import RetentionFolder, read_resume_file
+from ..goan_core.vocabulary import FileKind, Status
 from . import types as T
 from .adapter import HOST, output_relative
 from .files import list_input_resume_files, resolve_input_name
@@ -56,9 +56,9 @@ class GoanLoadResume:
         for note in data.notes:
             log.warning("goan: %s: %s", resume_file, note)
         subfolder, _, filename = resume_file.rpartition("/")
-        job = GoanJob(state=data.state, source_image=data.source_image, status=T.LOADED,
+        job = GoanJob(state=data.state, source_image=data.source_image, status=Status.LOADED,
                       file={"filename": filename, "subfolder": subfolder, "type": "input"}, path=path,
-                      workflow=data.workflow, end_image=data.end_image, needs_start_latent=data.needs_start_latent,
+                      workflow=data.workflow, needs_start_latent=data.needs_start_latent,
                       job_info=data.job_info, notes=list(data.notes))
         params = json.dumps(data.state.params.to_dict(), indent=2)
         return (job, uint8_to_image(data.source_image), params)
@@ -86,11 +86,11 @@ class GoanSaveResume:
         if not (in_output and path.is_file()):
             workflow = extra_pnginfo.get("workflow") if isinstance(extra_pnginfo, dict) else None
             workflow = workflow if isinstance(workflow, dict) else state.workflow
-            kind = {T.FINISHED: "finished", T.STOPPED: "stop"}.get(state.status, "pause")
+            kind = {Status.FINISHED: FileKind.FINISHED, Status.STOPPED: FileKind.STOP}.get(state.status, FileKind.PAUSE)
             if state.state.done:
-                kind = "finished"
+                kind = FileKind.FINISHED
             folder = RetentionFolder(output, state.state.job_id, state.keep_last)
-            path = folder.save(state.state.snapshot(), source_image=state.source_image, end_image=state.end_image,
+            path = folder.save(state.state.snapshot(), source_image=state.source_image,
                                workflow=workflow, kind=kind)
         file = output_relative(path)
         return {"ui": {"goan_resume": [file]}, "result": ()}
@@ -112,6 +112,6 @@ class GoanPauseGate:
     def execute(self, state, images, fps):
         if not isinstance(state, GoanJob):
             raise InputError(f"state: expected a goan state, got {type(state).__name__}")
-        if state.status == T.FINISHED or state.state.done:
+        if state.status is Status.FINISHED or state.state.done:
             return (images, fps, HOST.blocker())
         return (HOST.blocker(), HOST.blocker(), state)

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..goan_core.atomic import FREE_SPACE_MARGIN, format_size
 from ..goan_core.errors import GoanError, ResumeFileError
-from ..goan_core.resume_file import MAX_TOTAL_BYTES, read_resume_file
+from ..goan_core.resumefile import FREE_SPACE_MARGIN, MAX_TOTAL_BYTES, format_size, read_resume_file
+from ..goan_core.vocabulary import Status
 from .adapter import HOST
 from .files import UPLOAD_SUBFOLDER, reserve_upload_path, resolve_input_name, sanitise_upload_name
-from .jobs import REGISTRY, RUNNING
+from .jobs import REGISTRY
 
 log = logging.getLogger("goan")
 
@@ -112,9 +112,9 @@ async def pause(request: web.Request) -> web.Response:
     entry = REGISTRY.request_pause(prompt_id)
     if entry is None:
         return _error(404, f"prompt {prompt_id} is not a running goan job")
-    if entry.status == RUNNING:
+    if entry.status is Status.RUNNING:
         return _error(409, "the job has finished sampling and is decoding its video; there is nothing left to pause")
-    return web.json_response({"status": entry.status, "prompt_id": prompt_id})
+    return web.json_response({"status": entry.status.value, "prompt_id": prompt_id})
 
 
 async def jobs(request: web.Request) -> web.Response:

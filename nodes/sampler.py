@@ -1,28 +1,26 @@
-"""GoanSegmentSampler: starts a FramePack job or continues one, pause-aware, with progress and previews."""
+"""GoanSegmentSampler: starts a FramePack job or continues one, pause-aware, with progress and previews.
+
+A thin caller of goan_core's job lifecycle (create_job / continue_job, run_job, render_frames): what
+it adds is ComfyUI's side, where the models and embeddings come from (goan's loaders or ComfyUI's
+own CONDITIONING, CLIP_VISION_OUTPUT and VAE), and how the run is reported (progress bar, previews,
+the job registry behind the pause button, websocket events, ComfyUI's memory and cancel).
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
-import torch
-
-from ..goan_core.atomic import RetentionFolder
-from ..goan_core.encoders import encode_image_embeds, encode_prompt, encode_start_latent
-from ..goan_core.engine import Engine
 from ..goan_core.errors import InputError
-from ..goan_core.job import decode_frames as job_frames
-from ..goan_core.job import extend_job, render_frames, start_job
-from ..goan_core.models import on_device
+from ..goan_core.jobs import (AutosavePolicy, Encoders, Job, RunResult, RunSettings, continue_job, create_job,
+                              render_frames, run_job)
+from ..goan_core.models import VAE, ImageEncoder, TextEncoders, Transformer
 from ..goan_core.params import FPS, LIMITS, MODES, SAMPLERS, JobParams
-from ..goan_core.resume_file import model_identity_mismatch
-from ..goan_core.runner import FINISHED, PAUSED, AutosavePolicy, JobSaver, RunResult, run_job
-from ..goan_core.state import Conditioning, JobState
+from ..goan_core.vocabulary import FileKind, Status
 from . import types as T
 from .adapter import HOST, output_relative
-from .jobs import FAILED, REGISTRY, STOPPED
-from .native import ComfyVAE, image_embeds_from_clip_vision, prompt_from_conditioning
+from .jobs import REGISTRY, JobEntry
+from .native import ComfyVAE, NativeImageEmbeds, NativePrompt
 from .types import CATEGORY, GoanJob, image_to_uint8, uint8_to_image
 
 log = logging.getLogger("goan")
@@ -30,86 +28,39 @@ log = logging.getLogger("goan")
 SEED_MAX = 2**53 - 1  # the largest integer a browser keeps exact
 LENGTH_LABEL = "Video Length (s)"
 
-
-class RecordingSaver:
-    """A Saver that remembers the last pause/stop/failsafe/finished file it wrote (autosaves aside)."""
-
-    def __init__(self, saver: JobSaver):
-        self.saver = saver
-        self.last: Path | None = None
-        self.kind: str | None = None
-        self._lock = threading.Lock()
-
-    def save(self, snapshot, kind):
-        path = self.saver.save(snapshot, kind)
-        if kind != "autosave":
-            with self._lock:
-                self.last, self.kind = path, kind
-        return path
+# How a user supplies each piece a job may lack, in the sampler's own words.
+HINTS = {
+    "prompt": "text encoders: connect text_encoders (goan Text Encoder Loader) or positive (ComfyUI CONDITIONING "
+              "from DualCLIPLoader hunyuan_video)",
+    "negative_prompt": "text encoders: connect text_encoders (goan Text Encoder Loader) or negative (ComfyUI "
+                       "CONDITIONING from DualCLIPLoader hunyuan_video)",
+    "image": "an image encoder: connect image_encoder (goan Image Encoder Loader) or clip_vision_output (ComfyUI "
+             "CLIPVisionEncode with SigLIP)",
+    "vae": "a VAE: connect goan_vae (goan VAE Loader) or vae (ComfyUI's VAELoader)",
+}
 
 
-def _decoder(goan_vae, vae):
-    if goan_vae is not None:
-        if not isinstance(goan_vae, T.GoanVAE):
-            raise InputError(f"goan_vae: expected the output of goan's VAE loader, got {type(goan_vae).__name__}")
-        return goan_vae
-    if vae is not None:
-        return ComfyVAE(vae)
-    return None
+def _expect(value, kind: type, name: str, what: str):
+    if value is not None and not isinstance(value, kind):
+        raise InputError(f"{name}: expected the output of {what}, got {type(value).__name__}")
+    return value
 
 
-def _need_decoder(decoder, why: str):
-    if decoder is None:
-        raise InputError(f"{why} needs a VAE: connect goan_vae (goan VAE Loader) or vae (ComfyUI's VAELoader)")
-    return decoder
-
-
-def encode_start(decoder, source) -> torch.Tensor:
-    decoder = _need_decoder(decoder, "encoding the start image")
-    if isinstance(decoder, T.GoanVAE):
-        return encode_start_latent(decoder.model, source, decoder.device, decoder.dtype)
-    return decoder.encode_start_latent(source)
-
-
-def decode_frames(decoder, state: JobState, progress=None) -> torch.Tensor:
-    """(F,H,W,3) uint8 frames of the job's finished sections."""
-    decoder = _need_decoder(decoder, "decoding the video")
-    if isinstance(decoder, T.GoanVAE):
-        return render_frames(decoder.model, state, device=decoder.device, dtype=decoder.dtype, progress=progress)
-    return job_frames(state, decoder.decode, progress)
-
-
-def build_conditioning(params: JobParams, source, *, text_encoders=None, image_encoder=None, positive=None,
-                       negative=None, clip_vision_output=None) -> Conditioning:
-    """Prompt and image embeddings from goan's encoders or from ComfyUI's CONDITIONING/CLIP_VISION_OUTPUT."""
-    def prompt_triple(text: str, native, which: str):
-        if native is not None:
-            return prompt_from_conditioning(native, which)
-        if text_encoders is None:
-            raise InputError(f"the {which} prompt needs text encoders: connect text_encoders (goan Text Encoder "
-                             f"Loader) or {which} (ComfyUI CONDITIONING from DualCLIPLoader hunyuan_video)")
-        return encode_prompt(text_encoders.models, text, text_encoders.device, text_encoders.dtype)
-
-    embeds, mask, pooled = prompt_triple(params.prompt, positive, "positive")
-    negative_triple = (None, None, None)
-    if params.cfg != 1:
-        negative_triple = prompt_triple(params.negative_prompt, negative, "negative")
-    if clip_vision_output is not None:
-        image_embeds = image_embeds_from_clip_vision(clip_vision_output)
-    elif image_encoder is not None:
-        image_embeds = encode_image_embeds(image_encoder.models, source, image_encoder.device, image_encoder.dtype)
-    else:
-        raise InputError("the start image needs an image encoder: connect image_encoder (goan Image Encoder "
-                         "Loader) or clip_vision_output (ComfyUI CLIPVisionEncode with SigLIP)")
-    return Conditioning(embeds, mask, pooled, image_embeds, *negative_triple)
-
-
-def new_state(transformer, params: JobParams, picture, conditioning_inputs: dict, decoder):
-    """A fresh job at section 0 (goan_core.job.start_job) and its cropped source image."""
-    def encode(source):
-        return build_conditioning(params, source, **conditioning_inputs), encode_start(decoder, source)
-
-    return start_job(params, picture, encode, model_identity=transformer.identity())
+def node_encoders(*, text_encoders=None, image_encoder=None, goan_vae=None, vae=None, positive=None, negative=None,
+                  clip_vision_output=None) -> Encoders:
+    """The sampler's inputs as goan_core Encoders; ComfyUI's own outputs win over goan's loaders."""
+    text = _expect(text_encoders, TextEncoders, "text_encoders", "goan's Text Encoder Loader")
+    image = _expect(image_encoder, ImageEncoder, "image_encoder", "goan's Image Encoder Loader")
+    codec = _expect(goan_vae, VAE, "goan_vae", "goan's VAE loader")
+    if codec is None and vae is not None:
+        codec = ComfyVAE(vae)
+    return Encoders(
+        prompt=NativePrompt(positive, "positive") if positive is not None else text,
+        negative_prompt=NativePrompt(negative, "negative") if negative is not None else text,
+        image=NativeImageEmbeds(clip_vision_output) if clip_vision_output is not None else image,
+        vae=codec,
+        hints=HINTS,
+    )
 
 
 class GoanSegmentSampler:
@@ -207,18 +158,17 @@ class GoanSegmentSampler:
                 resolution, sampler, autosave_every, keep_last, image=None, resume_state=None, text_encoders=None,
                 image_encoder=None, goan_vae=None, vae=None, positive=None, negative=None, clip_vision_output=None,
                 unique_id=None, extra_pnginfo=None):
-        if not isinstance(transformer, T.GoanTransformer):
+        if not isinstance(transformer, Transformer):
             raise InputError("transformer: connect goan's Transformer Loader")
         if autosave_every < 0 or keep_last < 1:
             raise InputError("autosave_every must be 0 or more and keep_last at least 1")
         workflow = extra_pnginfo.get("workflow") if isinstance(extra_pnginfo, dict) else None
         workflow = workflow if isinstance(workflow, dict) else None
-        decoder = _need_decoder(_decoder(goan_vae, vae), "the job")  # checked before any work is done
-        encoders = dict(text_encoders=text_encoders, image_encoder=image_encoder, positive=positive,
-                        negative=negative, clip_vision_output=clip_vision_output)
+        encoders = node_encoders(text_encoders=text_encoders, image_encoder=image_encoder, goan_vae=goan_vae, vae=vae,
+                                 positive=positive, negative=negative, clip_vision_output=clip_vision_output)
+        encoders.require("vae", "the job")  # checked before any work is done
         if resume_state is not None:
-            state, source, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, decoder)
-            workflow = workflow or resume_state.workflow
+            job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow)
         else:
             if image is None:
                 raise InputError("connect an image (e.g. Load Image) to start a new job, or a resume_state to "
@@ -228,77 +178,70 @@ class GoanSegmentSampler:
             params = JobParams(prompt=prompt, negative_prompt=negative_prompt, seed=int(seed), seconds=float(seconds),
                                lws=int(lws), steps=int(steps), cfg=float(cfg), gs=float(gs), rs=float(rs), mode=mode,
                                resolution=int(resolution), sampler=sampler)
-            state, source = new_state(transformer, params, image_to_uint8(image), encoders, decoder)
+            job = create_job(params, image_to_uint8(image), encoders, identity=transformer.identity(),
+                             workflow=workflow)
             resumed_from = None
-        return self._run(transformer, state, source, decoder, workflow, int(autosave_every), int(keep_last),
-                         unique_id, resumed_from)
+        settings = RunSettings(HOST.directory("output"), keep_last=int(keep_last),
+                               autosave=AutosavePolicy(int(autosave_every), 0.0) if autosave_every > 0 else None)
+        return self._run(job, transformer, encoders, settings, unique_id, resumed_from)
 
-    def _continue(self, job, transformer, seconds, encoders, decoder):
-        if not isinstance(job, GoanJob):
-            raise InputError(f"resume_state: expected a goan state (Load Resume or a sampler), got {type(job).__name__}")
-        state = job.state.snapshot()  # the input may be cached by ComfyUI: never advance it in place
-        position = (state.section, state.step_in_section)
-        if seconds > 0:
-            try:
-                extend_job(state, seconds)
-            except InputError as error:
+    @staticmethod
+    def _continue(saved, transformer: Transformer, seconds: float, encoders: Encoders, workflow):
+        if not isinstance(saved, GoanJob):
+            raise InputError(f"resume_state: expected a goan state (Load Resume or a sampler), got {type(saved).__name__}")
+        try:
+            job, warnings = continue_job(saved.state, saved.source_image, encoders, identity=transformer.identity(),
+                                         additional_seconds=seconds, needs_start_latent=saved.needs_start_latent,
+                                         workflow=workflow or saved.workflow)
+        except InputError as error:
+            if seconds > 0 and saved.state.plan.mode != "f1":
                 raise InputError(f"Additional {LENGTH_LABEL} must be 0 for this job: {error}") from error
-        if state.conditioning is None:
-            state.conditioning = build_conditioning(state.params, job.source_image, **encoders)
-        if job.needs_start_latent:
-            state.start_latent = encode_start(decoder, job.source_image)
-        warning = model_identity_mismatch({"model_identity": state.model_identity}, transformer.identity())
-        if warning:
+            raise
+        for warning in warnings:
             log.warning("goan: %s", warning)
-        state.model_identity = transformer.identity()
-        return state, job.source_image, position
+        return job, (saved.state.section, saved.state.step_in_section)
 
-    def _run(self, transformer, state, source, decoder, workflow, autosave_every, keep_last, unique_id, resumed_from):
+    def _run(self, job: Job, transformer: Transformer, encoders: Encoders, settings: RunSettings, unique_id,
+             resumed_from):
+        state = job.state
         prompt_id = HOST.current_prompt_id() or "local"
         node_id = None if unique_id is None else str(unique_id)
-        saver = RecordingSaver(JobSaver(RetentionFolder(HOST.directory("output"), state.job_id, keep_last),
-                                        source, workflow))
         entry = REGISTRY.start(prompt_id, node_id, state.job_id, section=state.section, step=state.step_in_section,
                                total_sections=state.plan.total_sections, steps=state.params.steps)
+        ids = {"prompt_id": prompt_id, "job_id": state.job_id}
         if resumed_from is not None:
-            HOST.send("goan.resumed", {"prompt_id": prompt_id, "job_id": state.job_id,
-                                       "section": resumed_from[0], "step": resumed_from[1]})
-        job_ids = {"prompt_id": prompt_id, "job_id": state.job_id}
+            HOST.send("goan.resumed", {**ids, "section": resumed_from[0], "step": resumed_from[1]})
+        failsafe: list[Path] = []
+
+        def on_saved(path: Path, kind: FileKind):
+            if kind is FileKind.AUTOSAVE:
+                file = output_relative(path)
+                REGISTRY.set_file(entry, file)
+                HOST.send("goan.autosaved", {**ids, **file})
+            elif kind is FileKind.FAILSAFE:
+                failsafe.append(path)
+
         try:
             HOST.unload_other_models()
-            result = self._sample(transformer, state, saver, entry, autosave_every, node_id, job_ids)
-            if result.status == FINISHED:
+            result = run_job(job, transformer, settings, control=entry.control, on_saved=on_saved,
+                             on_step=self._progress(entry, state, node_id))
+            if result.status is Status.FINISHED:
                 bar = HOST.progress_bar(max(state.plan.total_sections, 1), node_id)
-                frames = decode_frames(decoder, result.state, lambda k, n: bar.update_absolute(k, n))
+                frames = render_frames(result.state, encoders.require("vae", "decoding the video"),
+                                       lambda k, n: bar.update_absolute(k, n))
                 images = uint8_to_image(frames)
             else:
-                images = uint8_to_image(source)
+                images = uint8_to_image(job.source_image)
         except BaseException as error:
-            file = output_relative(saver.last) if saver.last is not None else None
-            interrupted = HOST.is_interrupt(error)
-            status = STOPPED if interrupted else FAILED
-            message = "cancelled" if interrupted else f"{type(error).__name__}: {error}"
-            if HOST.is_oom(error):
-                message = f"out of memory: {error}"
-            REGISTRY.end(entry, status, file=file, error=message)
-            if saver.kind == "failsafe" and file is not None:
-                HOST.send("goan.paused", {**job_ids, "node_id": node_id, **file, "kind": "failsafe"})
+            self._failed(entry, error, failsafe[-1] if failsafe else None, ids, node_id)
             raise
         finally:
             HOST.release_memory()
-        file = output_relative(result.resume_file) if result.resume_file is not None else None
-        status = {FINISHED: T.FINISHED, PAUSED: T.PAUSED}.get(result.status, T.STOPPED)
-        REGISTRY.end(entry, status, file=file)
-        if status != T.FINISHED:
-            HOST.send("goan.paused", {**job_ids, "node_id": node_id, **file,
-                                      "kind": "pause" if status == T.PAUSED else "stop"})
-        job = GoanJob(state=result.state, source_image=source, status=status, file=file, path=result.resume_file,
-                      workflow=workflow, keep_last=keep_last)
-        return (job, images, float(FPS))
+        return self._ended(entry, result, job, settings, ids, node_id, images)
 
-    def _sample(self, transformer, state, saver, entry, autosave_every, node_id, job_ids) -> RunResult:
-        if state.done:  # a finished job continued with 0 additional seconds: nothing left to sample
-            return RunResult(state, FINISHED)
+    @staticmethod
+    def _progress(entry: JobEntry, state, node_id):
+        """The step callback: registry, progress bar with a latent preview, and ComfyUI's cancel."""
         bar = HOST.progress_bar(state.total_steps, node_id)
         bar.update_absolute(state.steps_done, state.total_steps)
         preview = HOST.previewer()
@@ -309,13 +252,28 @@ class GoanSegmentSampler:
                                 preview(event.denoised) if preview is not None else None)
             HOST.check_interrupt()
 
-        def on_autosaved(path):
-            file = output_relative(path)
-            REGISTRY.set_file(entry, file)
-            HOST.send("goan.autosaved", {**job_ids, **file})
+        return on_step
 
-        policy = AutosavePolicy(autosave_every, 0.0) if autosave_every > 0 else None
-        engine = Engine(transformer.model, transformer.device, transformer.dtype)
-        with on_device(transformer.model, transformer.device):
-            return run_job(engine, state, saver, control=entry.control, autosave=policy, callback=on_step,
-                           save_finished=True, on_autosaved=on_autosaved)
+    @staticmethod
+    def _failed(entry: JobEntry, error: BaseException, failsafe: Path | None, ids: dict, node_id):
+        """Report a run that ended by an exception (cancel, out of memory, a bug), and its fail-safe file."""
+        file = output_relative(failsafe) if failsafe is not None else None
+        interrupted = HOST.is_interrupt(error)
+        message = "cancelled" if interrupted else f"{type(error).__name__}: {error}"
+        if HOST.is_oom(error):
+            message = f"out of memory: {error}"
+        REGISTRY.end(entry, Status.STOPPED if interrupted else Status.FAILED, file=file, error=message)
+        if file is not None:
+            HOST.send("goan.paused", {**ids, "node_id": node_id, **file, "kind": FileKind.FAILSAFE.value})
+
+    @staticmethod
+    def _ended(entry: JobEntry, result: RunResult, job: Job, settings: RunSettings, ids: dict, node_id, images):
+        """Report a run that ended normally (finished, paused or stopped) and make the GOAN_STATE output."""
+        file = output_relative(result.resume_file) if result.resume_file is not None else None
+        REGISTRY.end(entry, result.status, file=file)
+        if result.status is not Status.FINISHED:
+            kind = FileKind.PAUSE if result.status is Status.PAUSED else FileKind.STOP
+            HOST.send("goan.paused", {**ids, "node_id": node_id, **file, "kind": kind.value})
+        state = GoanJob(state=result.state, source_image=job.source_image, status=result.status, file=file,
+                        path=result.resume_file, workflow=job.workflow, keep_last=settings.keep_last)
+        return (state, images, float(FPS))

@@ -1,16 +1,20 @@
-"""The values goan's custom socket types carry between nodes."""
+"""The values goan's custom socket types carry between nodes.
+
+The model sockets carry goan_core.models' handles (Transformer, VAE, TextEncoders, ImageEncoder) as they
+are; GOAN_STATE carries a `GoanJob`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..goan_core.models import ModelSet, model_identity
-from ..goan_core.state import JobState
+from ..goan_core.errors import InputError
+from ..goan_core.sampling import JobState
+from ..goan_core.vocabulary import Status
 
 CATEGORY = "goan"
 
@@ -19,45 +23,6 @@ VAE = "GOAN_VAE"
 TEXT_ENCODERS = "GOAN_TEXT_ENCODERS"
 IMAGE_ENCODER = "GOAN_IMAGE_ENCODER"
 STATE = "GOAN_STATE"
-
-# What a GOAN_STATE says about its job.
-NEW, LOADED, RUNNING, PAUSED, STOPPED, FINISHED = "new", "loaded", "running", "paused", "stopped", "finished"
-
-
-@dataclass(frozen=True)
-class GoanTransformer:
-    model: Any
-    device: torch.device
-    dtype: torch.dtype
-    conv_fp32: bool
-    name: str
-
-    def identity(self) -> dict:
-        return {**model_identity(self.model), "conv_fp32": str(self.conv_fp32)}
-
-
-@dataclass(frozen=True)
-class GoanVAE:
-    model: Any  # diffusers AutoencoderKLHunyuanVideo
-    device: torch.device
-    dtype: torch.dtype
-    name: str
-
-
-@dataclass(frozen=True)
-class GoanTextEncoders:
-    models: ModelSet  # text_encoder, text_encoder_2, tokenizer, tokenizer_2
-    device: torch.device
-    dtype: torch.dtype
-    name: str
-
-
-@dataclass(frozen=True)
-class GoanImageEncoder:
-    models: ModelSet  # image_encoder, feature_extractor
-    device: torch.device
-    dtype: torch.dtype
-    name: str
 
 
 @dataclass
@@ -72,12 +37,11 @@ class GoanJob:
 
     state: JobState
     source_image: np.ndarray
-    status: str
+    status: Status
     file: dict | None = None
     path: Path | None = None
     workflow: dict | None = None
     keep_last: int = 3
-    end_image: np.ndarray | None = None
     needs_start_latent: bool = False
     job_info: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -87,7 +51,7 @@ def image_to_uint8(image: torch.Tensor) -> np.ndarray:
     """The first picture of a ComfyUI IMAGE ([B,H,W,C] float 0..1) as uint8 HxWx3."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] < 1 or image.shape[-1] < 3:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"expected a ComfyUI IMAGE [batch, height, width, channels], got {shape}")
+        raise InputError(f"expected a ComfyUI IMAGE [batch, height, width, channels], got {shape}")
     pixels = image[0, :, :, :3].detach().float().cpu().clamp(0, 1)
     return (pixels * 255.0).round().to(torch.uint8).numpy()
 
@@ -98,3 +62,4 @@ def uint8_to_image(frames) -> torch.Tensor:
     if tensor.ndim == 3:
         tensor = tensor[None]
     return tensor.to(torch.float32).div(255.0).contiguous()
+

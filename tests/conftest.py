@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from goan_core.models import load_model_set
-from goan_core.tiny import write_tiny_models
+from goan_core.models.tiny import write_tiny_models
 
 
 @pytest.fixture(scope="session")

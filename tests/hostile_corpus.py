@@ -27,9 +27,10 @@ from safetensors.torch import save as save_safetensors
 
 from goan_core.errors import NewerFormatError, ResumeFileError
 from goan_core.params import JobParams
-from goan_core.plan import SectionPlan, section_count
-from goan_core.resume_file import JOB_INFO, PARAMS, SOURCE_IMAGE, STATE, WORKFLOW, write_resume_file
-from goan_core.state import Conditioning, JobState, SamplerState
+from goan_core.sampling.plan import SectionPlan, section_count
+from goan_core.resumefile import write_resume_file
+from goan_core.resumefile.format import JOB_INFO, PARAMS, SOURCE_IMAGE, STATE, WORKFLOW
+from goan_core.sampling.state import Conditioning, JobState, SamplerState
 
 MARKER = "PWNED_MARKER"  # a hostile pickle would create this file next to the corpus
 SECONDS, LWS, STEPS = 1.2, 3, 5

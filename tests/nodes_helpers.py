@@ -29,7 +29,7 @@ def pack():
 @pytest.fixture(scope="session")
 def comfy_models(tiny_models_root, tmp_path_factory) -> Path:
     """A ComfyUI models folder: diffusers/goan_tiny (the whole tiny set) and diffusion_models/<file>."""
-    from goan_core.tiny import TINY_TRANSFORMER_FILE
+    from goan_core.models.tiny import TINY_TRANSFORMER_FILE
 
     models = tmp_path_factory.mktemp("comfy_models")
     (models / "diffusers").mkdir()
@@ -63,7 +63,7 @@ def host(pack, comfy_models, tmp_path):
 @pytest.fixture(scope="session")
 def loaded(pack, comfy_models):
     """(transformer, goan_vae, text_encoders, image_encoder) from the loader nodes, loaded once."""
-    from goan_pack.goan_core.tiny import TINY_TRANSFORMER_FILE
+    from goan_pack.goan_core.models.tiny import TINY_TRANSFORMER_FILE
     from goan_pack.nodes import NODE_CLASS_MAPPINGS as N
     from goan_pack.nodes import adapter
 
@@ -81,7 +81,7 @@ def loaded(pack, comfy_models):
 
 @pytest.fixture(scope="session")
 def picture() -> np.ndarray:
-    from goan_core.demo import demo_image
+    from goan_core.media import demo_image
 
     return demo_image()
 

@@ -12,11 +12,11 @@ from collections import namedtuple
 
 import pytest
 
-from goan_core import atomic
-from goan_core.atomic import (RetentionFolder, atomic_write_bytes, atomic_writer, check_free_space, is_partial,
-                              newest_complete)
+from goan_core.resumefile import atomic
+from goan_core.resumefile import RetentionFolder, newest_complete
+from goan_core.resumefile.atomic import atomic_write_bytes, atomic_writer, check_free_space, is_partial
 from goan_core.errors import DiskSpaceError, InputError, ResumeFileError
-from goan_core.resume_file import read_resume_file, write_resume_file
+from goan_core.resumefile import read_resume_file, write_resume_file
 
 from hostile_corpus import make_state, source_image
 

@@ -23,7 +23,7 @@ def test_measure_runs(name, tmp_path):
 
 def test_gpu_measure_on_tiny_config(tmp_path):
     from bench.gpu import run
-    from goan_core.tiny import TINY_TRANSFORMER_CONFIG
+    from goan_core.models.tiny import TINY_TRANSFORMER_CONFIG
 
     rows = run(quick=True, base_dir=tmp_path, repeats=1, device="cpu", config=TINY_TRANSFORMER_CONFIG)
     assert len(rows) == 2 and all(r.value and r.value > 0 for r in rows)

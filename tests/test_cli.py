@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from goan_core.cli import main
-from goan_core.video import count_frames
+from goan_core.media import count_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 

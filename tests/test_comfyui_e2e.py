@@ -52,7 +52,7 @@ def comfy(tmp_path_factory, tiny_models_root):
     """A running ComfyUI with the pack; yields a dict of its URL and folders."""
     from comfy_server import ComfyServer
 
-    from goan_core.tiny import TINY_TRANSFORMER_FILE
+    from goan_core.models.tiny import TINY_TRANSFORMER_FILE
 
     base = tmp_path_factory.mktemp("comfyui")
     models = base / "models"
@@ -203,7 +203,7 @@ def infos(comfy) -> dict:
 def workflow(comfy, name: str, widgets: dict | None = None) -> tuple[dict, dict]:
     """(UI workflow, API prompt) of an example workflow with the tiny models and the given widget values."""
     from comfy_workflow import set_widget, to_api
-    from goan_core.tiny import TINY_TRANSFORMER_FILE
+    from goan_core.models.tiny import TINY_TRANSFORMER_FILE
 
     ui = json.loads((WORKFLOWS / name).read_text(encoding="utf-8"))
     types = {node["type"] for node in ui["nodes"]}
@@ -240,7 +240,7 @@ def upload_input_image(comfy) -> str:
     import requests
     from PIL import Image
 
-    from goan_core.demo import demo_image
+    from goan_core.media import demo_image
 
     buffer = io.BytesIO()
     Image.fromarray(demo_image()).save(buffer, format="PNG")
@@ -272,7 +272,7 @@ def test_pack_loads_with_its_nodes_routes_and_web_files(comfy):
 
 
 def test_pause_download_upload_resume_matches_an_uninterrupted_run(comfy):
-    from goan_core.resume_file import read_resume_file
+    from goan_core.resumefile import read_resume_file
 
     image_name = upload_input_image(comfy)
     ui, prompt = workflow(comfy, "goan_image_to_video.json",
@@ -381,7 +381,7 @@ def test_pause_download_upload_resume_matches_an_uninterrupted_run(comfy):
 
 
 def test_cancel_mid_run_leaves_a_loadable_failsafe_file(comfy):
-    from goan_core.resume_file import read_resume_file
+    from goan_core.resumefile import read_resume_file
 
     image_name = upload_input_image(comfy)
     ui, prompt = workflow(comfy, "goan_image_to_video.json",

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from goan_core.encoders import (
+from goan_core.models.encoders import (
     PROMPT_TEMPLATE,
-    build_conditioning,
     crop_or_pad,
     decode_latents,
     encode_image_embeds,
@@ -15,6 +14,7 @@ from goan_core.encoders import (
     template_crop_start,
 )
 from goan_core.errors import InputError
+from goan_core.jobs import Encoders, build_conditioning, goan_encoders
 from goan_core.models import ModelSet
 from goan_core.params import JobParams
 
@@ -150,21 +150,32 @@ def test_decode_undoes_the_scaling_factor(tiny_models):
 
 def test_conditioning_without_cfg_has_no_negative(tiny_models):
     params = JobParams(prompt="a cat", cfg=1.0)
-    conditioning, start = build_conditioning(tiny_models, params, image(), CPU, F32)
+    encoders = goan_encoders(tiny_models, CPU, F32)
+    conditioning = build_conditioning(params, image(), encoders)
     assert conditioning.negative_prompt_embeds is None
     assert conditioning.negative_prompt_mask is None and conditioning.negative_pooled is None
     assert conditioning.prompt_embeds.shape == (1, 512, 32)
     assert conditioning.image_embeds.shape == (1, 16, 24)
-    assert start.shape == (1, 16, 1, 8, 8)
+    assert encoders.vae.encode_start_latent(image()).shape == (1, 16, 1, 8, 8)
 
 
 def test_conditioning_with_cfg_encodes_the_negative_prompt(tiny_models):
     params = JobParams(prompt="a cat", negative_prompt="blurry, low quality", cfg=3.0)
-    conditioning, _ = build_conditioning(tiny_models, params, image(), CPU, F32)
+    conditioning = build_conditioning(params, image(), goan_encoders(tiny_models, CPU, F32))
     negative = encode_prompt(tiny_models, "blurry, low quality", CPU, F32)
     assert torch.equal(conditioning.negative_prompt_embeds, negative[0])
     assert torch.equal(conditioning.negative_prompt_mask, negative[1])
     assert torch.equal(conditioning.negative_pooled, negative[2])
+
+
+def test_missing_encoders_are_named_with_the_front_end_hint(tiny_models):
+    text_only = goan_encoders(ModelSet(text_encoder=tiny_models.text_encoder, text_encoder_2=tiny_models.text_encoder_2,
+                                       tokenizer=tiny_models.tokenizer, tokenizer_2=tiny_models.tokenizer_2), CPU, F32)
+    with pytest.raises(InputError, match="the start image needs load the SigLIP"):
+        build_conditioning(JobParams(prompt="a cat"), image(), text_only)
+    with pytest.raises(InputError, match="real CFG .* needs connect a negative"):
+        build_conditioning(JobParams(prompt="a cat", cfg=2.0), image(),
+                           Encoders(prompt=text_only.prompt, hints={"negative_prompt": "connect a negative"}))
 
 
 def test_missing_encoders_and_wrong_dtype_are_clear_errors(tiny_models):

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from goan_core.engine import Engine
-from goan_core.job import prepare_job, render_frames
+from goan_core.sampling import Engine
 from goan_core.params import JobParams
-from goan_core.plan import CONTEXT_FRAMES
-from goan_core.video import count_frames, write_mp4
+from goan_core.sampling.plan import CONTEXT_FRAMES
+from goan_core.media import count_frames, write_mp4
+
+from job_helpers import new_job_state, render
 
 CPU, F32 = torch.device("cpu"), torch.float32
 
@@ -27,7 +28,7 @@ def tiny_params(mode, **overrides):
 
 @pytest.mark.parametrize("mode", ["backward", "f1"])
 def test_full_generation_frame_counts_and_mp4(tiny_models, tmp_path, mode):
-    state, source = prepare_job(tiny_models, tiny_params(mode), demo_image(), device=CPU, dtype=F32)
+    state, source = new_job_state(tiny_models, tiny_params(mode), demo_image())
     plan = state.plan
     assert plan.total_sections == 3 and source.shape == (plan.height, plan.width, 3)
     engine = Engine(tiny_models.transformer, CPU, F32)
@@ -38,7 +39,7 @@ def test_full_generation_frame_counts_and_mp4(tiny_models, tmp_path, mode):
     assert engine.model_calls == 12  # cfg 1: one transformer pass per step
     assert state.history_latents.shape[2] == plan.total_latent_frames + CONTEXT_FRAMES == 3 * 3 + 1 + 19
     assert torch.isfinite(state.history_latents).all()
-    frames = render_frames(tiny_models.vae, state, device=CPU, dtype=F32)
+    frames = render(tiny_models, state)
     assert frames.dtype == torch.uint8
     assert frames.shape == (plan.total_pixel_frames, plan.height, plan.width, 3) == (37, 64, 64, 3)
     out = write_mp4(frames, tmp_path / "out.mp4")
@@ -46,8 +47,7 @@ def test_full_generation_frame_counts_and_mp4(tiny_models, tmp_path, mode):
 
 
 def test_real_cfg_runs_two_passes(tiny_models):
-    state, _ = prepare_job(tiny_models, tiny_params("f1", cfg=3.0, rs=0.5, negative_prompt="blurry"),
-                           demo_image(), device=CPU, dtype=F32)
+    state, _ = new_job_state(tiny_models, tiny_params("f1", cfg=3.0, rs=0.5, negative_prompt="blurry"), demo_image())
     assert state.conditioning.negative_prompt_embeds is not None
     engine = Engine(tiny_models.transformer, CPU, F32)
     engine.step(state)
@@ -57,10 +57,10 @@ def test_real_cfg_runs_two_passes(tiny_models):
 @pytest.mark.parametrize("mode,sampler", [("backward", "unipc"), ("f1", "unipc"), ("backward", "euler")])
 def test_stopping_anywhere_and_continuing_on_a_new_engine_is_exact(tiny_models, mode, sampler):
     params = tiny_params(mode, sampler=sampler)
-    reference, _ = prepare_job(tiny_models, params, demo_image(), device=CPU, dtype=F32, job_id="ref")
+    reference, _ = new_job_state(tiny_models, params, demo_image(), job_id="ref")
     Engine(tiny_models.transformer, CPU, F32).run(reference)
     for stop_after in (1, 4, 6, 9):
-        state, _ = prepare_job(tiny_models, params, demo_image(), device=CPU, dtype=F32, job_id="ref")
+        state, _ = new_job_state(tiny_models, params, demo_image(), job_id="ref")
         engine = Engine(tiny_models.transformer, CPU, F32)
         for _ in range(stop_after):
             engine.step(state)
@@ -70,7 +70,7 @@ def test_stopping_anywhere_and_continuing_on_a_new_engine_is_exact(tiny_models, 
 
 
 def test_generator_is_consumed_once_per_section(tiny_models):
-    state, _ = prepare_job(tiny_models, tiny_params("backward"), demo_image(), device=CPU, dtype=F32)
+    state, _ = new_job_state(tiny_models, tiny_params("backward"), demo_image())
     engine = Engine(tiny_models.transformer, CPU, F32)
     expected = torch.Generator("cpu").manual_seed(7)
     for section in range(3):
@@ -83,7 +83,7 @@ def test_generator_is_consumed_once_per_section(tiny_models):
 
 
 def test_failed_step_leaves_state_unchanged(tiny_models, monkeypatch):
-    state, _ = prepare_job(tiny_models, tiny_params("f1"), demo_image(), device=CPU, dtype=F32)
+    state, _ = new_job_state(tiny_models, tiny_params("f1"), demo_image())
     engine = Engine(tiny_models.transformer, CPU, F32)
     engine.step(state)
     before = state.snapshot()
@@ -109,7 +109,7 @@ def _tensors(state):
 
 def test_steps_never_modify_tensors_in_place_so_snapshots_may_share_them(tiny_models):
     """The invariant that lets snapshot() share tensors instead of copying them."""
-    state, _ = prepare_job(tiny_models, tiny_params("backward", cfg=2.0), demo_image(), device=CPU, dtype=F32)
+    state, _ = new_job_state(tiny_models, tiny_params("backward", cfg=2.0), demo_image())
     engine = Engine(tiny_models.transformer, CPU, F32)
     for _ in range(3):
         engine.step(state)  # mid-section, with a multistep history

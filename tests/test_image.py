@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from goan_core.errors import InputError
-from goan_core.image import (
+from goan_core.media.image import (
     bucket_options,
     image_to_tensor,
     load_image,

@@ -11,20 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, LlamaModel, SiglipVisionModel
 
-from goan_core.devices import resolve_device, resolve_dtype
+from goan_core.models.devices import resolve_device, resolve_dtype
 from goan_core.errors import InputError, ModelFolderError
-from goan_core.models import (
-    CONFIG_METADATA_KEY,
-    IMAGE_PARTS,
-    TEXT_PARTS,
-    infer_transformer_config,
-    load_model_set,
-    load_transformer_file,
-    model_identity,
-    on_device,
-    public_config,
-)
-from goan_core.tiny import (
+from goan_core.models import IMAGE_PARTS, TEXT_PARTS, load_model_set, load_transformer_file, model_identity, on_device
+from goan_core.models.identity import public_config
+from goan_core.models.single_file import CONFIG_METADATA_KEY, infer_transformer_config
+from goan_core.models.tiny import (
     FRAMEPACK_I2V_HY_CONFIG,
     TINY_TRANSFORMER_CONFIG,
     TINY_TRANSFORMER_FILE,

@@ -63,10 +63,10 @@ def test_loaders_list_comfyui_model_folders(host):
 
 
 def test_loaders_load_file_and_folder(host, loaded):
-    from goan_pack.nodes.types import GoanTransformer
+    from goan_pack.goan_core.models import Transformer
 
     transformer, vae, text, image = loaded
-    assert isinstance(transformer, GoanTransformer) and transformer.dtype == torch.float32
+    assert isinstance(transformer, Transformer) and transformer.dtype == torch.float32
     assert "config_sha256" in transformer.identity()
     (from_folder,) = N("GoanTransformerLoader").execute("[diffusers] goan_tiny", "float32", "off")
     assert from_folder.identity()["config_sha256"] == transformer.identity()["config_sha256"]
@@ -90,30 +90,7 @@ def test_empty_model_folders_show_a_placeholder(host, tmp_path):
     assert M["GoanVAELoader"].INPUT_TYPES()["required"]["folder"][0] == ["(none found)"]
 
 
-# -- the sampler: new jobs, the same state as goan_core's prepare_job ----------------------------------
-
-def test_new_state_matches_prepare_job(host, loaded, picture):
-    from goan_pack.goan_core.job import prepare_job
-    from goan_pack.goan_core.models import ModelSet
-    from goan_pack.goan_core.params import JobParams
-    from goan_pack.nodes.sampler import new_state
-
-    transformer, vae, text, image_encoder = loaded
-    params = JobParams(**{k: JOB[k] for k in ("prompt", "seed", "seconds", "steps", "lws", "mode", "resolution")})
-    models = ModelSet(transformer=transformer.model, vae=vae.model, **{
-        k: getattr(text.models, k) for k in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")},
-        image_encoder=image_encoder.models.image_encoder, feature_extractor=image_encoder.models.feature_extractor)
-    expected, expected_source = prepare_job(models, params, picture, device=torch.device("cpu"), dtype=torch.float32)
-    state, source = new_state(transformer, params, picture, dict(text_encoders=text, image_encoder=image_encoder),
-                              vae)
-    assert (source == expected_source).all()
-    assert state.plan == expected.plan
-    for name, tensor in expected.conditioning.tensors().items():
-        assert torch.equal(getattr(state.conditioning, name), tensor), name
-    assert torch.equal(state.start_latent, expected.start_latent)
-    assert torch.equal(state.history_latents, expected.history_latents)
-    assert torch.equal(state.generator_state, expected.generator_state)
-
+# -- the sampler: what a new job needs ----------------------------------------------------------------
 
 def test_new_job_needs_an_image_and_a_length(host, loaded):
     from goan_pack.goan_core.errors import InputError
@@ -133,7 +110,7 @@ def test_new_job_needs_an_image_and_a_length(host, loaded):
 # -- pause, save, load, resume: identical frames -------------------------------------------------------
 
 def test_pause_save_load_resume_gives_identical_frames(host, loaded, image):
-    from goan_pack.goan_core.resume_file import read_resume_file
+    from goan_pack.goan_core.resumefile import read_resume_file
     from goan_pack.nodes.adapter import PlainBlocker
     from goan_pack.nodes.jobs import REGISTRY
 
@@ -206,7 +183,7 @@ def test_pause_requested_before_the_sampler_starts(host, loaded, image):
 
 
 def test_cancel_writes_a_failsafe_file_then_propagates(host, loaded, image):
-    from goan_pack.goan_core.resume_file import read_resume_file
+    from goan_pack.goan_core.resumefile import read_resume_file
     from goan_pack.nodes.adapter import PlainInterrupt
     from goan_pack.nodes.jobs import REGISTRY
 
@@ -228,7 +205,7 @@ def test_cancel_writes_a_failsafe_file_then_propagates(host, loaded, image):
 
 
 def test_out_of_memory_saves_fail_safe_and_releases(host, loaded, image, monkeypatch):
-    from goan_pack.goan_core import engine as engine_module
+    from goan_pack.goan_core.sampling import engine as engine_module
     from goan_pack.nodes.jobs import REGISTRY
 
     real_step = engine_module.Engine.step
@@ -297,7 +274,7 @@ def test_load_resume_lists_validates_and_explains(host, loaded, image):
 
 
 def test_save_resume_writes_when_no_file_holds_the_state(host, loaded, image):
-    from goan_pack.goan_core.resume_file import read_resume_file
+    from goan_pack.goan_core.resumefile import read_resume_file
 
     pause_when(host, 2)
     job, _, _ = run_sampler(loaded, image, autosave_every=0)

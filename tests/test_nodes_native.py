@@ -44,8 +44,8 @@ def comfy_conditioning(embeds, mask, pooled, padding=0):
 
 @pytest.fixture(scope="module")
 def encoded(loaded, picture):
-    from goan_pack.goan_core.encoders import encode_image_embeds, encode_prompt
-    from goan_pack.goan_core.image import nearest_bucket, resize_and_center_crop
+    from goan_pack.goan_core.models.encoders import encode_image_embeds, encode_prompt
+    from goan_pack.goan_core.media.image import nearest_bucket, resize_and_center_crop
 
     _, _, text, image_encoder = loaded
     h, w = nearest_bucket(*picture.shape[:2], JOB["resolution"])
@@ -98,7 +98,7 @@ def test_clip_vision_output_as_object_or_mapping(pack):
 
 
 def test_comfy_vae_layouts(loaded, picture):
-    from goan_pack.goan_core.encoders import decode_latents, encode_start_latent
+    from goan_pack.goan_core.models.encoders import decode_latents, encode_start_latent
     from goan_pack.nodes.native import ComfyVAE
 
     _, vae, _, _ = loaded
@@ -118,22 +118,24 @@ def test_comfy_vae_layouts(loaded, picture):
 
 
 def test_sampler_with_native_inputs_matches_goan_encoders(host, loaded, image, encoded):
-    from goan_pack.nodes.sampler import new_state
-    from goan_pack.nodes.types import image_to_uint8
+    from goan_pack.goan_core.jobs import build_conditioning
+    from goan_pack.goan_core.media import nearest_bucket, resize_and_center_crop
     from goan_pack.goan_core.params import JobParams
+    from goan_pack.nodes.sampler import node_encoders
+    from goan_pack.nodes.types import image_to_uint8
 
     transformer, vae, text, image_encoder = loaded
     (embeds, mask, pooled), negative, image_embeds = encoded
     params = JobParams(**{k: JOB[k] for k in ("prompt", "seed", "seconds", "steps", "lws", "mode", "resolution")},
                        cfg=2.0, negative_prompt="blurry")
     picture = image_to_uint8(image)
-    goan, _ = new_state(transformer, params, picture, dict(text_encoders=text, image_encoder=image_encoder), vae)
-    native_inputs = dict(positive=comfy_conditioning(embeds, mask, pooled, padding=3),
-                         negative=comfy_conditioning(*negative),
-                         clip_vision_output=SimpleNamespace(last_hidden_state=image_embeds))
-    native, _ = new_state(transformer, params, picture, native_inputs, vae)
-    for name, tensor in goan.conditioning.tensors().items():
-        assert torch.equal(getattr(native.conditioning, name), tensor), name
+    source = resize_and_center_crop(picture, *reversed(nearest_bucket(*picture.shape[:2], params.resolution)))
+    goan = build_conditioning(params, source, node_encoders(text_encoders=text, image_encoder=image_encoder))
+    native = build_conditioning(params, source, node_encoders(
+        positive=comfy_conditioning(embeds, mask, pooled, padding=3), negative=comfy_conditioning(*negative),
+        clip_vision_output=SimpleNamespace(last_hidden_state=image_embeds)))
+    for name, tensor in goan.tensors().items():
+        assert torch.equal(getattr(native, name), tensor), name
 
 
 def test_sampler_runs_on_comfy_vae_and_conditioning(host, loaded, image, encoded):

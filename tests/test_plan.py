@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from goan_core.decode import section_slices, soft_append
+from goan_core.sampling.decode import section_slices, soft_append
 from goan_core.errors import InputError
-from goan_core.plan import CONTEXT_FRAMES, SectionPlan, latent_paddings, section_count
+from goan_core.sampling.plan import CONTEXT_FRAMES, SectionPlan, latent_paddings, section_count
 
 
 @pytest.mark.parametrize("seconds,lws,expected", [

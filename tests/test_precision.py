@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 
 from goan_core.errors import InputError
-from goan_core.tiny import TINY_TRANSFORMER_CONFIG
-from goan_core.precision import (
+from goan_core.models.tiny import TINY_TRANSFORMER_CONFIG
+from goan_core.models.precision import (
     CONV_FP32_POLICIES,
     PATCH_EMBED_CONVS,
     Fp32Conv3d,

@@ -17,10 +17,11 @@ from safetensors import safe_open
 
 import goan_core
 from goan_core.errors import InputError, ResumeFileError
-from goan_core.legacy import NOT_EXACT
-from goan_core.resume_file import (COND_PREFIX, FORMAT_VERSION, GENERATOR, HISTORY, SAMPLER_OUTPUTS, SAMPLER_X,
-                                   START, inspect_resume_file, model_identity_mismatch, read_resume_file,
-                                   write_resume_file)
+from goan_core.resumefile.legacy import NOT_EXACT
+from goan_core.models import identity_mismatch
+from goan_core.resumefile import inspect_resume_file, read_resume_file, write_resume_file
+from goan_core.resumefile.format import (COND_PREFIX, FORMAT_VERSION, GENERATOR, HISTORY, SAMPLER_OUTPUTS, SAMPLER_X,
+                                         START)
 
 from hostile_corpus import IDENTITY, LWS, legacy_members, make_state, source_image, write_legacy
 
@@ -61,8 +62,7 @@ def assert_states_equal(saved, restored):
 def test_round_trip_is_bit_exact(mode, position, cfg, tmp_path):
     state = make_state(mode=mode, cfg=cfg, **POSITIONS[position])
     image = source_image()
-    path = write_resume_file(state, tmp_path / "job.goan_resume", source_image=image,
-                             end_image=source_image(32, 32, seed=9), workflow=WORKFLOW)
+    path = write_resume_file(state, tmp_path / "job.goan_resume", source_image=image, workflow=WORKFLOW)
     data = read_resume_file(path)
     assert_states_equal(state, data.state)
     saved, restored = state.conditioning.tensors(), data.state.conditioning.tensors()
@@ -70,7 +70,6 @@ def test_round_trip_is_bit_exact(mode, position, cfg, tmp_path):
     for name in saved:
         assert saved[name].dtype == restored[name].dtype and torch.equal(saved[name], restored[name]), name
     assert np.array_equal(data.source_image, image) and data.source_image.dtype == np.uint8
-    assert np.array_equal(data.end_image, source_image(32, 32, seed=9))
     assert data.workflow == WORKFLOW
     assert data.exact and data.notes == [] and not data.needs_start_latent
 
@@ -123,7 +122,7 @@ def test_boundary_has_no_sampler_tensors(tmp_path):
     path = write_resume_file(make_state(section=2), tmp_path / "job.goan_resume", source_image=source_image())
     data = read_resume_file(path)
     assert data.job_info["in_section"] is False and data.job_info["sampler_outputs"] == 0
-    assert data.state.sampler is None and data.end_image is None and data.workflow is None
+    assert data.state.sampler is None and data.workflow is None
 
 
 def test_embeddings_can_be_left_out(tmp_path):
@@ -160,12 +159,12 @@ def test_inspect(tmp_path):
     assert set(summary["members"]) == {"job_info.json", "params.json", "source_image.png", "state.safetensors"}
 
 
-def test_model_identity_mismatch():
-    info = {"model_identity": dict(IDENTITY)}
-    assert model_identity_mismatch(info, dict(IDENTITY)) is None
-    assert model_identity_mismatch(info, {"transformer": IDENTITY["transformer"]}) is None
-    assert model_identity_mismatch({"model_identity": {}}, {"vae": "x"}) is None
-    warning = model_identity_mismatch(info, {**IDENTITY, "vae": "other-vae"})
+def test_identity_mismatch():
+    saved = dict(IDENTITY)
+    assert identity_mismatch(saved, dict(IDENTITY)) is None
+    assert identity_mismatch(saved, {"transformer": IDENTITY["transformer"]}) is None
+    assert identity_mismatch({}, {"vae": "x"}) is None
+    warning = identity_mismatch(saved, {**IDENTITY, "vae": "other-vae"})
     assert "vae" in warning and "other-vae" in warning and "transformer" not in warning
 
 

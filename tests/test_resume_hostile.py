@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from goan_core.errors import ResumeFileError
-from goan_core.resume_file import inspect_resume_file, read_resume_file
+from goan_core.resumefile import inspect_resume_file, read_resume_file
 
 from hostile_corpus import CASES, MARKER, legacy_members, malicious_pt, write_legacy, write_valid
 

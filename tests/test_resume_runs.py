@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from goan_core.atomic import RetentionFolder
-from goan_core.control import JobControl
-from goan_core.engine import Engine
 from goan_core.errors import InputError
-from goan_core.job import extend_job, prepare_job, render_frames
+from goan_core.jobs import AutosavePolicy, JobControl, JobSaver, build_conditioning, extend_job, goan_encoders
+from goan_core.jobs import sample_job
 from goan_core.params import JobParams
-from goan_core.resume_file import read_resume_file
-from goan_core.runner import FINISHED, PAUSED, STOPPED, AutosavePolicy, JobSaver, run_job
+from goan_core.resumefile import RetentionFolder, read_resume_file
+from goan_core.sampling import Engine
+from goan_core.vocabulary import Status
+
+from job_helpers import new_job_state, render
+
+FINISHED, PAUSED, STOPPED = Status.FINISHED, Status.PAUSED, Status.STOPPED
 
 CPU, F32 = torch.device("cpu"), torch.float32
 STEPS = 4
@@ -33,7 +36,7 @@ def params(mode, **overrides):
 
 
 def new_state(models, mode, job_id="job", **overrides):
-    state, source = prepare_job(models, params(mode, **overrides), image(), device=CPU, dtype=F32, job_id=job_id)
+    state, source = new_job_state(models, params(mode, **overrides), image(), job_id=job_id)
     return state, source
 
 
@@ -57,7 +60,7 @@ def pause_then_resume(models, tmp_path, mode, points):
     state, source = new_state(models, mode)
     files = []
     for point in points:
-        result = run_job(Engine(models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+        result = sample_job(Engine(models.transformer, CPU, F32), state, saver(tmp_path, state, source),
                          pause_at=point, save_finished=False)
         assert result.status == PAUSED and (state.section, state.step_in_section) == point
         files.append(result.resume_file)
@@ -65,7 +68,7 @@ def pause_then_resume(models, tmp_path, mode, points):
         assert loaded.exact and loaded.job_info["next_section"] == point[0]
         assert loaded.job_info["step_in_section"] == point[1]
         state, source = loaded.state, loaded.source_image
-    result = run_job(Engine(models.transformer, CPU, F32), state, saver(tmp_path, state, source))
+    result = sample_job(Engine(models.transformer, CPU, F32), state, saver(tmp_path, state, source))
     assert result.status == FINISHED
     return result.state, files
 
@@ -85,20 +88,19 @@ def test_chains_of_pauses_and_frames_are_identical(tiny_models, references, tmp_
     resumed, files = pause_then_resume(tiny_models, tmp_path, mode, [(0, 2), (1, 0), (1, 3), (2, 1)])
     assert len(files) == 4
     assert torch.equal(resumed.history_latents, references[mode].history_latents)
-    frames = render_frames(tiny_models.vae, resumed, device=CPU, dtype=F32)
-    expected = render_frames(tiny_models.vae, references[mode], device=CPU, dtype=F32)
+    frames = render(tiny_models, resumed)
+    expected = render(tiny_models, references[mode])
     assert torch.equal(frames, expected)
 
 
 def test_resume_without_embeddings_reencodes_to_the_same_result(tiny_models, references, tmp_path):
-    from goan_core.encoders import build_conditioning
-
     state, source = new_state(tiny_models, "backward")
     job_saver = JobSaver(RetentionFolder(tmp_path, state.job_id), source, include_embeddings=False)
-    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, job_saver, pause_at=(1, 1))
+    result = sample_job(Engine(tiny_models.transformer, CPU, F32), state, job_saver, pause_at=(1, 1))
     loaded = read_resume_file(result.resume_file)
     assert loaded.state.conditioning is None
-    loaded.state.conditioning, _ = build_conditioning(tiny_models, loaded.state.params, loaded.source_image, CPU, F32)
+    loaded.state.conditioning = build_conditioning(loaded.state.params, loaded.source_image,
+                                                 goan_encoders(tiny_models, CPU, F32))
     Engine(tiny_models.transformer, CPU, F32).run(loaded.state)
     assert torch.equal(loaded.state.history_latents, references["backward"].history_latents)
 
@@ -115,7 +117,7 @@ def test_pause_from_another_thread_stops_within_one_step(tiny_models, tmp_path):
             requester.start()
             requester.join()  # the request lands from another thread while the step is finishing
 
-    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+    result = sample_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
                      control=control, callback=on_step)
     assert result.status == PAUSED and seen[-1] == 5 and state.steps_done == 5
     assert read_resume_file(result.resume_file).state.steps_done == 5
@@ -125,7 +127,7 @@ def test_pause_from_another_thread_stops_within_one_step(tiny_models, tmp_path):
 def test_stop_writes_a_file_then_ends(tiny_models, tmp_path):
     state, source = new_state(tiny_models, "backward")
     control = JobControl()
-    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+    result = sample_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
                      control=control, callback=lambda e: e.steps_done == 2 and control.request_stop())
     assert result.status == STOPPED and state.steps_done == 2
     assert read_resume_file(result.resume_file).job_info["kind"] == "stop"
@@ -133,7 +135,7 @@ def test_stop_writes_a_file_then_ends(tiny_models, tmp_path):
 
 def test_autosave_cadence_and_retention(tiny_models, tmp_path):
     state, source = new_state(tiny_models, "f1", seconds=2.4)  # 6 sections
-    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source, keep_last=2),
+    result = sample_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source, keep_last=2),
                      autosave=AutosavePolicy(every_sections=2), save_finished=False)
     assert result.status == FINISHED and not result.autosave_errors
     # after sections 2 and 4 (not after the last: the job is done then)
@@ -144,23 +146,23 @@ def test_autosave_cadence_and_retention(tiny_models, tmp_path):
 
 def test_autosave_by_minutes(tiny_models, tmp_path):
     state, source = new_state(tiny_models, "backward")
-    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source, keep_last=50),
+    result = sample_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source, keep_last=50),
                      autosave=AutosavePolicy(every_sections=0, every_minutes=1e-9), save_finished=False)
     assert len(result.autosaves) >= 2  # at most one write per step: newer snapshots replace waiting ones
 
 
 def test_autosave_off(tiny_models, tmp_path):
     state, source = new_state(tiny_models, "backward")
-    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+    result = sample_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
                      autosave=AutosavePolicy(0, 0), save_finished=False)
     assert result.autosaves == [] and not (tmp_path / "goan_resume" / "job").exists()
 
 
 def test_failing_autosave_warns_and_generation_goes_on(tiny_models, references, tmp_path, monkeypatch):
-    import goan_core.resume_file as resume_file
+    from goan_core.resumefile import retention
 
     state, source = new_state(tiny_models, "backward")
-    real_write = resume_file.write_resume_file
+    real_write = retention.write_resume_file
     calls = []
 
     def disk_full(snapshot, path, **kwargs):
@@ -169,8 +171,8 @@ def test_failing_autosave_warns_and_generation_goes_on(tiny_models, references, 
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(snapshot, path, **kwargs)
 
-    monkeypatch.setattr(resume_file, "write_resume_file", disk_full)
-    result = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+    monkeypatch.setattr(retention, "write_resume_file", disk_full)
+    result = sample_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
                      autosave=AutosavePolicy(every_sections=1))
     assert result.status == FINISHED and len(result.autosave_errors) == 2
     assert "No space left" in result.autosave_errors[0]
@@ -192,7 +194,7 @@ def test_failsafe_save_then_the_error_propagates(tiny_models, references, tmp_pa
 
     engine.step = failing_step
     with pytest.raises(type(error)) as raised:
-        run_job(engine, state, saver(tmp_path, state, source))
+        sample_job(engine, state, saver(tmp_path, state, source))
     note = "\n".join(getattr(raised.value, "__notes__", []))
     files = RetentionFolder(tmp_path, "job").files()
     assert len(files) == 1 and str(files[0]) in note
@@ -204,13 +206,13 @@ def test_failsafe_save_then_the_error_propagates(tiny_models, references, tmp_pa
 
 def test_f1_extension_of_a_finished_job(tiny_models, tmp_path):
     state, source = new_state(tiny_models, "f1")
-    finished = run_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source))
+    finished = sample_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source))
     loaded = read_resume_file(finished.resume_file)
     extend_job(loaded.state, 0.8)  # 2 more sections of 3 latent frames
     assert loaded.state.plan.total_sections == 5 and not loaded.state.done
-    run_job(Engine(tiny_models.transformer, CPU, F32), loaded.state, saver(tmp_path, loaded.state, source))
+    sample_job(Engine(tiny_models.transformer, CPU, F32), loaded.state, saver(tmp_path, loaded.state, source))
     assert loaded.state.plan.total_latent_frames == 16
-    frames = render_frames(tiny_models.vae, loaded.state, device=CPU, dtype=F32)
+    frames = render(tiny_models, loaded.state)
     assert frames.shape[0] == loaded.state.plan.total_pixel_frames == 61
     # the first sections are untouched by the extension
     assert torch.equal(loaded.state.history_latents[:, :, :state.history_latents.shape[2]], state.history_latents)

@@ -389,8 +389,8 @@ def test_workflows_route_serves_only_the_examples(host):
 def test_a_valid_file_larger_than_one_chunk(host, tmp_path):
     """A real-shaped resume file (embeddings at FramePack's sizes) over 16 MiB arrives in several chunks."""
     from bench.common import synthetic_state
-    from goan_core.plan import SectionPlan
-    from goan_core.resume_file import write_resume_file
+    from goan_core.sampling.plan import SectionPlan
+    from goan_core.resumefile import write_resume_file
     from hostile_corpus import source_image
 
     state = synthetic_state(SectionPlan("backward", 9, 3, 544, 704), 2)

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from goan_core.samplers import sampler_result, sampler_step, unipc_order
-from goan_core.schedule import shift_mu, sigma_schedule, time_shift
-from goan_core.state import SamplerState
+from goan_core.sampling.samplers import sampler_result, sampler_step, unipc_order
+from goan_core.sampling.schedule import shift_mu, sigma_schedule, time_shift
+from goan_core.sampling.state import SamplerState
 
 MU, S = 0.7, 0.5  # data ~ N(MU, S^2) per element
 

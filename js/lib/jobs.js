@@ -1,16 +1,16 @@
 // Plain logic for the goan job list: how events, the ComfyUI queue and the server's /goan/jobs
 // change each job, and which controls apply to a job. No DOM and no ComfyUI here.
 
+import { STATUS, isTerminal, isPauseKind } from "./vocabulary.js";
+
 export const SAMPLER_TYPE = "GoanSegmentSampler";
 
 /** Every status a job in the list can have. */
-export const STATUSES = ["queued", "running", "pausing", "paused", "stopped", "finished", "failed", "cancelled"];
-const TERMINAL = new Set(["paused", "stopped", "finished", "failed", "cancelled"]);
-const SERVER_STATUSES = new Set(["running", "pausing", "paused", "stopped", "finished", "failed"]);
-
-export function isTerminal(status) {
-  return TERMINAL.has(status);
-}
+export const STATUSES = [
+  STATUS.QUEUED, STATUS.RUNNING, STATUS.PAUSING, STATUS.PAUSED, STATUS.STOPPED, STATUS.FINISHED, STATUS.FAILED, STATUS.CANCELLED,
+];
+/** The statuses taken from the server's /goan/jobs. */
+const SERVER_STATUSES = new Set([STATUS.RUNNING, STATUS.PAUSING, STATUS.PAUSED, STATUS.STOPPED, STATUS.FINISHED, STATUS.FAILED]);
 
 /** An empty job list: {jobs: {prompt_id: job}, order: [prompt_id...]} */
 export function emptyState() {
@@ -20,7 +20,7 @@ export function emptyState() {
 function blank(promptId) {
   return {
     prompt_id: promptId,
-    status: "queued",
+    status: STATUS.QUEUED,
     node_id: null,
     job_id: null,
     section: null,
@@ -78,7 +78,7 @@ function normFile(f) {
 export function applyQueue(state, queue) {
   let s = state;
   const seen = new Set();
-  const take = (items, where) => {
+  const take = (items, running) => {
     for (const item of items || []) {
       if (!Array.isArray(item) || item.length < 3) continue;
       const [number, promptId, prompt] = item;
@@ -86,20 +86,20 @@ export function applyQueue(state, queue) {
       seen.add(promptId);
       const prev = s.jobs[promptId];
       const patch = { number, node_id: (prev && prev.node_id) || samplerNodeId(prompt) };
-      if (where === "running") {
-        if (!prev || prev.status === "queued") patch.status = "running";
+      if (running) {
+        if (!prev || prev.status === STATUS.QUEUED) patch.status = STATUS.RUNNING;
       } else if (!prev) {
-        patch.status = "queued";
+        patch.status = STATUS.QUEUED;
       }
       s = put(s, promptId, patch);
     }
   };
-  take(queue && queue.queue_running, "running");
-  take(queue && queue.queue_pending, "pending");
+  take(queue && queue.queue_running, true);
+  take(queue && queue.queue_pending, false);
   for (const id of s.order) {
     const job = s.jobs[id];
-    if (!seen.has(id) && job.status === "queued" && job.step === null) {
-      s = put(s, id, { status: "cancelled" });
+    if (!seen.has(id) && job.status === STATUS.QUEUED && job.step === null) {
+      s = put(s, id, { status: STATUS.CANCELLED });
     }
   }
   return s;
@@ -118,9 +118,9 @@ export function applyServerJobs(state, payload) {
     if (SERVER_STATUSES.has(j.status)) {
       const prev = s.jobs[j.prompt_id];
       // A pause the user asked for stays "pausing" until the server says it ended.
-      if (!(prev && prev.status === "pausing" && j.status === "running")) patch.status = j.status;
+      if (!(prev && prev.status === STATUS.PAUSING && j.status === STATUS.RUNNING)) patch.status = j.status;
       // A job cancelled here may still be reported as running for a moment.
-      if (prev && prev.status === "cancelled" && !isTerminal(j.status)) delete patch.status;
+      if (prev && prev.status === STATUS.CANCELLED && !isTerminal(j.status)) delete patch.status;
     }
     const f = normFile(j.file);
     if (f) patch.file = f;
@@ -138,12 +138,12 @@ export function applyEvent(state, type, d) {
   const id = d.prompt_id;
   switch (type) {
     case "execution_start":
-      if (state.jobs[id] && state.jobs[id].status === "queued") return update(state, id, { status: "running" });
+      if (state.jobs[id] && state.jobs[id].status === STATUS.QUEUED) return update(state, id, { status: STATUS.RUNNING });
       return state;
     case "executing": {
       const job = state.jobs[id];
       if (!job || d.node === null || d.node === undefined) return state;
-      if (job.status === "queued") return update(state, id, { status: "running" });
+      if (job.status === STATUS.QUEUED) return update(state, id, { status: STATUS.RUNNING });
       return state;
     }
     case "progress": {
@@ -161,25 +161,25 @@ export function applyEvent(state, type, d) {
     case "execution_success": {
       const job = state.jobs[id];
       if (!job) return state;
-      if (job.status === "running") return update(state, id, { status: "finished" });
+      if (job.status === STATUS.RUNNING) return update(state, id, { status: STATUS.FINISHED });
       return state; // pausing/paused: the goan events and /goan/jobs settle it
     }
     case "execution_error": {
       const job = state.jobs[id];
       if (!job || isTerminal(job.status)) return state;
-      return update(state, id, { status: "failed", error: d.exception_message || "execution error" });
+      return update(state, id, { status: STATUS.FAILED, error: d.exception_message || "execution error" });
     }
     case "execution_interrupted": {
       const job = state.jobs[id];
       if (!job || isTerminal(job.status)) return state;
-      return update(state, id, { status: job.status === "pausing" ? "pausing" : "stopped" });
+      return update(state, id, { status: job.status === STATUS.PAUSING ? STATUS.PAUSING : STATUS.STOPPED });
     }
     case "goan.pausing":
       if (!id) return state;
-      return put(state, id, { status: "pausing", ...(d.node_id != null ? { node_id: String(d.node_id) } : {}) });
+      return put(state, id, { status: STATUS.PAUSING, ...(d.node_id != null ? { node_id: String(d.node_id) } : {}) });
     case "goan.paused": {
       if (!id) return state;
-      const patch = { status: d.kind && d.kind !== "pause" && d.kind !== "paused" ? "stopped" : "paused" };
+      const patch = { status: isPauseKind(d.kind) ? STATUS.PAUSED : STATUS.STOPPED };
       if (d.job_id) patch.job_id = d.job_id;
       if (d.node_id != null) patch.node_id = String(d.node_id);
       const f = normFile(d);
@@ -197,7 +197,7 @@ export function applyEvent(state, type, d) {
     case "goan.resumed":
       if (!id) return state;
       return put(state, id, {
-        ...(state.jobs[id] && !isTerminal(state.jobs[id].status) && state.jobs[id].status !== "queued" ? {} : { status: "running" }),
+        ...(state.jobs[id] && !isTerminal(state.jobs[id].status) && state.jobs[id].status !== STATUS.QUEUED ? {} : { status: STATUS.RUNNING }),
         job_id: d.job_id || (state.jobs[id] && state.jobs[id].job_id) || null,
         section: d.section ?? null,
         step: d.step ?? null,
@@ -213,20 +213,20 @@ export function applyEvent(state, type, d) {
  */
 export function shouldAutoDownload(detail) {
   if (!detail || !detail.filename) return false;
-  return !detail.kind || detail.kind === "pause" || detail.kind === "paused";
+  return isPauseKind(detail.kind);
 }
 
 /** The user asked to pause / cancel; the state shows it at once. */
 export function markPausing(state, promptId) {
   const job = state.jobs[promptId];
-  if (!job || job.status !== "running") return state;
-  return update(state, promptId, { status: "pausing" });
+  if (!job || job.status !== STATUS.RUNNING) return state;
+  return update(state, promptId, { status: STATUS.PAUSING });
 }
 
 export function markCancelled(state, promptId) {
   const job = state.jobs[promptId];
   if (!job || isTerminal(job.status)) return state;
-  return update(state, promptId, { status: "cancelled" });
+  return update(state, promptId, { status: STATUS.CANCELLED });
 }
 
 export function markDownloaded(state, promptId) {
@@ -248,10 +248,10 @@ export function controlsFor(job) {
   const st = job.status;
   const hasFile = !!job.file;
   return [
-    { id: "pause", label: "Pause", icon: "pi pi-pause", enabled: st === "running" },
-    { id: "cancel", label: "Cancel", icon: "pi pi-times", enabled: st === "running" || st === "queued" || st === "pausing" },
-    { id: "download", label: "Download again", icon: "pi pi-download", enabled: hasFile && (st === "paused" || st === "stopped" || st === "failed" || st === "finished" || st === "running") },
-    { id: "load", label: "Load to resume", icon: "pi pi-replay", enabled: hasFile && (st === "paused" || st === "stopped" || st === "failed") },
+    { id: "pause", label: "Pause", icon: "pi pi-pause", enabled: st === STATUS.RUNNING },
+    { id: "cancel", label: "Cancel", icon: "pi pi-times", enabled: st === STATUS.RUNNING || st === STATUS.QUEUED || st === STATUS.PAUSING },
+    { id: "download", label: "Download again", icon: "pi pi-download", enabled: hasFile && (st === STATUS.PAUSED || st === STATUS.STOPPED || st === STATUS.FAILED || st === STATUS.FINISHED || st === STATUS.RUNNING) },
+    { id: "load", label: "Load to resume", icon: "pi pi-replay", enabled: hasFile && (st === STATUS.PAUSED || st === STATUS.STOPPED || st === STATUS.FAILED) },
     { id: "remove", label: "Remove from list", icon: "pi pi-trash", enabled: isTerminal(st) },
   ];
 }
@@ -259,14 +259,14 @@ export function controlsFor(job) {
 /** Human text for a job's status column. */
 export function statusText(job) {
   const base = {
-    queued: "Queued",
-    running: "Running",
-    pausing: "Pausing task...",
-    paused: "Paused",
-    stopped: "Stopped (resumable)",
-    finished: "Finished",
-    failed: "Failed",
-    cancelled: "Cancelled",
+    [STATUS.QUEUED]: "Queued",
+    [STATUS.RUNNING]: "Running",
+    [STATUS.PAUSING]: "Pausing task...",
+    [STATUS.PAUSED]: "Paused",
+    [STATUS.STOPPED]: "Stopped (resumable)",
+    [STATUS.FINISHED]: "Finished",
+    [STATUS.FAILED]: "Failed",
+    [STATUS.CANCELLED]: "Cancelled",
   }[job.status] || job.status;
   const parts = [base];
   if (job.total_sections) parts.push(`section ${Math.min((job.section ?? 0) + 1, job.total_sections)}/${job.total_sections}`);
@@ -286,7 +286,7 @@ export function listJobs(state) {
 export function runningJob(state) {
   for (const id of state.order) {
     const j = state.jobs[id];
-    if (j.status === "running") return j;
+    if (j.status === STATUS.RUNNING) return j;
   }
   return null;
 }

@@ -2,9 +2,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   emptyState, applyQueue, applyServerJobs, applyEvent, markPausing, markCancelled, markDownloaded, removeJob,
-  controlsFor, statusText, listJobs, runningJob, promptHasSampler, samplerNodeId, isTerminal, STATUSES,
+  controlsFor, statusText, listJobs, runningJob, promptHasSampler, samplerNodeId, STATUSES,
   shouldAutoDownload,
 } from "../../js/lib/jobs.js";
+import { isTerminal } from "../../js/lib/vocabulary.js";
 
 const goanPrompt = { "3": { class_type: "GoanSegmentSampler", inputs: {} }, "9": { class_type: "GoanSaveResume", inputs: {} } };
 const otherPrompt = { "1": { class_type: "KSampler", inputs: {} } };

@@ -10,11 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import InputError
-from .image import image_to_tensor
-from .models import ModelSet, on_device
-from .params import JobParams
-from .state import Conditioning
+from ..errors import InputError
+from ..media import image_to_tensor
+from .devices import on_device
+from .loading import ModelSet
 
 # HunyuanVideo's Llama prompt template (the text FramePack and diffusers use); "{}" is the prompt.
 PROMPT_TEMPLATE = (
@@ -142,27 +141,3 @@ def decode_latents(vae, latents: torch.Tensor, device: torch.device, dtype: torc
     unscaled = latents.float() / vae.config.scaling_factor
     with torch.no_grad(), on_device(vae, device):
         return vae.decode(unscaled.to(device, dtype)).sample.float().cpu()
-
-
-def build_conditioning(
-    models: ModelSet, params: JobParams, image: np.ndarray, device: torch.device, dtype: torch.dtype
-) -> tuple[Conditioning, torch.Tensor]:
-    """Everything a job needs from the encoders: (Conditioning, start latent).
-
-    `image` is the input already resized and cropped to the job's frame size. The negative prompt
-    is encoded only when real CFG is on (cfg != 1); otherwise the negative fields stay None.
-    """
-    embeds, mask, pooled = encode_prompt(models, params.prompt, device, dtype)
-    negative = (None, None, None)
-    if params.cfg != 1:
-        negative = encode_prompt(models, params.negative_prompt, device, dtype)
-    conditioning = Conditioning(
-        prompt_embeds=embeds,
-        prompt_mask=mask,
-        pooled=pooled,
-        image_embeds=encode_image_embeds(models, image, device, dtype),
-        negative_prompt_embeds=negative[0],
-        negative_prompt_mask=negative[1],
-        negative_pooled=negative[2],
-    )
-    return conditioning, encode_start_latent(models.vae, image, device, dtype)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .params import JobParams
+from ..params import JobParams
 from .plan import SectionPlan
 
 

@@ -22,13 +22,12 @@ import zipfile
 
 import torch
 
-from .atomic import SAFE_NAME
-from .errors import InputError, ResumeFileError
-from .params import JobParams
-from .plan import CONTEXT_FRAMES, LATENT_CHANNELS, SPATIAL_SCALE, SectionPlan
-from .resume_file import (FORMAT, JOB_INFO, MAX_IMAGE_BYTES, MAX_JSON_BYTES, MAX_TOTAL_BYTES, PARAMS,
-                          SOURCE_IMAGE, ResumeData, SafeArchive, decode_png, load_json)
-from .state import JobState
+from ..errors import InputError, ResumeFileError
+from ..params import JobParams
+from ..sampling import CONTEXT_FRAMES, LATENT_CHANNELS, SPATIAL_SCALE, JobState, SectionPlan
+from .archive import SafeArchive, decode_png, load_json
+from .format import (FORMAT, JOB_INFO, MAX_IMAGE_BYTES, MAX_JSON_BYTES, MAX_TOTAL_BYTES, PARAMS, SAFE_NAME,
+                     SOURCE_IMAGE, ResumeData)
 
 LATENTS = "latent_history.pt"
 MEMBERS = (PARAMS, SOURCE_IMAGE, LATENTS, JOB_INFO)
@@ -90,7 +89,7 @@ def read_legacy(archive: SafeArchive) -> ResumeData:
                 "total_sections": plan.total_sections, "model_identity": {}, "producer": "goan (original app)",
                 "created_at": None, "has_embeddings": False, "kind": "pause", "sha256": {},
                 "completed_segments": completed}
-    return ResumeData(state, source, None, None, job_info, exact=False, notes=notes, needs_start_latent=not finished)
+    return ResumeData(state, source, None, job_info, exact=False, notes=notes, needs_start_latent=not finished)
 
 
 def load_latents(data: bytes, path, notes: list[str]) -> torch.Tensor:

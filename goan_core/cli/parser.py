@@ -1,21 +1,12 @@
-"""`python -m goan_core`: generate, resume, inspect, make-tiny, demo.
-
-Every problem the user can fix ends with one line on stderr and exit code 2, never a traceback.
-"""
+"""The command line's arguments: `python -m goan_core generate|resume|inspect|make-tiny|demo --help`."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__
-from .errors import GoanError, InputError
-from .params import MODES, SAMPLERS, JobParams
+from .. import __version__
+from ..params import MODES, SAMPLERS, JobParams
 
 EXIT_USAGE = 2
 
@@ -105,47 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def tiny_models_root() -> Path:
-    """Where `--tiny` keeps its model set (written once, reused)."""
-    base = os.environ.get("GOAN_TINY_DIR") or Path.home() / ".cache" / "goan" / "tiny-models"
-    return Path(base)
-
-
-@contextmanager
-def ctrl_c_pauses(control):
-    """First Ctrl-C asks the job to pause (and save); a second one interrupts at once."""
-    def handler(signum, frame):
-        if control.request_pause():
-            print("\ngoan: pausing after this step (Ctrl-C again to stop at once)...", file=sys.stderr)
-        else:
-            raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        from . import commands  # heavy imports (torch, diffusers) only once the arguments are fine
-        return commands.dispatch(args)
-    except GoanError as error:
-        print(f"goan: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-
-
 def params_from_args(args) -> JobParams:
     """JobParams from `generate` arguments (validated: bad values raise InputError)."""
     return JobParams(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
                      seconds=args.seconds, lws=args.lws, steps=args.steps, cfg=args.cfg, gs=args.gs,
                      rs=args.rs, mode=args.mode, resolution=args.resolution, sampler=args.sampler,
                      crf=16 if args.crf is None else args.crf)
-
-
-def print_json(data) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
-
-
-__all__ = ["main", "build_parser", "params_from_args", "tiny_models_root", "ctrl_c_pauses", "InputError"]

@@ -1,10 +1,13 @@
-"""Which device and dtype a job computes on, from the names users type ("auto", "cuda:1", "bf16")."""
+"""Which device and dtype a job computes on (from the names users type: "auto", "cuda:1", "bf16"), and moving models there."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 DTYPES = {
     "float32": torch.float32,
@@ -55,3 +58,29 @@ def resolve_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
     if key not in DTYPES:
         raise InputError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16")
     return DTYPES[key]
+
+
+def _is_on(module: torch.nn.Module, device: torch.device) -> bool:
+    """Whether the module's first parameter is on `device` (an index-less device matches any index)."""
+    first = next(module.parameters(), None)
+    if first is None or first.device.type != device.type:
+        return False
+    return device.index is None or first.device.index == device.index
+
+
+@contextmanager
+def on_device(module: torch.nn.Module, device: torch.device | str) -> Iterator[torch.nn.Module]:
+    """Run a block with `module` on `device`, moving it back to the CPU afterwards, even on error.
+
+    Models live on the CPU between uses; on a CPU device nothing moves. Nested use is cheap: a
+    module already on `device` stays put and the outermost block moves it back.
+    """
+    target = torch.device(device)
+    if target.type == "cpu" or _is_on(module, target):
+        yield module
+        return
+    try:
+        module.to(device)
+        yield module
+    finally:
+        module.to("cpu")

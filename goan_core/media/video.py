@@ -10,8 +10,8 @@ import av
 import numpy as np
 import torch
 
-from .errors import InputError
-from .params import FPS
+from ..errors import InputError
+from ..params import FPS
 
 
 def write_mp4(frames: torch.Tensor | np.ndarray, path: str | Path, *, fps: int = FPS, crf: int = 16) -> Path:

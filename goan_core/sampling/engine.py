@@ -43,6 +43,34 @@ def draw_section_noise(shape: tuple[int, ...], generator_state: torch.Tensor) ->
     return noise, generator.get_state()
 
 
+@dataclass(frozen=True)
+class SectionKey:
+    """What a section's denoiser and sigmas are built from; the cache holds these very objects.
+
+    Tensors of a JobState are never changed in place (see `JobState.snapshot`), so the same
+    objects (compared with `is`) mean the same values. Holding them keeps them alive, so an
+    identity can never be reused by another tensor while the cache entry exists.
+    """
+
+    history: torch.Tensor
+    start_latent: torch.Tensor
+    conditioning: object
+    section: int
+    plan: object
+    settings: tuple
+
+    @classmethod
+    def of(cls, state: JobState) -> "SectionKey":
+        params = state.params
+        return cls(state.history_latents, state.start_latent, state.conditioning, state.section, state.plan,
+                   (params.steps, params.cfg, params.gs, params.rs))
+
+    def matches(self, other: "SectionKey") -> bool:
+        return (self.history is other.history and self.start_latent is other.start_latent
+                and self.conditioning is other.conditioning and self.section == other.section
+                and self.plan == other.plan and self.settings == other.settings)
+
+
 class Engine:
     """Runs job states on one transformer, on `device` in `dtype`."""
 
@@ -51,13 +79,13 @@ class Engine:
         self.device = device
         self.dtype = dtype
         self.model_calls = 0
-        self._cache_key = None
+        self._cache_key: SectionKey | None = None
         self._cache = None
 
     def _section(self, state: JobState):
-        """Denoiser and sigmas of the state's current section (rebuilt when the section changes)."""
-        key = (id(state.history_latents), state.section, id(state.conditioning))
-        if key != self._cache_key:
+        """Denoiser and sigmas of the state's current section (rebuilt when what they depend on changes)."""
+        key = SectionKey.of(state)
+        if self._cache_key is None or not key.matches(self._cache_key):
             plan, params = state.plan, state.params
             clean, clean_2x, clean_4x = plan.context(state.history_latents, state.start_latent)
             to = dict(device=self.device)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 
 CONV_FP32_POLICIES = ("auto", "force", "off")
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InputError
-from .params import FPS
+from ..errors import InputError
+from ..params import FPS
 
 LATENT_CHANNELS = 16
 SPATIAL_SCALE = 8  # VAE pixels per latent pixel
@@ -91,6 +91,11 @@ class SectionPlan:
     def initial_history_frames(self) -> int:
         """Frames in the history buffer before the first section (zero padding, plus start in f1)."""
         return CONTEXT_FRAMES + (1 if self.mode == "f1" else 0)
+
+    def initial_history(self, start_latent: torch.Tensor) -> torch.Tensor:
+        """The history buffer before the first section: zero context, plus the start latent in f1."""
+        zeros = torch.zeros(1, LATENT_CHANNELS, CONTEXT_FRAMES, self.latent_height, self.latent_width)
+        return torch.cat([zeros, start_latent.float()], dim=2) if self.mode == "f1" else zeros
 
     def generated_frames_after(self, sections_done: int) -> int:
         """Real (non-padding) latent frames in the history after `sections_done` sections."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import threading
 
-PAUSE = "pause"
-STOP = "stop"
+from ..vocabulary import Request
 
 
 class JobControl:
@@ -18,26 +17,26 @@ class JobControl:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._request: str | None = None
+        self._request: Request | None = None
 
     def request_pause(self) -> bool:
         """Ask for a pause; False when a pause or stop was already requested."""
         with self._lock:
             if self._request is not None:
                 return False
-            self._request = PAUSE
+            self._request = Request.PAUSE
             return True
 
     def request_stop(self) -> bool:
         """Ask for a stop; False when a stop was already requested."""
         with self._lock:
-            if self._request == STOP:
+            if self._request is Request.STOP:
                 return False
-            self._request = STOP
+            self._request = Request.STOP
             return True
 
     @property
-    def request(self) -> str | None:
+    def request(self) -> Request | None:
         with self._lock:
             return self._request
 

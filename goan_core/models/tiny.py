@@ -33,17 +33,11 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
+from ..errors import InputError
 from .encoders import PROMPT_TEMPLATE
-from .errors import InputError
-from .models import (
-    CONFIG_METADATA_KEY,
-    PARTS,
-    ModelSet,
-    canonical_json,
-    missing_parts,
-    needed_parts,
-    public_config,
-)
+from .identity import canonical_json, public_config
+from .loading import PARTS, ModelSet, missing_parts, needed_parts
+from .single_file import CONFIG_METADATA_KEY
 
 TINY_VERSION = 1
 TINY_TRANSFORMER_FILE = "FramePackI2V_tiny.safetensors"
@@ -316,6 +310,11 @@ def _is_complete(root: Path) -> bool:
         return False
     complete = not missing_parts(root, needed_parts()) and (root / TINY_TRANSFORMER_FILE).is_file()
     return marker == _marker() and complete
+
+
+def default_tiny_root() -> Path:
+    """Where `--tiny` and the demo keep the tiny model set (written once, reused): $GOAN_TINY_DIR or ~/.cache."""
+    return Path(os.environ.get("GOAN_TINY_DIR") or Path.home() / ".cache" / "goan" / "tiny-models")
 
 
 def write_tiny_models(root: str | Path) -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputError
+from ..errors import InputError
 
 # FramePack's (height, width) buckets for a 640 px base; about 640*640 pixels each, sides multiples of 16.
 BUCKETS_640 = (
@@ -80,3 +80,12 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
         raise InputError(f"expected a uint8 HxWx3 RGB image, got {image.dtype} with shape {image.shape}")
     pixels = torch.from_numpy(np.ascontiguousarray(image)).float() / 127.5 - 1.0
     return pixels.permute(2, 0, 1)[None, :, None]
+
+
+def demo_image(height: int = 80, width: int = 96) -> np.ndarray:
+    """A small synthetic picture: a sunset gradient with a disc, so the demo needs no input file."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    sky = np.stack([255 - y * 1.2, 120 + y, 200 - y * 1.5], axis=-1)
+    disc = ((x - width * 0.6) ** 2 + (y - height * 0.45) ** 2) < (height * 0.2) ** 2
+    sky[disc] = (255, 210, 60)
+    return np.clip(sky, 0, 255).astype(np.uint8)

@@ -17,21 +17,21 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .atomic import RetentionFolder
-from .control import PAUSE, JobControl
-from .engine import Engine, StepCallback, StepEvent
-from .models import on_device
-from .state import JobState
+from ..models import on_device
+from ..resumefile import RetentionFolder
+from ..sampling import Engine, JobState, StepCallback, StepEvent
+from ..vocabulary import FileKind, Status
+from .control import JobControl
 
 log = logging.getLogger("goan")
 
-FINISHED, PAUSED, STOPPED = "finished", "paused", "stopped"
+SavedCallback = Callable[[Path, FileKind], None]
 
 
 class Saver(Protocol):
-    """Writes resume files of one job. `kind` is "autosave", "pause", "stop" or "failsafe"."""
+    """Writes the resume files of one job."""
 
-    def save(self, snapshot: JobState, kind: str) -> Path: ...
+    def save(self, snapshot: JobState, kind: FileKind) -> Path: ...
 
 
 @dataclass
@@ -43,7 +43,7 @@ class JobSaver:
     workflow: dict | None = None
     include_embeddings: bool = True
 
-    def save(self, snapshot: JobState, kind: str) -> Path:
+    def save(self, snapshot: JobState, kind: FileKind) -> Path:
         return self.folder.save(snapshot, source_image=self.source_image, workflow=self.workflow,
                                 include_embeddings=self.include_embeddings, kind=kind)
 
@@ -64,8 +64,10 @@ class AutosavePolicy:
 
 @dataclass
 class RunResult:
+    """How a run ended: FINISHED, PAUSED or STOPPED, the file of that end, and the autosaves on the way."""
+
     state: JobState
-    status: str
+    status: Status
     resume_file: Path | None = None
     autosaves: list[Path] = field(default_factory=list)
     autosave_errors: list[str] = field(default_factory=list)
@@ -97,7 +99,7 @@ class BackgroundWriter:
                     return
                 snapshot, self._pending, self._busy = self._pending, None, True
             try:
-                self._on_saved(self._saver.save(snapshot, "autosave"))
+                self._on_saved(self._saver.save(snapshot, FileKind.AUTOSAVE))
             except Exception as error:  # an autosave must never stop generation: report and go on
                 self._on_failed(f"autosave failed, generation goes on: {error}")
             finally:
@@ -119,39 +121,46 @@ class BackgroundWriter:
         self._thread.join()
 
 
-def run_job(engine: Engine, state: JobState, saver: Saver, *, control: JobControl | None = None,
-            autosave: AutosavePolicy | None = None, callback: StepCallback | None = None,
-            pause_at: tuple[int, int] | None = None, save_finished: bool = True,
-            on_autosaved: Callable[[Path], None] | None = None) -> RunResult:
+def sample_job(engine: Engine, state: JobState, saver: Saver, *, control: JobControl | None = None,
+               autosave: AutosavePolicy | None = None, callback: StepCallback | None = None,
+               pause_at: tuple[int, int] | None = None, save_finished: bool = True,
+               on_saved: SavedCallback | None = None) -> RunResult:
     """Step `state` to the end, or until a pause/stop request; write resume files as asked.
 
     `pause_at=(section, step)` requests a pause when the job reaches that point (for tests, demos
     and scripted runs). A finished job also gets a "finished" file when `save_finished` is set, so
     a forward (f1) video can be extended later. Returns the result; exceptions propagate after a
-    fail-safe save.
+    fail-safe save. `on_saved(path, kind)` hears of every file written, autosaves (from the
+    writer thread) included.
     """
     control = control or JobControl()
-    result = RunResult(state, FINISHED)
+    result = RunResult(state, Status.FINISHED)
 
-    def saved(path: Path) -> None:
+    def save(snapshot: JobState, kind: FileKind) -> Path:
+        path = saver.save(snapshot, kind)
+        if on_saved is not None:
+            on_saved(path, kind)
+        return path
+
+    def autosaved(path: Path) -> None:
         result.autosaves.append(path)
-        if on_autosaved is not None:
-            on_autosaved(path)
+        if on_saved is not None:
+            on_saved(path, FileKind.AUTOSAVE)
 
     def failed(message: str) -> None:
         result.autosave_errors.append(message)
         log.warning("goan: %s", message)
 
-    writer = BackgroundWriter(saver, saved, failed) if autosave is not None else None
+    writer = BackgroundWriter(saver, autosaved, failed) if autosave is not None else None
     try:
         with on_device(engine.transformer, engine.device):  # back on the CPU afterwards, even after OOM
-            return _step_until_done(engine, state, saver, control, result, writer, autosave, callback,
+            return _step_until_done(engine, state, save, control, result, writer, autosave, callback,
                                     pause_at, save_finished)
     except BaseException as error:
         if writer is not None:
             writer.flush()
         try:
-            path = saver.save(state.snapshot(), "failsafe")
+            path = save(state.snapshot(), FileKind.FAILSAFE)
         except Exception as save_error:
             error.add_note(f"goan: the fail-safe resume file could not be written: {save_error}")
         else:
@@ -165,7 +174,7 @@ def run_job(engine: Engine, state: JobState, saver: Saver, *, control: JobContro
             writer.close()
 
 
-def _step_until_done(engine, state, saver, control, result, writer, autosave, callback, pause_at,
+def _step_until_done(engine, state, save, control, result, writer, autosave, callback, pause_at,
                      save_finished) -> RunResult:
     """The loop of `run_job`: requests are honoured between steps; autosaves are handed to `writer`."""
     last_save = time.monotonic()
@@ -176,8 +185,8 @@ def _step_until_done(engine, state, saver, control, result, writer, autosave, ca
         if request is not None:
             if writer is not None:
                 writer.flush()
-            result.status = PAUSED if request == PAUSE else STOPPED
-            result.resume_file = saver.save(state.snapshot(), request)
+            result.status = request.status
+            result.resume_file = save(state.snapshot(), request.file_kind)
             return result
         event = engine.step(state)
         if callback is not None:
@@ -189,7 +198,7 @@ def _step_until_done(engine, state, saver, control, result, writer, autosave, ca
         writer.flush()
     if save_finished:
         try:
-            result.resume_file = saver.save(state.snapshot(), "finished")
+            result.resume_file = save(state.snapshot(), FileKind.FINISHED)
         except Exception as error:  # the video is done; losing only its extension point is a warning
             result.autosave_errors.append(f"the finished job's resume file could not be written: {error}")
             log.warning("goan: %s", result.autosave_errors[-1])

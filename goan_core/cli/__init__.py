@@ -1,0 +1,5 @@
+"""The command line front end: `python -m goan_core generate|resume|inspect|make-tiny|demo`."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,184 @@
+"""What each CLI command does, over the job lifecycle. Imported only after the arguments parsed (it pulls in torch).
+
+The CLI differs from the ComfyUI node only in how it gets its models (a models folder, or the tiny
+set) and how it reports progress (a tqdm bar; Ctrl-C pauses).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import InputError, ModelFolderError
+from ..jobs import (AutosavePolicy, Encoders, Job, JobControl, RunResult, RunSettings, continue_job, create_job,
+                    goan_encoders, render_frames, run_job)
+from ..media import load_image, write_mp4
+from ..models import (ModelSet, Transformer, configure_precision, default_tiny_root, load_model_set, resolve_device,
+                      resolve_dtype, write_tiny_models)
+from ..resumefile import inspect_resume_file, read_resume_file
+from ..vocabulary import FileKind, Status
+from .parser import params_from_args
+
+
+@dataclass
+class Runtime:
+    """The models of one CLI run, bound to their device and dtype."""
+
+    transformer: Transformer
+    encoders: Encoders
+
+
+def load_runtime(args, *, need_text: bool, need_image: bool) -> Runtime:
+    """Models, device and dtype from the CLI's model options."""
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    root = write_tiny_models(default_tiny_root()) if args.tiny else args.models
+    if args.transformer is not None and not args.transformer.is_file():
+        raise ModelFolderError(f"{args.transformer}: no such transformer file")
+    models: ModelSet = load_model_set(root, transformer_file=args.transformer, dtype=dtype,
+                                      need_text=need_text, need_image=need_image)
+    conv_fp32 = configure_precision(models.transformer, args.conv_fp32, device, dtype)
+    name = str(args.transformer or Path(root) / "transformer")
+    return Runtime(Transformer(models.transformer, device, dtype, conv_fp32, name),
+                   goan_encoders(models, device, dtype))
+
+
+def check_run_args(args) -> None:
+    if args.out.suffix.lower() != ".mp4":
+        raise InputError(f"--out {args.out}: the output must be an .mp4 file")
+    if not args.out.parent.resolve().is_dir():
+        raise InputError(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    if args.autosave_every < 0 or args.autosave_minutes < 0:
+        raise InputError("--autosave-every and --autosave-minutes must not be negative (0 turns them off)")
+    if args.keep_last < 1:
+        raise InputError("--keep-last must be at least 1")
+    if args.crf is not None and not 0 <= args.crf <= 51:
+        raise InputError(f"--crf must be between 0 and 51, got {args.crf}")
+
+
+def run_settings(args) -> RunSettings:
+    """Where resume files go (--resume-dir, or beside --out) and how often autosaves happen."""
+    return RunSettings(args.resume_dir if args.resume_dir is not None else args.out.parent,
+                       keep_last=args.keep_last,
+                       autosave=AutosavePolicy(args.autosave_every, args.autosave_minutes),
+                       include_embeddings=not args.no_embeddings, pause_at=args.pause_at)
+
+
+@contextmanager
+def ctrl_c_pauses(control: JobControl):
+    """First Ctrl-C asks the job to pause (and save); a second one interrupts at once."""
+    def handler(signum, frame):
+        if control.request_pause():
+            print("\ngoan: pausing after this step (Ctrl-C again to stop at once)...", file=sys.stderr)
+        else:
+            raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_with_progress(runtime: Runtime, job: Job, args) -> RunResult:
+    """`run_job` with a tqdm bar over steps x sections; Ctrl-C pauses and saves."""
+    state = job.state
+    control = JobControl()
+    bar = tqdm(total=state.total_steps, initial=state.steps_done, unit="step", dynamic_ncols=True)
+
+    def on_step(event):
+        bar.set_description(f"section {event.section + 1}/{event.total_sections}")
+        bar.update(1)
+
+    def on_saved(path, kind):
+        if kind is FileKind.AUTOSAVE:
+            bar.write(f"goan: autosaved {path}")
+
+    try:
+        with ctrl_c_pauses(control):
+            return run_job(job, runtime.transformer, run_settings(args), control=control, on_step=on_step,
+                           on_saved=on_saved)
+    finally:
+        bar.close()
+
+
+def finish(runtime: Runtime, result: RunResult, out: Path, crf: int) -> int:
+    """Write the MP4 of a finished job, or say where the resume file of a paused one is."""
+    for message in result.autosave_errors:
+        print(f"goan: warning: {message}", file=sys.stderr)
+    if result.status is not Status.FINISHED:
+        print(f"goan: {result.status}; resume file: {result.resume_file}")
+        print(f"goan: continue with: python -m goan_core resume {result.resume_file} --out {out} ...")
+        return 0
+    vae = runtime.encoders.require("vae", "writing the video")
+    frames = render_frames(result.state, vae)
+    write_mp4(frames, out, crf=crf)
+    print(f"goan: wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, 30 fps)")
+    return 0
+
+
+def generate(args) -> int:
+    params = params_from_args(args)
+    check_run_args(args)
+    image = load_image(args.image)
+    runtime = load_runtime(args, need_text=True, need_image=True)
+    job = create_job(params, image, runtime.encoders, identity=runtime.transformer.identity())
+    return finish(runtime, run_with_progress(runtime, job, args), args.out, params.crf)
+
+
+def resume(args) -> int:
+    check_run_args(args)
+    if args.additional_seconds < 0:
+        raise InputError("--additional-seconds must not be negative")
+    data = read_resume_file(args.file)
+    for note in data.notes:
+        print(f"goan: note: {note}", file=sys.stderr)
+    need_embeddings = data.state.conditioning is None
+    runtime = load_runtime(args, need_text=need_embeddings, need_image=need_embeddings)
+    job, warnings = continue_job(data.state, data.source_image, runtime.encoders,
+                                 identity=runtime.transformer.identity(), additional_seconds=args.additional_seconds,
+                                 needs_start_latent=data.needs_start_latent, workflow=data.workflow)
+    for warning in warnings:
+        print(f"goan: warning: {warning}", file=sys.stderr)
+    state = job.state
+    print(f"goan: resuming job {state.job_id} at section {state.section + 1}/{state.plan.total_sections}, "
+          f"step {state.step_in_section}/{state.params.steps}")
+    result = run_with_progress(runtime, job, args)
+    return finish(runtime, result, args.out, args.crf if args.crf is not None else state.params.crf)
+
+
+def inspect(args) -> int:
+    print(json.dumps(inspect_resume_file(args.file), indent=2, sort_keys=True))
+    return 0
+
+
+def make_tiny(args) -> int:
+    root = write_tiny_models(args.dir)
+    print(f"goan: wrote the tiny model set to {root}")
+    return 0
+
+
+def demo(args) -> int:
+    from .demo import run_demo  # the demo's own imports are needed by no other command
+
+    return run_demo(args.out_dir)
+
+
+def quiet_library_progress() -> None:
+    """diffusers/transformers draw bars for loading tiny files; the CLI has its own progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def dispatch(args) -> int:
+    quiet_library_progress()
+    commands = {"generate": generate, "resume": resume, "inspect": inspect, "make-tiny": make_tiny, "demo": demo}
+    return commands[args.command](args)

@@ -1,0 +1,22 @@
+"""`python -m goan_core`: parse, run one command, and turn every problem the user can fix into one line.
+
+Every such problem ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import GoanError
+from .parser import EXIT_USAGE, build_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .commands import dispatch  # heavy imports (torch, diffusers) only once the arguments are fine
+
+        return dispatch(args)
+    except GoanError as error:
+        print(f"goan: error: {error}", file=sys.stderr)
+        return EXIT_USAGE

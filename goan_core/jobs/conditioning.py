@@ -1,0 +1,94 @@
+"""What a job is made from besides its settings: prompt and image embeddings and the start latent.
+
+Front ends differ only in where these come from: goan's own encoders (`goan_encoders`), or inside
+ComfyUI its CONDITIONING, CLIP_VISION_OUTPUT and VAE (see `nodes/native.py`). Either way they are
+`Encoders`, and `build_conditioning` is the one place that turns them into a `Conditioning`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ContextManager, Protocol
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..models import ImageEncoder, ModelSet, TextEncoders, VAE
+from ..params import JobParams
+from ..sampling import Conditioning
+
+PromptTriple = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # embeds (1,512,D), mask (1,512), pooled (1,P)
+
+
+class PromptEncoder(Protocol):
+    def encode_prompt(self, text: str) -> PromptTriple: ...
+
+
+class ImageEmbedder(Protocol):
+    def encode_image(self, image: np.ndarray) -> torch.Tensor: ...
+
+
+class LatentCodec(Protocol):
+    """A VAE: uint8 HxWx3 image -> scaled start latent (1,16,1,h,w); scaled latents -> pixels in [-1,1]."""
+
+    def encode_start_latent(self, image: np.ndarray) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def loaded(self) -> ContextManager: ...
+
+
+# What to tell a user who lacks a piece, unless the front end says it in its own words.
+DEFAULT_HINTS = {
+    "prompt": "load the text encoders",
+    "negative_prompt": "load the text encoders",
+    "image": "load the SigLIP image encoder",
+    "vae": "load the HunyuanVideo VAE",
+}
+
+
+@dataclass
+class Encoders:
+    """Where a job's embeddings and start latent come from; None where the front end has nothing.
+
+    `hints` says, per piece, how the user supplies one that is missing.
+    """
+
+    prompt: PromptEncoder | None = None
+    negative_prompt: PromptEncoder | None = None
+    image: ImageEmbedder | None = None
+    vae: LatentCodec | None = None
+    hints: dict[str, str] = field(default_factory=dict)
+
+    def require(self, piece: str, why: str):
+        """The encoder for `piece` ("prompt", "negative_prompt", "image" or "vae"); InputError if absent."""
+        found = getattr(self, piece)
+        if found is None:
+            raise InputError(f"{why} needs {self.hints.get(piece, DEFAULT_HINTS[piece])}")
+        return found
+
+
+def goan_encoders(models: ModelSet, device: torch.device, dtype: torch.dtype) -> Encoders:
+    """Encoders over goan's own model set (the pieces it lacks stay None)."""
+    text = TextEncoders(models, device, dtype) if models.text_encoder is not None else None
+    return Encoders(
+        prompt=text,
+        negative_prompt=text,
+        image=ImageEncoder(models, device, dtype) if models.image_encoder is not None else None,
+        vae=VAE(models.vae, device, dtype) if models.vae is not None else None,
+    )
+
+
+def build_conditioning(params: JobParams, image: np.ndarray, encoders: Encoders) -> Conditioning:
+    """Prompt and image embeddings for a job; `image` is the bucketed, cropped start image.
+
+    The negative prompt is encoded only when real CFG is on (cfg != 1); otherwise its fields stay None.
+    """
+    embeds, mask, pooled = encoders.require("prompt", "the prompt").encode_prompt(params.prompt)
+    negative = (None, None, None)
+    if params.cfg != 1:
+        negative = encoders.require("negative_prompt", f"real CFG (cfg {params.cfg})").encode_prompt(
+            params.negative_prompt)
+    image_embeds = encoders.require("image", "the start image").encode_image(image)
+    return Conditioning(embeds, mask, pooled, image_embeds, *negative)

@@ -1,0 +1,143 @@
+"""The one job lifecycle every front end uses: create or continue, run, render.
+
+    create_job(params, image, encoders)        a new job at section 0
+    continue_job(state, source, encoders)      a saved job made ready to go on (optionally longer)
+    run_job(job, transformer, settings)        sample with pause, stop, autosave and fail-safe saves
+    render_frames(state, vae)                  the video frames of what was generated
+
+The CLI and the ComfyUI sampler node call exactly these; they differ only in where the models and
+embeddings come from (`Encoders`) and how they report progress (the callbacks of `run_job`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..media import nearest_bucket, resize_and_center_crop
+from ..models import Transformer, identity_mismatch
+from ..params import JobParams
+from ..resumefile import RetentionFolder
+from ..sampling import Engine, JobState, SectionPlan, StepCallback, decode_history, section_count, to_uint8_frames
+from ..vocabulary import Status
+from .conditioning import Encoders, LatentCodec, build_conditioning
+from .control import JobControl
+from .runner import AutosavePolicy, JobSaver, RunResult, SavedCallback, sample_job
+
+
+@dataclass
+class Job:
+    """A job between two steps and what its resume files carry besides the state."""
+
+    state: JobState
+    source_image: np.ndarray  # the bucketed, cropped start image
+    workflow: dict | None = None  # the ComfyUI graph that made it, if any
+
+
+@dataclass
+class RunSettings:
+    """Where a run writes its resume files and how often.
+
+    Files go to `output_dir/goan_resume/<job id>/`, the newest `keep_last` kept; `pause_at`
+    (section, step) pauses there (scripted runs, tests, the demo).
+    """
+
+    output_dir: Path
+    keep_last: int = 3
+    autosave: AutosavePolicy | None = None
+    include_embeddings: bool = True
+    pause_at: tuple[int, int] | None = None
+
+
+def new_job_id() -> str:
+    """Sortable and unique: UTC time plus a random suffix, safe in file names."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def create_job(params: JobParams, image: np.ndarray, encoders: Encoders, *, identity: dict,
+               job_id: str | None = None, workflow: dict | None = None) -> Job:
+    """A new job at section 0 from an uint8 HxWx3 image: bucketed and cropped, encoded, seeded.
+
+    `identity` is the transformer's (`Transformer.identity()`), recorded in every resume file.
+    """
+    height, width = nearest_bucket(image.shape[0], image.shape[1], params.resolution)
+    source = resize_and_center_crop(image, width, height)
+    plan = SectionPlan(params.mode, params.lws, section_count(params.seconds, params.lws), height, width)
+    conditioning = build_conditioning(params, source, encoders)
+    start_latent = encoders.require("vae", "encoding the start image").encode_start_latent(source).float()
+    state = JobState(
+        job_id=job_id or new_job_id(),
+        params=params,
+        plan=plan,
+        conditioning=conditioning,
+        start_latent=start_latent,
+        history_latents=plan.initial_history(start_latent),
+        generator_state=torch.Generator("cpu").manual_seed(params.seed).get_state(),
+        model_identity=dict(identity),
+    )
+    return Job(state, source, workflow)
+
+
+def extend_job(state: JobState, additional_seconds: float) -> None:
+    """Add `additional_seconds` of video to a forward (f1) job in place; backward jobs explain why not."""
+    if additional_seconds <= 0:
+        return
+    state.plan = state.plan.extended(section_count(additional_seconds, state.plan.lws))
+    state.params.seconds = state.params.seconds + additional_seconds
+
+
+def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, *, identity: dict,
+                 additional_seconds: float = 0.0, needs_start_latent: bool = False,
+                 workflow: dict | None = None) -> tuple[Job, list[str]]:
+    """A saved job made ready to run on, and the warnings to show.
+
+    Works on a snapshot, so `state` itself (perhaps cached by ComfyUI) never changes. In order: the
+    job grows by `additional_seconds` (f1 only: a refusal comes before any encoder runs), embeddings
+    a file was saved without are encoded again, a missing start latent (legacy files) is encoded,
+    and the models now loaded are compared with those that made the job.
+    """
+    state = state.snapshot()
+    extend_job(state, additional_seconds)
+    if state.conditioning is None:
+        state.conditioning = build_conditioning(state.params, source_image, encoders)
+    if needs_start_latent:
+        state.start_latent = encoders.require("vae", "encoding the start image").encode_start_latent(
+            source_image).float()
+    warning = identity_mismatch(state.model_identity, identity)
+    state.model_identity = dict(identity)
+    return Job(state, source_image, workflow), [warning] if warning else []
+
+
+def run_job(job: Job, transformer: Transformer, settings: RunSettings, *, control: JobControl | None = None,
+            on_step: StepCallback | None = None, on_saved: SavedCallback | None = None) -> RunResult:
+    """Sample `job.state` to its end or to a pause/stop, writing resume files as `settings` say.
+
+    A job with nothing left to sample (a finished job continued without more length) returns at
+    once and writes nothing. Exceptions propagate after a fail-safe save (see `sample_job`).
+    """
+    state = job.state
+    if state.done:
+        return RunResult(state, Status.FINISHED)
+    folder = RetentionFolder(settings.output_dir, state.job_id, settings.keep_last)
+    saver = JobSaver(folder, job.source_image, job.workflow, include_embeddings=settings.include_embeddings)
+    engine = Engine(transformer.model, transformer.device, transformer.dtype)
+    return sample_job(engine, state, saver, control=control, autosave=settings.autosave, callback=on_step,
+                      pause_at=settings.pause_at, on_saved=on_saved)
+
+
+def render_frames(state: JobState, vae: LatentCodec,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """(F,H,W,3) uint8 frames of every finished section, decoded section by section with `vae`."""
+    sections = min(state.section, state.plan.total_sections)
+    if sections == 0:
+        raise ValueError(f"job {state.job_id} has no finished section to decode yet")
+    real = state.plan.real_history(state.history_latents, sections)
+    with torch.no_grad(), vae.loaded():
+        pixels = decode_history(state.plan, real, vae.decode, sections, progress)
+    return to_uint8_frames(pixels)

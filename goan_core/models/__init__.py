@@ -1,0 +1,20 @@
+"""The models a job uses: loading them from folders and files, devices and precision, identity, the tiny set.
+
+`Transformer`, `VAE`, `TextEncoders` and `ImageEncoder` are loaded models bound to the device and
+dtype they compute in; the job lifecycle works with those.
+"""
+
+from .devices import on_device, resolve_device, resolve_dtype
+from .encoders import PROMPT_EMBED_LENGTH, PROMPT_TOKENS, crop_or_pad
+from .handles import VAE, ImageEncoder, TextEncoders, Transformer
+from .identity import identity_mismatch, model_identity
+from .loading import IMAGE_PARTS, PARTS, TEXT_PARTS, ModelSet, load_model_set, load_part, load_parts
+from .precision import CONV_FP32_POLICIES, configure_precision
+from .single_file import TRANSFORMER_CLASS_NAMES, load_transformer_file
+from .tiny import FRAMEPACK_I2V_HY_CONFIG, TINY_TRANSFORMER_FILE, default_tiny_root, write_tiny_models
+
+__all__ = ["CONV_FP32_POLICIES", "FRAMEPACK_I2V_HY_CONFIG", "IMAGE_PARTS", "PARTS", "PROMPT_EMBED_LENGTH", "PROMPT_TOKENS", "TEXT_PARTS", "TINY_TRANSFORMER_FILE",
+           "TRANSFORMER_CLASS_NAMES", "VAE", "ImageEncoder", "ModelSet", "TextEncoders", "Transformer",
+           "configure_precision", "crop_or_pad", "default_tiny_root", "identity_mismatch", "load_model_set", "load_part",
+           "load_parts", "load_transformer_file", "model_identity", "on_device", "resolve_device", "resolve_dtype",
+           "write_tiny_models"]

@@ -1,0 +1,83 @@
+"""Loaded models with the device and dtype they compute in: what a job's stages are handed.
+
+Each handle offers one small verb (encode a prompt, encode an image, encode or decode latents) so
+the job lifecycle does not care whether the work is done by goan's own models or, inside ComfyUI,
+by ComfyUI's (see `nodes/native.py` for those).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .devices import on_device
+from .encoders import decode_latents, encode_image_embeds, encode_prompt, encode_start_latent
+from .identity import model_identity
+from .loading import ModelSet
+
+
+@dataclass(frozen=True)
+class Transformer:
+    """The FramePack transformer, where it computes, and whether its patch embeds run in fp32."""
+
+    model: Any
+    device: torch.device
+    dtype: torch.dtype
+    conv_fp32: bool = False
+    name: str = ""
+
+    def identity(self) -> dict:
+        """What a resume file records about this model: class, config hash and precision choices."""
+        return {**model_identity(self.model), "conv_fp32": str(self.conv_fp32)}
+
+
+@dataclass(frozen=True)
+class VAE:
+    """The HunyuanVideo VAE: start image to latent, latents to pixels."""
+
+    model: Any
+    device: torch.device
+    dtype: torch.dtype
+    name: str = ""
+
+    def encode_start_latent(self, image: np.ndarray) -> torch.Tensor:
+        return encode_start_latent(self.model, image, self.device, self.dtype)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return decode_latents(self.model, latents, self.device, self.dtype)
+
+    @contextmanager
+    def loaded(self) -> Iterator["VAE"]:
+        """Keep the VAE on its device across many `decode` calls (one move instead of one per section)."""
+        with on_device(self.model, self.device):
+            yield self
+
+
+@dataclass(frozen=True)
+class TextEncoders:
+    """HunyuanVideo's Llama and CLIP text encoders with their tokenizers."""
+
+    models: ModelSet  # text_encoder, text_encoder_2, tokenizer, tokenizer_2
+    device: torch.device
+    dtype: torch.dtype
+    name: str = ""
+
+    def encode_prompt(self, text: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return encode_prompt(self.models, text, self.device, self.dtype)
+
+
+@dataclass(frozen=True)
+class ImageEncoder:
+    """The SigLIP image encoder with its processor."""
+
+    models: ModelSet  # image_encoder, feature_extractor
+    device: torch.device
+    dtype: torch.dtype
+    name: str = ""
+
+    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+        return encode_image_embeds(self.models, image, self.device, self.dtype)

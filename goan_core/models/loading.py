@@ -1,0 +1,208 @@
+"""The FramePack model set: loading it from local folders and files, and moving it between devices.
+
+Everything is read from the local disk (`local_files_only=True`, safetensors only); nothing here
+ever reaches the network or unpickles a file. A models root holds diffusers/transformers folders in
+the layout of the public repositories:
+
+    transformer/        lllyasviel/FramePackI2V_HY (or give one .safetensors file instead)
+    vae/ text_encoder/ text_encoder_2/ tokenizer/ tokenizer_2/     hunyuanvideo-community/HunyuanVideo
+    image_encoder/ feature_extractor/                               lllyasviel/flux_redux_bfl
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
+from safetensors import SafetensorError
+from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
+
+from ..errors import ModelFolderError, some_names
+from .single_file import TRANSFORMER_CLASS_NAMES, load_transformer_file
+
+
+@dataclass
+class ModelSet:
+    """The models a FramePack job uses; a field is None when it was not loaded (or not needed)."""
+
+    transformer: Any = None
+    vae: Any = None
+    text_encoder: Any = None
+    text_encoder_2: Any = None
+    tokenizer: Any = None
+    tokenizer_2: Any = None
+    image_encoder: Any = None
+    feature_extractor: Any = None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One subfolder of a models root: how it is checked and loaded."""
+
+    kind: str  # "diffusers", "transformers", "tokenizer" or "processor"
+    loader: Any
+    accepts: tuple[str, ...]  # diffusers `_class_name` or transformers `model_type` values
+    what: str
+
+
+PARTS = {
+    "transformer": _Part("diffusers", HunyuanVideoFramepackTransformer3DModel, TRANSFORMER_CLASS_NAMES,
+                         "the FramePack transformer (diffusers folder)"),
+    "vae": _Part("diffusers", AutoencoderKLHunyuanVideo, ("AutoencoderKLHunyuanVideo",),
+                 "the HunyuanVideo VAE"),
+    "text_encoder": _Part("transformers", LlamaModel, ("llama",), "the Llama text encoder"),
+    "text_encoder_2": _Part("transformers", CLIPTextModel, ("clip_text_model", "clip"),
+                            "the CLIP text encoder"),
+    "tokenizer": _Part("tokenizer", AutoTokenizer, (), "the Llama tokenizer"),
+    "tokenizer_2": _Part("tokenizer", AutoTokenizer, (), "the CLIP tokenizer"),
+    "image_encoder": _Part("transformers", SiglipVisionModel, ("siglip_vision_model", "siglip"),
+                           "the SigLIP image encoder"),
+    "feature_extractor": _Part("processor", AutoImageProcessor, ("SiglipImageProcessor",),
+                               "the SigLIP image processor"),
+}
+TEXT_PARTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+IMAGE_PARTS = ("image_encoder", "feature_extractor")
+
+LAYOUT_HELP = (
+    "expected a models folder holding transformer/ (or a single transformer .safetensors file), vae/, "
+    "text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, image_encoder/ and feature_extractor/, "
+    "as in lllyasviel/FramePackI2V_HY, hunyuanvideo-community/HunyuanVideo and lllyasviel/flux_redux_bfl"
+)
+
+
+def needed_parts(
+    *, transformer_folder: bool = True, need_text: bool = True, need_image: bool = True
+) -> list[str]:
+    """The subfolder names a models root must hold for these needs."""
+    names = ["transformer"] if transformer_folder else []
+    names.append("vae")
+    if need_text:
+        names += TEXT_PARTS
+    if need_image:
+        names += IMAGE_PARTS
+    return names
+
+
+def _missing_in_part(folder: Path, kind: str) -> list[str]:
+    """What `folder` lacks for its kind, as paths relative to the models root."""
+    name = folder.name
+    if not folder.is_dir():
+        return [f"{name}/"]
+    if kind in ("diffusers", "transformers"):
+        missing = [] if (folder / "config.json").is_file() else [f"{name}/config.json"]
+        if not any(folder.glob("*.safetensors")):
+            missing.append(f"{name}/*.safetensors (weights; .bin pickle files are never read)")
+        return missing
+    if kind == "tokenizer":
+        missing = [] if (folder / "tokenizer_config.json").is_file() else [f"{name}/tokenizer_config.json"]
+        if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()):
+            missing.append(f"{name}/tokenizer.json (or vocab.json + merges.txt)")
+        return missing
+    return [] if (folder / "preprocessor_config.json").is_file() else [f"{name}/preprocessor_config.json"]
+
+
+def missing_parts(root: str | Path, names: list[str]) -> list[str]:
+    """The pieces of `names` (subfolders and their files) that `root` lacks; empty when complete."""
+    root = Path(root)
+    return [item for name in names for item in _missing_in_part(root / name, PARTS[name].kind)]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(
+            f"{path}: cannot read this JSON file ({e}); restore it from the model repository"
+        ) from e
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path}: expected a JSON object; restore it from the model repository")
+    return data
+
+
+def _check_class(folder: Path, part: _Part) -> None:
+    """Raise ModelFolderError when the folder's config names another model class than `part` expects."""
+    if part.kind == "diffusers":
+        found = _read_json(folder / "config.json").get("_class_name")
+    elif part.kind == "transformers":
+        found = _read_json(folder / "config.json").get("model_type")
+    elif part.kind == "processor":
+        found = _read_json(folder / "preprocessor_config.json").get("image_processor_type")
+        if found is None or str(found).startswith("Siglip"):  # also the Fast/Pil variants
+            return
+    else:
+        return
+    if found not in part.accepts:
+        raise ModelFolderError(
+            f"{folder}: holds {repr(found) if found else 'no named model class'} but this folder must hold "
+            f"{part.what} ({' or '.join(part.accepts)}); "
+            f"put the right model in {folder.name}/"
+        )
+
+
+def load_part(folder: Path, name: str, dtype: torch.dtype) -> Any:
+    """Load the component `name` (a key of PARTS) from `folder`, from the local disk only.
+
+    Refuses a folder holding another model class, and missing or wrongly shaped weights.
+    """
+    part = PARTS[name]
+    _check_class(folder, part)
+    try:
+        if part.kind in ("tokenizer", "processor"):
+            return part.loader.from_pretrained(str(folder), local_files_only=True)
+        model, info = part.loader.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True, dtype=dtype, output_loading_info=True
+        )
+    except torch.OutOfMemoryError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as e:
+        raise ModelFolderError(f"{folder}: cannot load {part.what} from it ({e})") from e
+    mismatched = {k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]}
+    broken = sorted(set(info["missing_keys"]) | mismatched)
+    if broken:
+        raise ModelFolderError(
+            f"{folder}: the weights do not fit {part.what}; missing or wrongly shaped: {some_names(broken)}; "
+            f"replace the files in {folder.name}/ with a complete copy"
+        )
+    return model.eval()
+
+
+def load_parts(root: str | Path, names, dtype: torch.dtype) -> ModelSet:
+    """A ModelSet with the components `names` loaded from their subfolders of `root`.
+
+    Every missing piece is listed in one ModelFolderError before anything is loaded.
+    """
+    root = Path(root)
+    missing = missing_parts(root, list(names))
+    if missing:
+        raise ModelFolderError(f"{root}: models folder is incomplete, missing {', '.join(missing)}; {LAYOUT_HELP}")
+    return ModelSet(**{name: load_part(root / name, name, dtype) for name in names})
+
+
+def load_model_set(
+    root: str | Path,
+    *,
+    transformer_file: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    need_text: bool = True,
+    need_image: bool = True,
+) -> ModelSet:
+    """Load a models root (layout in the module docstring) onto the CPU in `dtype`.
+
+    The transformer comes from `root/transformer`, or from `transformer_file` when given. Text and
+    image encoders are skipped (left None) when not needed. Raises ModelFolderError listing every
+    missing piece before anything is loaded.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ModelFolderError(f"{root}: models folder not found or not a folder; {LAYOUT_HELP}")
+    names = needed_parts(
+        transformer_folder=transformer_file is None, need_text=need_text, need_image=need_image
+    )
+    models = load_parts(root, names, dtype)
+    if transformer_file is not None:
+        models.transformer = load_transformer_file(transformer_file, dtype)
+    return models

@@ -1,0 +1,93 @@
+"""The `.goan_resume` format v1: member and tensor names, value tables and the limits a reader enforces.
+
+A zip archive with fixed member names (so other tools can read it):
+  job_info.json      format, version, job id, plan, position (section, step), model identity,
+                     producer, created_at, kind, and the sha256 of every other member
+  params.json        JobParams.to_dict()
+  source_image.png   the input image
+  workflow.json      optional: the ComfyUI graph that made the job
+  state.safetensors  history_latents, start_latent, generator_state, and mid-section sampler_x and
+                     sampler_outputs; with embeddings, the Conditioning tensors as cond.<field>
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+from ..sampling import Conditioning, JobState
+
+RESUME_SUFFIX = ".goan_resume"
+# Names goan puts on the file system (job ids, retention files): no separators, no leading dot.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+FORMAT = "goan_resume"
+FORMAT_VERSION = 1
+
+JOB_INFO = "job_info.json"
+PARAMS = "params.json"
+SOURCE_IMAGE = "source_image.png"
+WORKFLOW = "workflow.json"
+STATE = "state.safetensors"
+REQUIRED_MEMBERS = (JOB_INFO, PARAMS, SOURCE_IMAGE, STATE)
+OPTIONAL_MEMBERS = (WORKFLOW,)
+
+HISTORY = "history_latents"
+START = "start_latent"
+GENERATOR = "generator_state"
+SAMPLER_X = "sampler_x"
+SAMPLER_OUTPUTS = "sampler_outputs"
+COND_PREFIX = "cond."
+COND_FIELDS = tuple(f.name for f in fields(Conditioning))
+COND_REQUIRED = ("prompt_embeds", "prompt_mask", "pooled", "image_embeds")
+COND_NEGATIVE = ("negative_prompt_embeds", "negative_prompt_mask", "negative_pooled")
+COND_MASKS = ("prompt_mask", "negative_prompt_mask")
+MAX_SAMPLER_OUTPUTS = 3  # UniPC bh1 keeps at most this many past model outputs
+
+# Limits against hostile or broken files. A 60 s 640x480 job's history is about 145 MB in float32.
+MAX_MEMBERS = 8
+MAX_TOTAL_BYTES = 4 * 1024**3
+MAX_JSON_BYTES = 1024**2
+MAX_WORKFLOW_BYTES = 8 * 1024**2  # ComfyUI graphs with many nodes and notes outgrow 1 MiB
+MAX_IMAGE_BYTES = 64 * 1024**2
+MAX_IMAGE_SIDE = 8192
+MAX_CONDITIONING_BYTES = 256 * 1024**2
+MAX_HEADER_BYTES = 1024**2
+MAX_RATIO = 100  # deflate ratio allowed for members above RATIO_FLOOR; goan stores big members raw
+RATIO_FLOOR = 1024**2
+MAX_IDENTITY_ENTRIES = 64
+CHUNK_BYTES = 8 * 1024**2  # streaming unit for writing, reading and hashing the state member
+MAX_TEXT = 4096
+
+GENERATOR_STATE_BYTES = torch.Generator("cpu").get_state().numel()
+DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "BOOL": 1, "I32": 4, "I64": 8}
+TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "U8": torch.uint8,
+                "BOOL": torch.bool, "I32": torch.int32, "I64": torch.int64}
+DTYPE_CODES = {v: k for k, v in TORCH_DTYPES.items()}
+FLOAT_CODES = ("F32", "F16", "BF16")
+MASK_CODES = ("BOOL", "U8", "I32", "I64")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+TensorTable = dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype code, shape)
+
+
+@dataclass
+class ResumeData:
+    """Everything a resume file holds, validated.
+
+    `exact` is False for files of the original goan app (no generator state), whose `notes` say
+    what was approximated. When `needs_start_latent` is True, `state.start_latent` is a zero
+    placeholder: encode `source_image` with the VAE and put the result there before continuing.
+    `state.conditioning` is None when the file was saved without embeddings.
+    """
+
+    state: JobState
+    source_image: np.ndarray
+    workflow: dict | None
+    job_info: dict
+    exact: bool = True
+    notes: list[str] = field(default_factory=list)
+    needs_start_latent: bool = False

@@ -1,0 +1,205 @@
+"""Reading a resume file: every field and tensor validated against the file's own plan before use.
+
+Reading trusts nothing: the archive's structure, sizes and names are checked before any member is
+read, members are read by name into memory (never extracted), every JSON field and every tensor
+(name, dtype, shape against the plan, finiteness) is validated, and each problem raises one
+ResumeFileError naming the file and what is wrong. Files of the original goan app go to `legacy`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError, NewerFormatError, ResumeFileError
+from ..params import JobParams
+from ..sampling import Conditioning, JobState, SamplerState, SectionPlan
+from ..vocabulary import FileKind
+from .archive import SafeArchive, decode_png, load_json, parse_safetensors_header
+from .checks import Position, Where, check_identity, check_position, check_tensor_table, check_values, expected_bytes
+from .format import (COND_PREFIX, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, JOB_INFO, MAX_IMAGE_BYTES,
+                     MAX_JSON_BYTES, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_WORKFLOW_BYTES, OPTIONAL_MEMBERS, PARAMS,
+                     REQUIRED_MEMBERS, SAMPLER_OUTPUTS, SAMPLER_X, SOURCE_IMAGE, START, STATE, TORCH_DTYPES, WORKFLOW,
+                     ResumeData)
+from .legacy import read_legacy
+
+
+def read_resume_file(path: str | Path, *, conditioning_required: bool = False) -> ResumeData:
+    """Read and validate a resume file (format v1, or a file of the original goan app).
+
+    `conditioning_required`: the caller has no text/image encoders, so a file without embeddings
+    is an error rather than a ResumeData whose `state.conditioning` is None.
+    """
+    path = Path(path)
+    with SafeArchive(path) as archive:
+        if archive.is_legacy:
+            data = read_legacy(archive)
+        else:
+            data = _read_v1(archive)
+    if conditioning_required and data.state.conditioning is None:
+        raise ResumeFileError(path, "it holds no saved prompt and image embeddings, so continuing it needs "
+                                    "the text and image encoders; load them (or resume where they are available)")
+    return data
+
+
+def inspect_resume_file(path: str | Path) -> dict:
+    """Validated job_info and params plus member sizes, without loading the tensors (for `inspect`).
+
+    Full validation of the tensors is `read_resume_file`'s job; legacy files are read fully,
+    since only their latents tell where the job stands.
+    """
+    path = Path(path)
+    with SafeArchive(path) as archive:
+        if archive.is_legacy:
+            data = read_legacy(archive)
+            return {"path": str(path), "format_version": 0, "exact": False, "job_info": data.job_info,
+                    "params": data.state.params.to_dict(), "members": archive.sizes(), "notes": data.notes}
+        job_info, plan, position = _read_job_info(archive)
+        params = _read_params(archive, job_info, plan, position)
+        return {"path": str(path), "format_version": FORMAT_VERSION, "exact": True, "job_info": job_info,
+                "params": params.to_dict(), "members": archive.sizes(), "notes": []}
+
+
+def _read_v1(archive: "SafeArchive") -> ResumeData:
+    path = archive.path
+    job_info, plan, position = _read_job_info(archive)
+    params = _read_params(archive, job_info, plan, position)
+    with_embeddings = job_info["has_embeddings"]
+    state_bytes = archive.read_checked(STATE, expected_bytes(plan, position, with_embeddings), job_info)
+    tensors = _load_state(state_bytes, plan, position, with_embeddings, params, path)
+    source = decode_png(archive.read_checked(SOURCE_IMAGE, MAX_IMAGE_BYTES, job_info), SOURCE_IMAGE, path)
+    workflow = None
+    if WORKFLOW in archive.names:
+        workflow = load_json(archive.read_checked(WORKFLOW, MAX_WORKFLOW_BYTES, job_info), WORKFLOW, path)
+        if not isinstance(workflow, dict):
+            raise ResumeFileError(path, f"{WORKFLOW} must hold a JSON object (the ComfyUI graph)")
+
+    sampler = None
+    if position.in_section:
+        outputs = list(tensors[SAMPLER_OUTPUTS].unbind(0)) if position.outputs else []
+        sampler = SamplerState(tensors[SAMPLER_X], position.step, outputs)
+    conditioning = None
+    if with_embeddings:
+        conditioning = Conditioning(**{k[len(COND_PREFIX):]: v for k, v in tensors.items() if k.startswith(COND_PREFIX)})
+    state = JobState(job_id=job_info["job_id"], params=params, plan=plan, conditioning=conditioning,
+                     start_latent=tensors[START], history_latents=tensors[HISTORY],
+                     generator_state=tensors[GENERATOR], section=position.section, sampler=sampler,
+                     model_identity=dict(job_info["model_identity"]))
+    return ResumeData(state, source, workflow, job_info, exact=True, notes=[])
+
+
+def _read_job_info(archive: "SafeArchive") -> tuple[dict, SectionPlan, Position]:
+    """job_info.json, version first (a newer file may have members this goan does not know)."""
+    path = archive.path
+    if JOB_INFO not in archive.names:
+        raise ResumeFileError(path, f"it lacks {JOB_INFO}, so it is not a goan resume file (or is incomplete)")
+    info = load_json(archive.read(JOB_INFO, MAX_JSON_BYTES), JOB_INFO, path)
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ResumeFileError(path, f"{JOB_INFO} does not say format {FORMAT!r}: this is not a goan resume file")
+    version = info.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ResumeFileError(path, f"{JOB_INFO}: format_version must be a whole number of at least 1")
+    if version > FORMAT_VERSION:
+        raise NewerFormatError(path, f"made by a newer goan (format {version}), please update goan "
+                                     f"(this one reads format {FORMAT_VERSION})")
+    archive.check_member_set(REQUIRED_MEMBERS, OPTIONAL_MEMBERS)
+    plan, position = _check_job_info(info, archive)
+    return info, plan, position
+
+
+def _check_job_info(info: dict, archive: "SafeArchive") -> tuple[SectionPlan, Position]:
+    """Type-check every field of job_info.json; returns the plan and position it describes."""
+    path = archive.path
+    fail = Where(path, f"{JOB_INFO}: ").fail
+
+    def whole(key, low, high):
+        value = info[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            fail(f"{key} must be a whole number between {low} and {high}, got {str(value)[:40]!r}")
+        return value
+
+    def text(key):
+        if not isinstance(info[key], str) or len(info[key]) > MAX_TEXT:
+            fail(f"{key} must be text of at most {MAX_TEXT} characters")
+        return info[key]
+
+    def flag(key):
+        if not isinstance(info[key], bool):
+            fail(f"{key} must be true or false, got {str(info[key])[:40]!r}")
+        return info[key]
+
+    known = {"format", "format_version", "job_id", "mode", "plan", "next_section", "step_in_section",
+             "in_section", "sampler_outputs", "total_sections", "model_identity", "producer", "created_at",
+             "has_embeddings", "kind", "sha256"}
+    for key in sorted(known - set(info)):
+        fail(f"the field {key!r} is missing")
+    for key in sorted(set(info) - known):
+        fail(f"unknown field {key[:40]!r}")
+    check_identity(info["job_id"], info["model_identity"], Where(path, f"{JOB_INFO}: "))
+    try:
+        plan = SectionPlan.from_dict(info["plan"])
+    except (InputError, TypeError) as exc:
+        fail(f"plan: {exc}")
+    if text("mode") != plan.mode:
+        fail(f"mode {info['mode'][:40]!r} disagrees with the plan's mode {plan.mode!r}")
+    if whole("total_sections", 1, 10_000) != plan.total_sections:
+        fail(f"total_sections {info['total_sections']} disagrees with the plan's {plan.total_sections}")
+    position = Position(whole("next_section", 0, 10_000), whole("step_in_section", 0, 10_000),
+                         flag("in_section"), whole("sampler_outputs", 0, MAX_SAMPLER_OUTPUTS))
+    if not text("producer").startswith("goan"):
+        fail(f"producer {info['producer'][:40]!r} is not goan")
+    try:
+        created = datetime.fromisoformat(text("created_at"))
+    except ValueError:
+        fail(f"created_at {info['created_at'][:40]!r} is not an ISO 8601 time")
+    if created.tzinfo is None:
+        fail("created_at must carry a time zone (UTC)")
+    flag("has_embeddings")
+    if info["kind"] not in {kind.value for kind in FileKind}:
+        fail(f"kind must be one of {', '.join(FileKind)}")
+    sums = info["sha256"]
+    if not isinstance(sums, dict) or not all(
+            isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v) for v in sums.values()):
+        fail("sha256 must map member names to lowercase hex SHA-256 digests")
+    if set(sums) != set(archive.names) - {JOB_INFO}:
+        fail("the checksum list does not match the members of the archive "
+             f"(listed: {', '.join(sorted(sums))[:200]}; present: {', '.join(sorted(set(archive.names) - {JOB_INFO}))})")
+    return plan, position
+
+
+def _read_params(archive: "SafeArchive", job_info: dict, plan: SectionPlan, position: Position) -> JobParams:
+    path = archive.path
+    raw = load_json(archive.read_checked(PARAMS, MAX_JSON_BYTES, job_info), PARAMS, path)
+    try:
+        params = JobParams.from_dict(raw)
+    except (InputError, TypeError) as exc:
+        raise ResumeFileError(path, f"{PARAMS}: {exc}") from exc
+    check_position(position, plan, params, Where(path, f"{JOB_INFO} and {PARAMS}: "))
+    return params
+
+
+def _load_state(data: bytearray, plan: SectionPlan, pos: Position, with_embeddings: bool, params: JobParams,
+                path: Path) -> dict[str, torch.Tensor]:
+    """Validate the safetensors header against the plan, then view the tensors in `data` and check them.
+
+    The header has been checked to tile the data exactly, so each tensor is a view into `data`
+    (no copy) at offsets known to be in range.
+    """
+    table = parse_safetensors_header(data, STATE, path)
+    check_tensor_table(table, plan, pos, with_embeddings, params, Where(path, f"{STATE}: "))
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(bytes(data[8:8 + length]))
+    view = memoryview(data)[8 + length:]
+    tensors = {}
+    for name, (code, shape) in table.items():
+        begin, end = header[name]["data_offsets"]
+        dtype = TORCH_DTYPES[code]
+        flat = torch.frombuffer(view[begin:end], dtype=dtype) if end > begin else torch.empty(0, dtype=dtype)
+        tensors[name] = flat.reshape(shape)
+    check_values(tensors, Where(path, f"{STATE}: "))
+    return tensors
+

@@ -1,0 +1,113 @@
+"""Rolling retention: the newest K resume files of one job in `<output>/goan_resume/<job_id>/`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import InputError, ResumeFileError
+from ..sampling import JobState
+from ..vocabulary import FileKind
+from .atomic import is_partial, write_error
+from .format import RESUME_SUFFIX, SAFE_NAME
+from .reader import read_resume_file
+from .writer import write_resume_file
+
+RETENTION_DIR = "goan_resume"
+
+_RETAINED = re.compile(r"(?P<job>.+)_(?P<seq>\d{6,})_s(?P<section>\d+)_t(?P<step>\d+)" + re.escape(RESUME_SUFFIX))
+
+
+def _sequence(path: Path) -> int | None:
+    match = _RETAINED.fullmatch(path.name)
+    return int(match["seq"]) if match else None
+
+
+def retained_files(folder: str | Path) -> list[Path]:
+    """Complete resume files of a retention folder, oldest first (by sequence number)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if not p.name.startswith(".") and _sequence(p) is not None]
+    return sorted(found, key=_sequence)
+
+
+def newest_complete(folder: str | Path) -> Path | None:
+    """The newest file of a retention folder that reads and validates completely, or None.
+
+    Files that fail validation (damaged, cut short by an older crash) are passed over on purpose:
+    finding the newest good one is what this is for. Partial temp files are never candidates.
+    """
+    for candidate in reversed(retained_files(folder)):
+        try:
+            read_resume_file(candidate)
+        except ResumeFileError:
+            continue
+        return candidate
+    return None
+
+
+class RetentionFolder:
+    """`<output>/goan_resume/<job_id>/`, keeping the newest `keep_last` resume files of one job.
+
+    Files are named `<job_id>_<seq>_s<section>_t<step>.goan_resume` with a sequence number that
+    grows with every save, so name order is save order. Older files are deleted only after the new
+    one is durable on disk. One writer per job folder is assumed (a job runs in one place).
+    """
+
+    def __init__(self, output_dir: str | Path, job_id: str, keep_last: int = 3):
+        if not isinstance(job_id, str) or not SAFE_NAME.fullmatch(job_id):
+            raise InputError(f"job id {job_id!r} cannot name a folder: use letters, digits, '.', '_' "
+                             "and '-' (at most 128, not starting with '.')")
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+            raise InputError(f"keep_last must be a whole number of at least 1, got {keep_last!r}")
+        self.job_id = job_id
+        self.keep_last = keep_last
+        self.folder = Path(output_dir) / RETENTION_DIR / job_id
+
+    def files(self) -> list[Path]:
+        return retained_files(self.folder)
+
+    def next_path(self, section: int, step: int) -> Path:
+        existing = [_sequence(p) for p in self.files()]
+        seq = max(existing, default=0) + 1
+        return self.folder / f"{self.job_id}_{seq:06d}_s{section:04d}_t{step:03d}{RESUME_SUFFIX}"
+
+    def save(self, state: JobState, *, source_image, workflow=None, include_embeddings: bool = True,
+             kind: FileKind | str = FileKind.AUTOSAVE) -> Path:
+        """Write `state` as the newest file, then delete the oldest beyond `keep_last`."""
+        if state.job_id != self.job_id:
+            raise InputError(f"state of job {state.job_id!r} cannot be saved in the folder of job {self.job_id!r}")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(self.folder, exc) from exc
+        self._remove_stale_partials()
+        path = write_resume_file(state, self.next_path(state.section, state.step_in_section),
+                                 source_image=source_image, workflow=workflow,
+                                 include_embeddings=include_embeddings, kind=kind)
+        self._prune()
+        return path
+
+    def newest_complete(self) -> Path | None:
+        return newest_complete(self.folder)
+
+    def _prune(self) -> None:
+        for old in self.files()[:-self.keep_last]:
+            self._remove(old)
+
+    def _remove_stale_partials(self) -> None:
+        """Temp files left by a writer that was killed mid-save (never complete, never read)."""
+        prefix = f".{self.job_id}_"
+        for leftover in self.folder.iterdir():
+            if leftover.name.startswith(prefix) and is_partial(leftover):
+                self._remove(leftover)
+
+    def _remove(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return  # already gone: the state we wanted
+        except OSError as exc:
+            raise ResumeFileError(path, f"the new resume file was saved, but this older one could not be "
+                                        f"deleted ({exc.strerror}); delete it by hand") from exc
