@@ -126,7 +126,7 @@ class GoanSegmentSampler:
 
         A new job needs the image and its encoders; a continued job needs encoders only when its
         state lacks embeddings. ComfyUI's own CONDITIONING/CLIP_VISION_OUTPUT win over goan's encoders
-        when both are connected, as in build_conditioning.
+        when both are connected, as in node_encoders.
         """
         needed = []
 
