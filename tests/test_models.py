@@ -170,7 +170,7 @@ def test_quantised_files_match_a_model_upcast_from_the_same_weights(tiny_models,
     assert matrices == {dtype}
     reference = HunyuanVideoFramepackTransformer3DModel.from_config(tiny_models.transformer.config).eval()
     reference.load_state_dict({k: t.float() for k, t in stored.items()})
-    loaded = load_transformer_file(path, torch.float32)
+    loaded = load_transformer_file(path, torch.float32, weight_dtype="fp32")  # auto keeps fp8: test_weight_storage.py
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     assert torch.equal(run(loaded), run(reference))
     assert not torch.equal(run(loaded), run(tiny_models.transformer))  # the quantisation is real

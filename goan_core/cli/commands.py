@@ -42,7 +42,7 @@ def load_runtime(args, *, need_text: bool, need_image: bool) -> Runtime:
     if args.transformer is not None and not args.transformer.is_file():
         raise ModelFolderError(f"{args.transformer}: no such transformer file")
     models: ModelSet = load_model_set(root, transformer_file=args.transformer, dtype=dtype,
-                                      need_text=need_text, need_image=need_image)
+                                      need_text=need_text, need_image=need_image, weight_dtype=args.weight_dtype)
     conv_fp32 = configure_precision(models.transformer, args.conv_fp32, device, dtype)
     name = str(args.transformer or Path(root) / "transformer")
     return Runtime(Transformer(models.transformer, device, dtype, conv_fp32, name),

@@ -8,6 +8,9 @@ from pathlib import Path
 from .. import __version__
 from ..params import MODES, SAMPLERS, JobParams
 
+# models.WEIGHT_DTYPE_CHOICES, spelled out: the parser must not import torch (tests/test_weight_storage.py compares).
+WEIGHT_DTYPE_CHOICES = ("auto", "fp8_e4m3fn", "bf16", "fp16", "fp32")
+
 EXIT_USAGE = 2
 
 
@@ -39,7 +42,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     source.add_argument("--tiny", action="store_true", help="use the built-in tiny random-weight models")
     p.add_argument("--transformer", type=Path, help="FramePack transformer as one .safetensors file")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when present)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default: bf16 on cuda)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="the transformer's compute dtype (default: bf16 on cuda)")
+    p.add_argument("--weight-dtype", choices=WEIGHT_DTYPE_CHOICES, default="auto",
+                   help="how the transformer's matmul weights are stored, cast per layer to --dtype at use "
+                        "(auto: an fp8 file stays fp8, anything else is stored in --dtype)")
     p.add_argument("--conv-fp32", choices=("auto", "force", "off"), default="auto",
                    help="run the Conv3d patch embeds in fp32 (auto: on GPUs without bf16 Conv3d)")
 

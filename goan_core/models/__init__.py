@@ -11,10 +11,13 @@ from .identity import identity_mismatch, model_identity
 from .loading import IMAGE_PARTS, PARTS, TEXT_PARTS, ModelSet, load_model_set, load_part, load_parts
 from .precision import CONV_FP32_POLICIES, configure_precision
 from .single_file import TRANSFORMER_CLASS_NAMES, load_transformer_file
-from .tiny import FRAMEPACK_I2V_HY_CONFIG, TINY_TRANSFORMER_FILE, default_tiny_root, write_tiny_models
+from .storage import WEIGHT_DTYPE_CHOICES, apply_weight_dtype, resolve_weight_dtype, storage_bytes, weight_storage_name
+from .tiny import (FRAMEPACK_I2V_HY_CONFIG, TINY_TRANSFORMER_FILE, default_tiny_root, write_tiny_models,
+                   write_transformer_file)
 
 __all__ = ["CONV_FP32_POLICIES", "FRAMEPACK_I2V_HY_CONFIG", "IMAGE_PARTS", "PARTS", "PROMPT_EMBED_LENGTH", "PROMPT_TOKENS", "TEXT_PARTS", "TINY_TRANSFORMER_FILE",
-           "TRANSFORMER_CLASS_NAMES", "VAE", "ImageEncoder", "ModelSet", "TextEncoders", "Transformer",
-           "configure_precision", "crop_or_pad", "default_tiny_root", "identity_mismatch", "load_model_set", "load_part",
+           "TRANSFORMER_CLASS_NAMES", "VAE", "WEIGHT_DTYPE_CHOICES", "ImageEncoder", "ModelSet", "TextEncoders",
+           "Transformer", "apply_weight_dtype", "configure_precision", "crop_or_pad", "default_tiny_root", "identity_mismatch",
+           "load_model_set", "load_part",
            "load_parts", "load_transformer_file", "model_identity", "on_device", "resolve_device", "resolve_dtype",
-           "write_tiny_models"]
+           "resolve_weight_dtype", "storage_bytes", "weight_storage_name", "write_tiny_models", "write_transformer_file"]

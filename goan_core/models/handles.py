@@ -18,11 +18,15 @@ from .devices import on_device
 from .encoders import decode_latents, encode_image_embeds, encode_prompt, encode_start_latent
 from .identity import model_identity
 from .loading import ModelSet
+from .storage import weight_storage_name
 
 
 @dataclass(frozen=True)
 class Transformer:
-    """The FramePack transformer, where it computes, and whether its patch embeds run in fp32."""
+    """The FramePack transformer, where it computes, and whether its patch embeds run in fp32.
+
+    `dtype` is the compute dtype; the matmul weights may be stored narrower (fp8, see `storage`).
+    """
 
     model: Any
     device: torch.device
@@ -31,8 +35,13 @@ class Transformer:
     name: str = ""
 
     def identity(self) -> dict:
-        """What a resume file records about this model: class, config hash and precision choices."""
-        return {**model_identity(self.model), "conv_fp32": str(self.conv_fp32)}
+        """What a resume file records about this model: class, config hash and precision choices.
+
+        "weight_dtype" is how the matmul weights are stored (e.g. "float8_e4m3fn"): fp8 storage gives
+        the same results as the file upcast, but another file precision does not.
+        """
+        return {**model_identity(self.model), "conv_fp32": str(self.conv_fp32),
+                "weight_dtype": weight_storage_name(self.model)}
 
 
 @dataclass(frozen=True)

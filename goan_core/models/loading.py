@@ -23,6 +23,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, Llama
 
 from ..errors import ModelFolderError, some_names
 from .single_file import TRANSFORMER_CLASS_NAMES, load_transformer_file
+from .storage import apply_weight_dtype
 
 
 @dataclass
@@ -189,10 +190,12 @@ def load_model_set(
     dtype: torch.dtype = torch.float32,
     need_text: bool = True,
     need_image: bool = True,
+    weight_dtype: str | torch.dtype | None = "auto",
 ) -> ModelSet:
     """Load a models root (layout in the module docstring) onto the CPU in `dtype`.
 
-    The transformer comes from `root/transformer`, or from `transformer_file` when given. Text and
+    The transformer comes from `root/transformer`, or from `transformer_file` when given; its matmul
+    weights are stored as `weight_dtype` says (`storage`: "auto" keeps an fp8 file's fp8). Text and
     image encoders are skipped (left None) when not needed. Raises ModelFolderError listing every
     missing piece before anything is loaded.
     """
@@ -204,5 +207,7 @@ def load_model_set(
     )
     models = load_parts(root, names, dtype)
     if transformer_file is not None:
-        models.transformer = load_transformer_file(transformer_file, dtype)
+        models.transformer = load_transformer_file(transformer_file, dtype, weight_dtype)
+    else:
+        apply_weight_dtype(models.transformer, weight_dtype, dtype)
     return models

@@ -3,7 +3,8 @@
 CUDA GPUs below compute capability 8.0 (Turing and older) have no bf16 Conv3d; PyTorch falls back to
 `aten::slow_conv3d_forward`, which has no CUDA kernel, and the first transformer call fails with
 NotImplementedError. Only the four Conv3d patch embeds of the diffusers FramePack transformer are
-affected, so only they change: their weights and bias stay fp32 (through `.to()`, `.cpu()`, `.half()`
+affected, so only they change: their weights and bias stay fp32 (also when they were stored in fp8,
+see `storage.CastConv3d`: upcast exactly) (through `.to()`, `.cpu()`, `.half()`
 and state-dict loads), their input is cast to fp32 and their output back to the input's dtype. The
 rest of the model keeps its dtype and the state-dict keys do not change.
 """
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .storage import CastConv3d
 
 CONV_FP32_POLICIES = ("auto", "force", "off")
 
@@ -85,9 +87,9 @@ def apply_conv_fp32(transformer: nn.Module) -> list[str]:
     for name, module in _patch_embed_convs(transformer).items():
         if isinstance(module, Fp32Conv3d):
             continue
-        if type(module) is not nn.Conv3d:
+        if type(module) not in (nn.Conv3d, CastConv3d):
             raise InputError(f"{name} is a {type(module).__name__} (a Conv3d subclass); only a plain "
-                             "torch.nn.Conv3d can be switched to fp32")
+                             "torch.nn.Conv3d (or goan's CastConv3d) can be switched to fp32")
         module.__class__ = Fp32Conv3d
         module.float()
         changed.append(name)

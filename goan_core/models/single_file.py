@@ -16,6 +16,7 @@ from diffusers import HunyuanVideoFramepackTransformer3DModel
 from safetensors import SafetensorError, safe_open
 
 from ..errors import ModelFolderError, some_names
+from .storage import assign_weights, resolve_weight_dtype
 
 # rope_axes_dim by attention head dim, for files without a stored config: FramePack's 128-dim heads
 # and goan's tiny test model. Each entry sums to its head dim.
@@ -115,15 +116,20 @@ def infer_transformer_config(shapes: dict[str, tuple[int, ...]], source: str | P
 
 
 def load_transformer_file(
-    path: str | Path, dtype: torch.dtype = torch.float32
+    path: str | Path, dtype: torch.dtype = torch.float32, weight_dtype: str | torch.dtype | None = "auto"
 ) -> HunyuanVideoFramepackTransformer3DModel:
-    """Build the FramePack transformer from one .safetensors file, weights cast to `dtype`.
+    """Build the FramePack transformer from one .safetensors file, computing in `dtype`.
 
-    The file may hold float32, bf16 or fp8 e4m3fn tensors (fp8 is upcast on load). The config comes
-    from the file's metadata when goan wrote it, otherwise from the tensor shapes. Raises
-    ModelFolderError naming the file when it is missing, not safetensors, or does not fit the model.
+    The file may hold float32, bf16 or fp8 e4m3fn tensors. `weight_dtype` says how the matmul
+    weights are stored (see `storage`): "auto" keeps the file's fp8 weights fp8 (cast per layer at
+    use) and casts everything else to `dtype`, as before; "fp8_e4m3fn", "bf16", "fp16" or "fp32"
+    store every matmul weight so. Tensors are read and installed one at a time (peak RAM: the model
+    plus one tensor). The config comes from the file's metadata when goan wrote it, otherwise from
+    the tensor shapes. Raises ModelFolderError naming the file when it is missing, not safetensors,
+    or does not fit the model.
     """
     path = Path(path)
+    resolve_weight_dtype(weight_dtype)  # a bad name fails before the file is read
     if not path.is_file():
         raise ModelFolderError(
             f"{path}: transformer file not found; give the path of a FramePack .safetensors file"
@@ -136,13 +142,12 @@ def load_transformer_file(
             with torch.device("meta"):
                 model = HunyuanVideoFramepackTransformer3DModel.from_config(config)
             _check_tensor_names(path, model, shapes)
-            state = {key: f.get_tensor(key).to(dtype) for key in shapes}
+            assign_weights(model, shapes, f.get_tensor, dtype, weight_dtype)
     except SafetensorError as e:
         raise ModelFolderError(
             f"{path}: not a readable safetensors file ({e}); the transformer must be a .safetensors file "
             "(bf16 or fp8 e4m3fn, as in models/diffusion_models)"
         ) from e
-    model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
