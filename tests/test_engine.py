@@ -120,3 +120,19 @@ def test_steps_never_modify_tensors_in_place_so_snapshots_may_share_them(tiny_mo
     assert state.section == 2 and frozen.section == 0 and frozen.sampler.step == 3
     for name, tensor in _tensors(frozen).items():
         assert torch.equal(tensor, copies[name]), name
+
+
+def test_one_engine_shared_by_interleaved_jobs_equals_one_engine_each(tiny_models):
+    """The section cache is keyed on the objects it was built from, so jobs may share an Engine."""
+    first, _ = new_job_state(tiny_models, tiny_params("backward"), demo_image())
+    second, _ = new_job_state(tiny_models, tiny_params("backward", prompt="a boat at dusk", seed=8), demo_image())
+    shared = Engine(tiny_models.transformer, CPU, F32)
+    while not (first.done and second.done):
+        for state in (first, second):
+            if not state.done:
+                shared.step(state)
+    for params, state in ((tiny_params("backward"), first),
+                          (tiny_params("backward", prompt="a boat at dusk", seed=8), second)):
+        alone, _ = new_job_state(tiny_models, params, demo_image())
+        Engine(tiny_models.transformer, CPU, F32).run(alone)
+        assert torch.equal(alone.history_latents, state.history_latents)
