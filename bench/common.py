@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from goan_core.jobs import Job, create_job, goan_encoders
-from goan_core.media import demo_image, nearest_bucket
+from goan_core.media import bucket_options, demo_image, nearest_bucket
 from goan_core.models import Transformer, default_tiny_root, load_model_set, write_tiny_models
 from goan_core.params import JobParams
 from goan_core.sampling import LATENT_CHANNELS, Conditioning, JobState, SamplerState, SectionPlan, section_count
@@ -285,11 +285,16 @@ def synthetic_state(plan: SectionPlan, section: int, *, step: int = 0, outputs: 
         sampler = SamplerState(randn(*plan.noise_shape()), step, [randn(*plan.noise_shape()) for _ in range(outputs)])
     seconds = plan.total_sections * plan.lws * 4 / 30
     params = JobParams(prompt="a benchmark", seconds=seconds, lws=plan.lws, steps=steps, mode=plan.mode,
-                       resolution=640)
+                       resolution=bucket_resolution(plan))
     return JobState(job_id=f"bench-{plan.total_sections}s{section}", params=params, plan=plan,
                     conditioning=conditioning, start_latent=randn(1, LATENT_CHANNELS, 1, h, w),
                     history_latents=history, generator_state=torch.Generator().manual_seed(seed).get_state(),
                     section=section, sampler=sampler)
+
+
+def bucket_resolution(plan) -> int:
+    """The smallest `resolution` setting whose buckets hold the plan's frame size (what a real job had)."""
+    return next(r for r in range(64, 2049, 16) if (plan.height, plan.width) in bucket_options(r))
 
 
 def state_tensor_bytes(state: JobState, with_embeddings: bool = True) -> int:

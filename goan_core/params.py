@@ -24,6 +24,9 @@ LIMITS = {
     "crf": (0, 51),
     "max_sections": (1, 10_000),
 }
+# The most sections one job may plan: checked when a job is created or extended and when a resume
+# file is read (resumefile.check_job), with the same message, so goan never runs a job it cannot resume.
+MAX_SECTIONS = LIMITS["max_sections"][1]
 
 
 @dataclass

@@ -24,7 +24,8 @@ from pathlib import Path
 from aiohttp import web
 
 from ..goan_core.errors import GoanError, ResumeFileError
-from ..goan_core.resumefile import FREE_SPACE_MARGIN, MAX_TOTAL_BYTES, format_size, read_resume_file
+from ..goan_core.resumefile import (FREE_SPACE_MARGIN, MAX_JSON_DEPTH, MAX_TOTAL_BYTES, format_size, json_too_deep,
+                                   read_resume_file)
 from ..goan_core.vocabulary import Status
 from .adapter import HOST
 from .files import UPLOAD_SUBFOLDER, reserve_upload_path, resolve_input_name, sanitise_upload_name
@@ -34,6 +35,7 @@ log = logging.getLogger("goan")
 
 UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 MAX_CHUNK = 16 * 1024 * 1024
+MAX_JSON_BODY = 64 * 1024  # a request body goan parses as JSON ({prompt_id}) is tiny
 MAX_UPLOAD = MAX_TOTAL_BYTES + 64 * 1024 * 1024  # the largest file the reader would even open
 UPLOAD_TTL = 3600.0  # seconds an unfinished upload is kept without a new chunk
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
@@ -101,11 +103,27 @@ def _int_param(request: web.Request, name: str) -> int:
     return int(value)
 
 
+async def _json_body(request: web.Request):
+    """The request body as JSON, or raise ValueError: at most MAX_JSON_BODY bytes and MAX_JSON_DEPTH levels."""
+    raw = await _read_body(request, MAX_JSON_BODY)
+    if raw is None:
+        raise ValueError(f"the body is larger than {MAX_JSON_BODY} bytes")
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"the body is not JSON: {exc}") from None
+    if isinstance(value, (dict, list)) and json_too_deep(value):
+        raise ValueError(f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
 async def pause(request: web.Request) -> web.Response:
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        return _error(400, 'send JSON {"prompt_id": "..."}')
+        body = await _json_body(request)
+    except ValueError as error:
+        return _error(400, f'send JSON {{"prompt_id": "..."}}: {error}')
     prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
     if not isinstance(prompt_id, str) or not prompt_id:
         return _error(400, 'send JSON {"prompt_id": "..."}')
@@ -223,8 +241,13 @@ async def resume_info(request: web.Request) -> web.Response:
         return _error(400, f"{name}: {error.problem}")
     except GoanError as error:
         return _error(400, f"{name}: {error}")
-    return web.json_response({"workflow": data.workflow, "job_info": data.job_info,
-                              "params": data.state.params.to_dict(), "exact": data.exact, "notes": data.notes})
+    answer = {"workflow": data.workflow, "job_info": data.job_info, "params": data.state.params.to_dict(),
+              "exact": data.exact, "notes": data.notes}
+    try:  # the reader depth-limits the workflow; this keeps any other surprise a 4xx, never a 500
+        text = json.dumps(answer, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return _error(422, f"{name}: its workflow cannot be sent back as JSON")
+    return web.Response(text=text, content_type="application/json")
 
 
 async def workflows(request: web.Request) -> web.Response:

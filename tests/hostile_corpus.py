@@ -181,8 +181,11 @@ def malicious_pt(marker: Path, via: str = "open") -> bytes:
 
 
 def legacy_members(history: torch.Tensor | None = None, *, completed: int = 1, params: dict | None = None,
-                   latents: bytes | None = None) -> Members:
-    """The members of a file of the original goan app (its own setting names, torch.save latents)."""
+                   latents: bytes | None = None, image: np.ndarray | None = None) -> Members:
+    """The members of a file of the original goan app (its own setting names, torch.save latents).
+
+    The image is, as the original app saved it, the bucketed start image: the latents' frame size.
+    """
     if latents is None:
         if history is None:
             history = torch.randn(1, 16, 19 + completed * LWS, 8, 8, generator=torch.Generator().manual_seed(5))
@@ -190,7 +193,7 @@ def legacy_members(history: torch.Tensor | None = None, *, completed: int = 1, p
         torch.save(history, buffer)
         latents = buffer.getvalue()
     png = io.BytesIO()
-    Image.fromarray(source_image()).save(png, format="PNG")
+    Image.fromarray(source_image(64, 64) if image is None else image).save(png, format="PNG")
     settings = params if params is not None else {
         "prompt": "a cat on a boat", "negative_prompt": "", "seed": 99, "video_length": 1.2, "steps": 5,
         "real_cfg": 1.0, "distilled_cfg_start": 10.0, "guidance_rescale": 0.0, "latent_window_size": LWS,
@@ -610,7 +613,7 @@ def _(tmp):
     return edited(tmp, "history_shape", tensors=lambda t: t.update(history_latents=t["history_latents"][:, :, 1:]))
 
 
-@case("plan_size_disagrees", phrase="'history_latents' has shape")
+@case("plan_size_disagrees", phrase="frame size 128x64 is not one of the resolution 64 buckets")
 def _(tmp):
     return edited(tmp, "plan_size", job_info=lambda info: info["plan"].update(width=128))
 
@@ -818,3 +821,104 @@ def _(tmp):
 @case("legacy_extra_member", phrase="unexpected member 'run.py'")
 def _(tmp):
     return write_legacy(tmp / "legacy_extra.goan_resume", legacy_members() + [("run.py", b"import os")])
+
+
+# -- issue 12: cases found by the independent attack -------------------------------------------------
+
+def _deflated_padding(megabytes: int) -> bytes:
+    """Bytes that deflate about 30x (below the ratio check): zeros with a random byte every 32."""
+    raw = np.zeros(megabytes * 1024**2, dtype=np.uint8)
+    raw[::32] = np.random.default_rng(7).integers(1, 256, raw[::32].size, dtype=np.uint8)
+    return raw.tobytes()
+
+
+@case("state_declares_more_than_its_header", phrase="the tensors cover")
+def _(tmp):
+    """A deflated state member whose valid header is followed by 24 MB of padding: refused from the
+    header alone, before a buffer of the declared size exists (issue 12, item 2)."""
+    def pad(current):
+        return [(n, d + _deflated_padding(24) if n == STATE else d) for n, d in current]
+    return edited(tmp, "state_padding", members=pad, compress={STATE: zipfile.ZIP_DEFLATED})
+
+
+@case("stored_member_declares_more_than_it_holds", phrase="is stored uncompressed but declares")
+def _(tmp):
+    path = edited(tmp, "stored_lies")
+    return _patch_file(path, lambda raw: patch_central(raw, STATE, 24, "<I", 2 * 1024**2))
+
+
+def _patch_file(path: Path, patch) -> Path:
+    path.write_bytes(patch(path.read_bytes()))
+    return path
+
+
+@case("image_far_larger_than_the_plan", phrase="far larger than the job's 64x64 frames")
+def _(tmp):
+    big = io.BytesIO()
+    Image.new("RGB", (4096, 4096)).save(big, format="PNG")  # 50 MB once decoded, for a 64x64 job
+    return edited(tmp, "image_large", members=_replace(SOURCE_IMAGE, big.getvalue()))
+
+
+@case("plan_sections_without_seconds_backward", phrase="the plan has 10000 sections but 1.2 s at lws 3 make 3")
+def _(tmp):
+    return edited(tmp, "plan_10000", job_info=lambda info: (info["plan"].update(total_sections=10_000),
+                                                            info.update(total_sections=10_000)))
+
+
+@case("plan_sections_without_seconds_f1", phrase="between 2 and 7")
+def _(tmp):
+    return edited(tmp, "plan_f1_10000", base={"mode": "f1"},
+                  job_info=lambda info: (info["plan"].update(total_sections=10_000), info.update(total_sections=10_000)))
+
+
+@case("plan_too_few_sections_f1", phrase="the plan has 1 sections but")
+def _(tmp):
+    return edited(tmp, "plan_f1_short", base={"mode": "f1", "section": 1},
+                  params=_set("seconds", 30.0),
+                  job_info=lambda info: (info["plan"].update(total_sections=1), info.update(total_sections=1),
+                                         info.update(next_section=1)))
+
+
+@case("plan_not_a_bucket_of_the_resolution", phrase="is not one of the resolution 640 buckets")
+def _(tmp):
+    return edited(tmp, "not_bucket", params=_set("resolution", 640))
+
+
+@case("latents_absurd_but_finite", phrase="'history_latents' holds values up to 3e+38")
+def _(tmp):
+    return edited(tmp, "latents_3e38", tensors=lambda t: t.update(history_latents=torch.full_like(t["history_latents"], 3e38)))
+
+
+@case("sampler_output_beyond_bound", phrase="'sampler_outputs' holds values up to")
+def _(tmp):
+    def poison(table):
+        table["sampler_outputs"][0, 0, 0, 0, 0] = -2e4
+    return edited(tmp, "outputs_big", base={"step": 2, "outputs": 1}, tensors=poison)
+
+
+@case("embedding_beyond_bound", phrase="'cond.prompt_embeds' holds values up to")
+def _(tmp):
+    def poison(table):
+        table["cond.prompt_embeds"][0, 0, 0] = 1e7
+    return edited(tmp, "cond_big", tensors=poison)
+
+
+@case("workflow_nested_900_deep", phrase="nested too deeply")
+def _(tmp):
+    """Parses (under Python's recursion limit) but would break json.dumps on the next pause."""
+    return edited(tmp, "wf_deep", members=_replace(WORKFLOW, b'{"a": ' + b"[" * 900 + b"]" * 900 + b"}"))
+
+
+@case("json_nested_beyond_limit", phrase="more than 64 levels")
+def _(tmp):
+    return edited(tmp, "wf_65", members=_replace(WORKFLOW, b'{"a": ' + b"[" * 70 + b"]" * 70 + b"}"))
+
+
+@case("legacy_image_and_latents_disagree", phrase="the image and the latents are not of the same job")
+def _(tmp):
+    return write_legacy(tmp / "legacy_sizes.goan_resume", legacy_members(image=source_image(40, 48)))
+
+
+@case("legacy_latents_absurd", phrase="holds values up to")
+def _(tmp):
+    return write_legacy(tmp / "legacy_big.goan_resume", legacy_members(history=torch.full((1, 16, 22, 8, 8), 1e30)))

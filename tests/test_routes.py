@@ -406,3 +406,35 @@ def test_a_valid_file_larger_than_one_chunk(host, tmp_path):
     assert status == 200 and body["done"] and body["name"] == "goan_resume/big.goan_resume"
     assert info_status == 200 and info["job_info"]["next_section"] == 2
     assert (host.directory("input") / "goan_resume" / "big.goan_resume").read_bytes() == data
+
+
+# -- issue 12: deep JSON never reaches a 500 ----------------------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    b'{"prompt_id": ' + b"[" * 5000 + b"]" * 5000 + b"}",  # beyond Python's recursion limit
+    b'{"prompt_id": "p", "x": ' + b"[" * 200 + b"]" * 200 + b"}",  # parses, but deeper than goan allows
+    b'{"prompt_id": "' + b"a" * (128 * 1024) + b'"}',  # far larger than {prompt_id}
+])
+def test_pause_with_a_hostile_json_body_is_a_400(host, body):
+    async def scenario(client):
+        response = await client.post("/goan/pause", data=body, headers={"Content-Type": "application/json"})
+        return response.status, await response.json()
+
+    status, answer = serve(scenario)
+    assert status == 400 and answer["error"].startswith('send JSON {"prompt_id": "..."}'), answer
+
+
+def test_resume_info_of_a_file_with_a_deeply_nested_workflow_is_a_400(host, tmp_path):
+    from hostile_corpus import CASES
+
+    build = next(c.build for c in CASES if c.name == "workflow_nested_900_deep")
+    folder = host.directory("input") / "goan_resume"
+    folder.mkdir(parents=True)
+    build(tmp_path).replace(folder / "deep.goan_resume")
+
+    async def scenario(client):
+        response = await client.get("/goan/resume_info", params={"name": "goan_resume/deep.goan_resume"})
+        return response.status, await response.json()
+
+    status, answer = serve(scenario)
+    assert status == 400 and "nested too deeply" in answer["error"], answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -10,12 +11,30 @@ import av
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import GoanError, InputError
 from ..params import FPS
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+def _write_failed(path: Path, exc: Exception) -> GoanError:
+    """The one clear error for a failed MP4 write (disk full, no permission, an encoder error)."""
+    code = getattr(exc, "errno", None)
+    if code in _DISK_FULL:
+        why = "the disk became full while writing it; free some space and render again"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = f"no permission to write in {path.parent}; choose a writable output folder"
+    else:
+        why = str(getattr(exc, "strerror", None) or exc)[:200]
+    return GoanError(f"{path}: the video could not be written: {why} (no partial file was left)")
 
 
 def write_mp4(frames: torch.Tensor | np.ndarray, path: str | Path, *, fps: int = FPS, crf: int = 16) -> Path:
-    """Write (F,H,W,3) uint8 frames to `path`; the file appears only when complete."""
+    """Write (F,H,W,3) uint8 frames to `path`; the file appears only when complete.
+
+    Any failure of the file system or the encoder (a full disk above all) raises one GoanError
+    naming `path`, and the partial file is removed.
+    """
     array = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
         raise InputError(f"frames must be uint8 (F,H,W,3), got {array.dtype} {array.shape}")
@@ -33,8 +52,13 @@ def write_mp4(frames: torch.Tensor | np.ndarray, path: str | Path, *, fps: int =
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
             container.mux(stream.encode())
         os.replace(partial, path)
+    except (av.FFmpegError, OSError) as exc:
+        raise _write_failed(path, exc) from exc
     finally:
-        partial.unlink(missing_ok=True)
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:
+            pass  # the error above (or the finished file) is what matters
     return path
 
 

@@ -5,12 +5,14 @@ writer and reader both verify), `archive` (a zip nobody vouches for), `writer`, 
 the original goan app), `reader`, `retention`.
 """
 
+from .archive import json_too_deep
 from .atomic import FREE_SPACE_MARGIN, atomic_write_bytes, format_size
-from .format import FORMAT_VERSION, MAX_TOTAL_BYTES, RESUME_SUFFIX, ResumeData
+from .checks import check_job
+from .format import FORMAT_VERSION, MAX_JSON_DEPTH, MAX_TOTAL_BYTES, RESUME_SUFFIX, ResumeData
 from .reader import inspect_resume_file, read_resume_file
 from .retention import RETENTION_DIR, RetentionFolder, newest_complete, retained_files
 from .writer import write_resume_file
 
-__all__ = ["FORMAT_VERSION", "FREE_SPACE_MARGIN", "MAX_TOTAL_BYTES", "RESUME_SUFFIX", "RETENTION_DIR", "ResumeData",
-           "RetentionFolder", "atomic_write_bytes", "format_size", "inspect_resume_file", "newest_complete",
+__all__ = ["FORMAT_VERSION", "FREE_SPACE_MARGIN", "MAX_JSON_DEPTH", "MAX_TOTAL_BYTES", "RESUME_SUFFIX", "RETENTION_DIR", "ResumeData",
+           "RetentionFolder", "atomic_write_bytes", "check_job", "format_size", "inspect_resume_file", "json_too_deep", "newest_complete",
            "read_resume_file", "retained_files", "write_resume_file"]

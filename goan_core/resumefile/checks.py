@@ -13,13 +13,16 @@ from typing import NoReturn
 
 import torch
 
-from ..errors import ResumeFileError
-from ..params import JobParams
-from ..sampling import LATENT_CHANNELS, JobState, SectionPlan
+from ..errors import InputError, ResumeFileError
+from ..media import bucket_options
+from ..params import FPS, MAX_SECTIONS, JobParams
+from ..sampling import LATENT_CHANNELS, JobState, SectionPlan, section_count
+from ..sampling.plan import TEMPORAL_SCALE
 from .format import (COND_FIELDS, COND_MASKS, COND_NEGATIVE, COND_PREFIX, COND_REQUIRED, DTYPE_SIZES, FLOAT_CODES,
-                     GENERATOR, GENERATOR_STATE_BYTES, HISTORY, MASK_CODES, MAX_CONDITIONING_BYTES, MAX_HEADER_BYTES,
-                     MAX_IDENTITY_ENTRIES, MAX_SAMPLER_OUTPUTS, MAX_TEXT, SAFE_NAME, SAMPLER_OUTPUTS, SAMPLER_X, START,
-                     TensorTable)
+                     GENERATOR, GENERATOR_STATE_BYTES, HISTORY, IMAGE_AREA_FACTOR, MASK_CODES, MAX_ABS_EMBEDDING,
+                     MAX_ABS_LATENT, MAX_CONDITIONING_BYTES, MAX_HEADER_BYTES, MAX_IDENTITY_ENTRIES, MAX_IMAGE_BYTES,
+                     MAX_JSON_BYTES, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_TOTAL_BYTES, MAX_WORKFLOW_BYTES, SAFE_NAME,
+                     SAMPLER_OUTPUTS, SAMPLER_X, START, TensorTable)
 from .atomic import format_size
 
 
@@ -54,12 +57,98 @@ def check_identity(job_id, model_identity, where: Where) -> None:
         where.fail(f"model_identity must map names to text (at most {MAX_IDENTITY_ENTRIES} entries)")
 
 
-def check_position(pos: Position, plan: SectionPlan, params: JobParams, where: Where) -> None:
-    """Section/step/sampler bookkeeping must agree with the plan and the settings."""
+def section_bounds(params: JobParams) -> tuple[int, int]:
+    """(fewest, most) sections a job of these settings may plan.
+
+    A new job plans exactly n = section_count(seconds, lws) = max(round(w), 1) sections, where
+    w = seconds * 30 / (lws * 4) is its length in windows; a backward job can never change that.
+    A forward (f1) job can be extended: each extension by s seconds adds section_count(s, lws)
+    sections and s to `seconds`, rounding each piece on its own, so no exact equation survives.
+    What does hold, for any sequence of extensions each at least half a window long: every piece
+    of w_i windows gives max(round(w_i), 1) sections, which is >= 2/3 w_i (round(w) >= w - 1/2
+    >= 2w/3 for w >= 3/2, and 1 >= 2w/3 below) and <= 2 w_i (round(w) <= w + 1/2 <= 2w for
+    w >= 1/2), the first piece <= w_0 + 1. Summed: 2/3 w <= sections <= 2 w + 1.
+    `check_job` refuses an extension that would leave this range (ever shorter extensions, each
+    adding a whole section, are refused once they double the job), so created and extended jobs
+    alike always satisfy it.
+    """
+    if params.mode == "backward":
+        count = section_count(params.seconds, params.lws)
+        return count, count
+    windows = params.seconds * FPS / (params.lws * TEMPORAL_SCALE)
+    return max(1, math.ceil(2 * windows / 3 - 1e-9)), max(1, math.floor(2 * windows + 1 + 1e-9))
+
+
+def job_file_bytes(plan: SectionPlan) -> int:
+    """The largest resume file a job of `plan` writes: its biggest state plus the largest members allowed."""
+    last = plan.total_sections - 1
+    biggest = max(_tensor_bytes(plan, Position(plan.total_sections, 0, False, 0)),
+                  _tensor_bytes(plan, Position(last, MAX_SAMPLER_OUTPUTS, True, MAX_SAMPLER_OUTPUTS)))
+    return (biggest + MAX_HEADER_BYTES + 8 + MAX_CONDITIONING_BYTES + image_bytes_limit(plan)
+            + MAX_WORKFLOW_BYTES + 2 * MAX_JSON_BYTES)
+
+
+def image_pixels_limit(plan: SectionPlan) -> int:
+    return IMAGE_AREA_FACTOR * plan.width * plan.height
+
+
+def image_bytes_limit(plan: SectionPlan) -> int:
+    """PNG bytes a source image of at most `image_pixels_limit` pixels needs (4 per pixel, 1 MiB of chunks)."""
+    return min(MAX_IMAGE_BYTES, 4 * image_pixels_limit(plan) + 1024**2)
+
+
+def check_image_size(width: int, height: int, plan: SectionPlan, what: str, where: Where) -> None:
+    """The source image may be at most IMAGE_AREA_FACTOR times the plan's frame (in pixels)."""
+    if width * height > image_pixels_limit(plan):
+        where.fail(f"{what} is {width}x{height} pixels, far larger than the job's {plan.width}x{plan.height} "
+                   f"frames (at most {IMAGE_AREA_FACTOR}x their pixels)")
+
+
+def check_plan(params: JobParams, plan: SectionPlan, where: Where) -> None:
+    """The plan must follow from the settings (mode, lws, sections, bucket) and fit goan's limits."""
     fail = where.fail
     if params.mode != plan.mode or params.lws != plan.lws:
         fail(f"params (mode {params.mode}, lws {params.lws}) disagree with the plan "
              f"(mode {plan.mode}, lws {plan.lws})")
+    total = plan.total_sections
+    if total > MAX_SECTIONS:
+        fail(f"the job plans {total} sections, more than the {MAX_SECTIONS} goan allows "
+             "(make the video shorter or the latent window larger)")
+    low, high = section_bounds(params)
+    if not low <= total <= high:
+        made = section_count(params.seconds, params.lws)
+        extended = "" if params.mode == "backward" else (
+            f"; a forward (f1) job, extended or not, has between {low} and {high} (extend by at least "
+            f"{params.lws * TEMPORAL_SCALE / FPS / 2:g} s at a time)")
+        fail(f"the plan has {total} sections but {params.seconds:g} s at lws {params.lws} make {made}{extended}")
+    buckets = bucket_options(params.resolution)
+    if (plan.height, plan.width) not in buckets:
+        fail(f"the frame size {plan.width}x{plan.height} is not one of the resolution {params.resolution} "
+             "buckets, so the plan does not follow from the settings")
+    need = job_file_bytes(plan)
+    if need > MAX_TOTAL_BYTES:
+        fail(f"the job's resume files would need up to {format_size(need)}, more than the "
+             f"{format_size(MAX_TOTAL_BYTES)} a resume file may hold (make the video shorter or smaller)")
+
+
+def check_job(params: JobParams, plan: SectionPlan) -> None:
+    """Refuse a job (new, or just extended) that goan could not save and read back: InputError.
+
+    The same settings and plan checks, with the same messages, as reading a resume file applies;
+    call it before the job runs (create_job, extend_job).
+    """
+    try:
+        params.validate()
+        check_plan(params, plan, Where(None, "cannot run this job: "))
+    except ResumeFileError as exc:
+        raise InputError(exc.problem) from None
+    except InputError as exc:
+        raise InputError(f"cannot run this job: {exc}") from None
+
+
+def check_position(pos: Position, plan: SectionPlan, params: JobParams, where: Where) -> None:
+    """Section/step/sampler bookkeeping must agree with the plan and the settings."""
+    fail = where.fail
     if not 0 <= pos.section <= plan.total_sections:
         fail(f"next_section {pos.section} is outside 0..{plan.total_sections} (total_sections)")
     if not 0 <= pos.step < params.steps:
@@ -87,10 +176,13 @@ def expected_tensors(plan: SectionPlan, pos: Position) -> TensorTable:
     return expected
 
 
+def _tensor_bytes(plan: SectionPlan, pos: Position) -> int:
+    return sum(DTYPE_SIZES[code] * math.prod(shape) for code, shape in expected_tensors(plan, pos).values())
+
+
 def expected_bytes(plan: SectionPlan, pos: Position, with_embeddings: bool) -> int:
-    """Upper bound for state.safetensors, from the plan: the cap it is read with."""
-    tensors = sum(DTYPE_SIZES[code] * math.prod(shape) for code, shape in expected_tensors(plan, pos).values())
-    return MAX_HEADER_BYTES + 8 + tensors + (MAX_CONDITIONING_BYTES if with_embeddings else 0)
+    """Upper bound for state.safetensors, from the checked plan: the cap it is read with."""
+    return MAX_HEADER_BYTES + 8 + _tensor_bytes(plan, pos) + (MAX_CONDITIONING_BYTES if with_embeddings else 0)
 
 
 def check_tensor_table(table: TensorTable, plan: SectionPlan, pos: Position, with_embeddings: bool,
@@ -149,17 +241,26 @@ def _check_conditioning_table(cond: TensorTable, params: JobParams, fail) -> Non
         fail(f"the embeddings take {format_size(total)}, more than {format_size(MAX_CONDITIONING_BYTES)}")
 
 
-def _finite(tensor: torch.Tensor) -> bool:
-    """No NaN or Inf: both show in the extremes (NaN propagates), with no tensor-sized temporary."""
-    low, high = torch.aminmax(tensor)
-    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+def check_magnitude(name: str, tensor: torch.Tensor, where: Where) -> None:
+    """No NaN or Inf, and nothing beyond what a real job holds (MAX_ABS_LATENT, MAX_ABS_EMBEDDING).
+
+    Both show in the extremes (NaN propagates), found with no tensor-sized temporary.
+    """
+    if not tensor.is_floating_point() or not tensor.numel():
+        return
+    low, high = (float(v) for v in torch.aminmax(tensor))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        where.fail(f"tensor {name!r} contains NaN or Inf values")
+    bound = MAX_ABS_EMBEDDING if name.startswith(COND_PREFIX) else MAX_ABS_LATENT
+    if max(-low, high) > bound:
+        where.fail(f"tensor {name!r} holds values up to {max(-low, high):.3g} in magnitude; a real job's "
+                   f"stay within {bound:g} (a damaged or crafted file)")
 
 
 def check_values(tensors: dict[str, torch.Tensor], where: Where) -> None:
-    """No NaN/Inf in any float tensor, masks hold 0/1, and the generator state is one torch accepts."""
+    """Float tensors finite and of real magnitudes, masks 0/1, and a generator state torch accepts."""
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and tensor.numel() and not _finite(tensor):
-            where.fail(f"tensor {name!r} contains NaN or Inf values")
+        check_magnitude(name, tensor, where)
         if name.startswith(COND_PREFIX) and name[len(COND_PREFIX):] in COND_MASKS and tensor.dtype != torch.bool \
                 and bool(((tensor != 0) & (tensor != 1)).any()):
             where.fail(f"mask {name!r} holds values other than 0 and 1")

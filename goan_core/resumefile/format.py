@@ -61,6 +61,20 @@ RATIO_FLOOR = 1024**2
 MAX_IDENTITY_ENTRIES = 64
 CHUNK_BYTES = 8 * 1024**2  # streaming unit for writing, reading and hashing the state member
 MAX_TEXT = 4096
+# Nesting depth of any JSON goan parses or writes (job_info, params, workflow, safetensors headers,
+# request bodies). ComfyUI graphs, subgraphs included, stay far below; Python's recursion limit
+# (about 1000) is what a deeper document would hit in json.dumps, so the limit sits well under it.
+MAX_JSON_DEPTH = 64
+# The largest magnitude a real job's tensors hold. Latents (VAE latents scaled by 0.477, the sampler's
+# x and the model's outputs) stay within about +-10; 1e4 is three orders of magnitude of headroom while
+# keeping sums of a few such values far from float32 overflow (3.4e38). Text-encoder hidden states can
+# carry "massive activations" of a few thousand, so embeddings get 1e5 (all of float16's range).
+MAX_ABS_LATENT = 1e4
+MAX_ABS_EMBEDDING = 1e5
+# A v1 file's source image is the bucketed, cropped start image: exactly the plan's frame size. Other
+# tools may have saved it larger; up to 16x the plan's pixels (4x a side) is accepted, beyond that the
+# decoded image alone would outweigh the whole job state of a short clip, so the file is refused.
+IMAGE_AREA_FACTOR = 16
 
 GENERATOR_STATE_BYTES = torch.Generator("cpu").get_state().numel()
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "BOOL": 1, "I32": 4, "I64": 8}

@@ -3,7 +3,9 @@
 Those files are zips of `params.json` (the app's settings under its own names), `source_image.png`,
 `latent_history.pt` (the history latents, written with torch.save) and `job_info.json` (`job_id`,
 `completed_segments`). The .pt is loaded from memory with torch's weights-only unpickler, which
-builds plain tensor data and refuses everything else; nothing in the file is ever executed.
+builds plain tensor data and refuses everything else; nothing in the file is ever executed. That
+unpickler could be bypassed before torch 2.6 (CVE-2025-32434), so on older torch legacy files are
+refused before any of their bytes are unpickled; every other path of goan is pickle-free.
 
 They can never be exact: they hold no generator state, no start latent and no embeddings. The
 generator is re-seeded from the seed and advanced as if each completed section had drawn its noise
@@ -23,11 +25,12 @@ import zipfile
 import torch
 
 from ..errors import InputError, ResumeFileError
-from ..params import JobParams
+from ..media import bucket_options
+from ..params import FPS, LIMITS, JobParams
 from ..sampling import CONTEXT_FRAMES, LATENT_CHANNELS, SPATIAL_SCALE, JobState, SectionPlan
 from .archive import SafeArchive, decode_png, load_json
-from .format import (FORMAT, JOB_INFO, MAX_IMAGE_BYTES, MAX_JSON_BYTES, MAX_TOTAL_BYTES, PARAMS, SAFE_NAME,
-                     SOURCE_IMAGE, ResumeData)
+from .checks import Where, check_magnitude, check_plan, image_bytes_limit
+from .format import FORMAT, JOB_INFO, MAX_JSON_BYTES, MAX_TOTAL_BYTES, PARAMS, SAFE_NAME, SOURCE_IMAGE, ResumeData
 
 LATENTS = "latent_history.pt"
 MEMBERS = (PARAMS, SOURCE_IMAGE, LATENTS, JOB_INFO)
@@ -55,6 +58,22 @@ FPS_KEYS = ("fps", "fps_slider")
 _LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, KeyError, IndexError,
                 AttributeError, struct.error, zipfile.BadZipFile, OSError)
 _TEXT_FIELDS = ("prompt", "negative_prompt")
+SAFE_TORCH = (2, 6)  # torch.load(weights_only=True) is bypassable below this (CVE-2025-32434)
+
+
+def torch_version() -> tuple[int, int]:
+    """(major, minor) of the torch in use (a function, so tests can stand in an older one)."""
+    match = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
+def check_torch_is_safe(path) -> None:
+    """Refuse to unpickle anything on a torch whose weights-only loader can be bypassed."""
+    version = torch_version()
+    if version < SAFE_TORCH:
+        raise ResumeFileError(path, f"it is a file of the original goan app, whose latents are a pickle; torch "
+                                    f"{version[0]}.{version[1]} cannot load those safely (CVE-2025-32434), so it "
+                                    "was refused unread. Update torch to 2.6 or later to resume it.")
 _WHOLE_FIELDS = ("seed", "lws", "steps", "crf", "fps")
 
 
@@ -62,12 +81,22 @@ def read_legacy(archive: SafeArchive) -> ResumeData:
     """Map an original-app file onto a JobState (exact=False; see the module docstring)."""
     path = archive.path
     archive.check_member_set(MEMBERS, ())
+    check_torch_is_safe(path)
     notes: list[str] = []
     job_id, completed = _job_info(load_json(archive.read(JOB_INFO, MAX_JSON_BYTES), JOB_INFO, path), path, notes)
     history = load_latents(archive.read(LATENTS, MAX_TOTAL_BYTES), path, notes)
     params, fps = _params(load_json(archive.read(PARAMS, MAX_JSON_BYTES), PARAMS, path), history, path, notes)
-    source = decode_png(archive.read(SOURCE_IMAGE, MAX_IMAGE_BYTES), SOURCE_IMAGE, path)
     plan, section = _plan(history, params, fps, completed, path, notes)
+    params = _fit_seconds(params, plan, path, notes)
+    check_plan(params, plan, Where(path, f"{LATENTS} and {PARAMS}: "))
+
+    def fits(width, height):
+        if (width, height) != (plan.width, plan.height):
+            raise ResumeFileError(path, f"{SOURCE_IMAGE} is {width}x{height} pixels but the latents are of "
+                                        f"{plan.width}x{plan.height} frames: the image and the latents are not "
+                                        "of the same job")
+
+    source = decode_png(archive.read(SOURCE_IMAGE, image_bytes_limit(plan)), SOURCE_IMAGE, path, fits)
 
     generator = torch.Generator("cpu").manual_seed(params.seed)
     for _ in range(section):
@@ -114,9 +143,9 @@ def load_latents(data: bytes, path, notes: list[str]) -> torch.Tensor:
     if loaded.dtype != torch.float32:
         notes.append(f"history latents converted from {loaded.dtype} to float32")
         loaded = loaded.float()
-    if not bool(torch.isfinite(loaded).all()):
-        raise ResumeFileError(path, f"{LATENTS} contains NaN or Inf values")
-    return loaded.contiguous()
+    loaded = loaded.contiguous()
+    check_magnitude(LATENTS, loaded, Where(path))
+    return loaded
 
 
 def _check_pt_container(data: bytes, path) -> None:
@@ -178,11 +207,36 @@ def _params(raw, history: torch.Tensor, path, notes: list[str]) -> tuple[JobPara
     if "prompt" not in values:
         notes.append("no prompt found; using an empty prompt")
         values["prompt"] = ""
-    pixels = math.sqrt(history.shape[3] * history.shape[4]) * SPATIAL_SCALE
-    values["resolution"] = min(max(round(pixels / 16) * 16, 64), 2048)
+    values["resolution"] = _resolution(history.shape[3] * SPATIAL_SCALE, history.shape[4] * SPATIAL_SCALE)
     values["mode"] = "backward"
     try:
         return JobParams(**values), fps
+    except InputError as exc:
+        raise ResumeFileError(path, f"{PARAMS}: {exc}") from exc
+
+
+def _resolution(height: int, width: int) -> int:
+    """The resolution whose buckets hold height x width, nearest to its geometric mean side.
+
+    The original app bucketed at 640 as FramePack does; other apps at other bases. When no base
+    has such a bucket, the nearest is returned and the plan check refuses the file clearly.
+    """
+    low, high = LIMITS["resolution"]
+    guess = min(max(round(math.sqrt(height * width) / 16) * 16, low), high)
+    for base in sorted(range(low, high + 1, 16), key=lambda r: (abs(r - guess), r)):
+        if (height, width) in bucket_options(base):
+            return base
+    return guess
+
+
+def _fit_seconds(params: JobParams, plan: SectionPlan, path, notes: list[str]) -> JobParams:
+    """Settings whose seconds make exactly the plan's sections (goan's rule, not the original app's)."""
+    seconds = round(plan.total_sections * plan.lws * 4 / FPS, 6)
+    if abs(seconds - params.seconds) > 1e-6:
+        notes.append(f"length set to {seconds:g} s, what {plan.total_sections} sections of lws {plan.lws} make "
+                     f"(the original app asked for {params.seconds:g} s and counted sections its own way)")
+    try:
+        return JobParams(**{**params.to_dict(), "seconds": seconds})
     except InputError as exc:
         raise ResumeFileError(path, f"{PARAMS}: {exc}") from exc
 

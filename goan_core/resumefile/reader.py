@@ -2,14 +2,18 @@
 
 Reading trusts nothing: the archive's structure, sizes and names are checked before any member is
 read, members are read by name into memory (never extracted), every JSON field and every tensor
-(name, dtype, shape against the plan, finiteness) is validated, and each problem raises one
-ResumeFileError naming the file and what is wrong. Files of the original goan app go to `legacy`.
+(name, dtype, shape against the plan, finiteness, magnitude) is validated, and each problem raises
+one ResumeFileError naming the file and what is wrong. Files of the original goan app go to `legacy`.
+
+Memory follows the checked plan, never a size the file declares: the plan must follow from the
+settings (`checks.check_plan`), the state member's header is read and checked against the plan
+before its data buffer is allocated (exactly the size the checked header needs), and the source
+image's declared size is checked against the plan's frame before a pixel is decoded.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from datetime import datetime
 from pathlib import Path
 
@@ -19,12 +23,14 @@ from ..errors import InputError, NewerFormatError, ResumeFileError
 from ..params import JobParams
 from ..sampling import Conditioning, JobState, SamplerState, SectionPlan
 from ..vocabulary import FileKind
-from .archive import SafeArchive, decode_png, load_json, parse_safetensors_header
-from .checks import Position, Where, check_identity, check_position, check_tensor_table, check_values, expected_bytes
-from .format import (COND_PREFIX, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, JOB_INFO, MAX_IMAGE_BYTES,
-                     MAX_JSON_BYTES, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_WORKFLOW_BYTES, OPTIONAL_MEMBERS, PARAMS,
-                     REQUIRED_MEMBERS, SAMPLER_OUTPUTS, SAMPLER_X, SOURCE_IMAGE, START, STATE, TORCH_DTYPES, WORKFLOW,
-                     ResumeData)
+from ..params import MAX_SECTIONS
+from .archive import SafeArchive, decode_png, header_length, load_json, parse_header_table
+from .checks import (Position, Where, check_identity, check_image_size, check_plan, check_position,
+                     check_tensor_table, check_values, expected_bytes, image_bytes_limit)
+from .format import (COND_PREFIX, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, IMAGE_AREA_FACTOR, JOB_INFO,
+                     MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_SAMPLER_OUTPUTS, MAX_TEXT,
+                     MAX_WORKFLOW_BYTES, OPTIONAL_MEMBERS, PARAMS, REQUIRED_MEMBERS, SAMPLER_OUTPUTS, SAMPLER_X,
+                     SOURCE_IMAGE, START, STATE, TORCH_DTYPES, WORKFLOW, ResumeData)
 from .legacy import read_legacy
 
 
@@ -46,22 +52,45 @@ def read_resume_file(path: str | Path, *, conditioning_required: bool = False) -
     return data
 
 
-def inspect_resume_file(path: str | Path) -> dict:
-    """Validated job_info and params plus member sizes, without loading the tensors (for `inspect`).
+CHECKED_V1 = (
+    "zip structure: member names, count, sizes, compression methods and ratios; nothing extracted",
+    "job_info.json: every field typed and in range; format version",
+    "SHA-256 of every member against job_info.json, and each member's CRC-32",
+    "params.json: every setting typed and in range",
+    "plan against params: mode, lws, section count for the seconds, frame size a bucket of the resolution, "
+    "sections and file size within goan's limits",
+    "position (section, step, sampler outputs) against the plan and the steps",
+    "state.safetensors: header read and checked before the data; every tensor's name, dtype and shape "
+    "against the plan; embeddings' shapes and total size",
+    f"tensor values: finite, latents within {MAX_ABS_LATENT:g}, embeddings within {MAX_ABS_EMBEDDING:g}, "
+    "masks 0/1, generator state accepted by torch",
+    f"source_image.png: a PNG of at most {IMAGE_AREA_FACTOR}x the plan's pixels, decoded",
+    f"workflow.json: a JSON object at most {MAX_JSON_DEPTH} levels deep",
+)
+CHECKED_LEGACY = (
+    "zip structure: member names, count, sizes, compression methods and ratios; nothing extracted",
+    "torch >= 2.6 (safe weights-only unpickler), latent_history.pt read as plain tensor data; nothing run",
+    f"latents: shape, dtype, finite, within {MAX_ABS_LATENT:g}",
+    "params.json and job_info.json mapped onto goan's settings; plan derived from the latents and checked "
+    "against the settings",
+    "source_image.png: a PNG of exactly the latents' frame size, decoded",
+)
 
-    Full validation of the tensors is `read_resume_file`'s job; legacy files are read fully,
-    since only their latents tell where the job stands.
+
+def inspect_resume_file(path: str | Path) -> dict:
+    """Validate `path` exactly as `read_resume_file` does, and summarise it (for `inspect`).
+
+    `checked` lists what was verified, which is everything resume verifies: a file inspect reports
+    is one resume accepts (short of the encoders that a file without embeddings needs).
     """
     path = Path(path)
     with SafeArchive(path) as archive:
-        if archive.is_legacy:
-            data = read_legacy(archive)
-            return {"path": str(path), "format_version": 0, "exact": False, "job_info": data.job_info,
-                    "params": data.state.params.to_dict(), "members": archive.sizes(), "notes": data.notes}
-        job_info, plan, position = _read_job_info(archive)
-        params = _read_params(archive, job_info, plan, position)
-        return {"path": str(path), "format_version": FORMAT_VERSION, "exact": True, "job_info": job_info,
-                "params": params.to_dict(), "members": archive.sizes(), "notes": []}
+        data = read_legacy(archive) if archive.is_legacy else _read_v1(archive)
+        members = archive.sizes()
+    return {"path": str(path), "format_version": data.job_info["format_version"], "exact": data.exact,
+            "job_info": data.job_info, "params": data.state.params.to_dict(), "members": members,
+            "notes": list(data.notes), "has_workflow": data.workflow is not None,
+            "checked": list(CHECKED_LEGACY if not data.exact else CHECKED_V1)}
 
 
 def _read_v1(archive: "SafeArchive") -> ResumeData:
@@ -69,9 +98,13 @@ def _read_v1(archive: "SafeArchive") -> ResumeData:
     job_info, plan, position = _read_job_info(archive)
     params = _read_params(archive, job_info, plan, position)
     with_embeddings = job_info["has_embeddings"]
-    state_bytes = archive.read_checked(STATE, expected_bytes(plan, position, with_embeddings), job_info)
-    tensors = _load_state(state_bytes, plan, position, with_embeddings, params, path)
-    source = decode_png(archive.read_checked(SOURCE_IMAGE, MAX_IMAGE_BYTES, job_info), SOURCE_IMAGE, path)
+    tensors = _load_state(archive, job_info, plan, position, with_embeddings, params)
+
+    def fits(width, height):
+        check_image_size(width, height, plan, SOURCE_IMAGE, Where(path))
+
+    source = decode_png(archive.read_checked(SOURCE_IMAGE, image_bytes_limit(plan), job_info), SOURCE_IMAGE, path,
+                        fits)
     workflow = None
     if WORKFLOW in archive.names:
         workflow = load_json(archive.read_checked(WORKFLOW, MAX_WORKFLOW_BYTES, job_info), WORKFLOW, path)
@@ -146,9 +179,9 @@ def _check_job_info(info: dict, archive: "SafeArchive") -> tuple[SectionPlan, Po
         fail(f"plan: {exc}")
     if text("mode") != plan.mode:
         fail(f"mode {info['mode'][:40]!r} disagrees with the plan's mode {plan.mode!r}")
-    if whole("total_sections", 1, 10_000) != plan.total_sections:
+    if whole("total_sections", 1, MAX_SECTIONS) != plan.total_sections:
         fail(f"total_sections {info['total_sections']} disagrees with the plan's {plan.total_sections}")
-    position = Position(whole("next_section", 0, 10_000), whole("step_in_section", 0, 10_000),
+    position = Position(whole("next_section", 0, MAX_SECTIONS), whole("step_in_section", 0, 10_000),
                          flag("in_section"), whole("sampler_outputs", 0, MAX_SAMPLER_OUTPUTS))
     if not text("producer").startswith("goan"):
         fail(f"producer {info['producer'][:40]!r} is not goan")
@@ -178,22 +211,34 @@ def _read_params(archive: "SafeArchive", job_info: dict, plan: SectionPlan, posi
         params = JobParams.from_dict(raw)
     except (InputError, TypeError) as exc:
         raise ResumeFileError(path, f"{PARAMS}: {exc}") from exc
-    check_position(position, plan, params, Where(path, f"{JOB_INFO} and {PARAMS}: "))
+    where = Where(path, f"{JOB_INFO} and {PARAMS}: ")
+    check_plan(params, plan, where)
+    check_position(position, plan, params, where)
     return params
 
 
-def _load_state(data: bytearray, plan: SectionPlan, pos: Position, with_embeddings: bool, params: JobParams,
-                path: Path) -> dict[str, torch.Tensor]:
-    """Validate the safetensors header against the plan, then view the tensors in `data` and check them.
+def _load_state(archive: "SafeArchive", job_info: dict, plan: SectionPlan, pos: Position, with_embeddings: bool,
+                params: JobParams) -> dict[str, torch.Tensor]:
+    """Read and check the safetensors header against the plan, then read exactly the data it needs.
 
-    The header has been checked to tile the data exactly, so each tensor is a view into `data`
-    (no copy) at offsets known to be in range.
+    The data buffer is allocated only once the header has been checked against the plan and to
+    tile the member exactly, so its size is what the checked plan (and the checked embeddings)
+    need. Each tensor is a view into it (no copy) at offsets known to be in range.
     """
-    table = parse_safetensors_header(data, STATE, path)
-    check_tensor_table(table, plan, pos, with_embeddings, params, Where(path, f"{STATE}: "))
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(bytes(data[8:8 + length]))
-    view = memoryview(data)[8 + length:]
+    path = archive.path
+    with archive.member(STATE, expected_bytes(plan, pos, with_embeddings), job_info["sha256"][STATE]) as member:
+        if member.size < 8:
+            Where(path, f"{STATE}: the safetensors header is invalid: ").fail(
+                "the member is shorter than its 8-byte header length")
+        length = header_length(member.read(8), member.size, STATE, path)
+        header_bytes = member.read(length)
+        buffer_len = member.size - 8 - length
+        table = parse_header_table(header_bytes, buffer_len, STATE, path)
+        check_tensor_table(table, plan, pos, with_embeddings, params, Where(path, f"{STATE}: "))
+        data = member.read(buffer_len)
+        member.finish()
+    header = json.loads(bytes(header_bytes))
+    view = memoryview(data)
     tensors = {}
     for name, (code, shape) in table.items():
         begin, end = header[name]["data_offsets"]
@@ -202,4 +247,3 @@ def _load_state(data: bytearray, plan: SectionPlan, pos: Position, with_embeddin
         tensors[name] = flat.reshape(shape)
     check_values(tensors, Where(path, f"{STATE}: "))
     return tensors
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from .reader import read_resume_file
 from .writer import write_resume_file
 
 RETENTION_DIR = "goan_resume"
+log = logging.getLogger("goan")
 
 _RETAINED = re.compile(r"(?P<job>.+)_(?P<seq>\d{6,})_s(?P<section>\d+)_t(?P<step>\d+)" + re.escape(RESUME_SUFFIX))
 
@@ -53,6 +55,9 @@ class RetentionFolder:
     Files are named `<job_id>_<seq>_s<section>_t<step>.goan_resume` with a sequence number that
     grows with every save, so name order is save order. Older files are deleted only after the new
     one is durable on disk. One writer per job folder is assumed (a job runs in one place).
+
+    Cleaning up (old files, leftover temp files) never fails a save: a file that cannot be deleted
+    (locked, antivirus, permissions) is logged as a warning and listed in `cleanup_warnings`.
     """
 
     def __init__(self, output_dir: str | Path, job_id: str, keep_last: int = 3):
@@ -64,6 +69,7 @@ class RetentionFolder:
         self.job_id = job_id
         self.keep_last = keep_last
         self.folder = Path(output_dir) / RETENTION_DIR / job_id
+        self.cleanup_warnings: list[str] = []
 
     def files(self) -> list[Path]:
         return retained_files(self.folder)
@@ -93,21 +99,38 @@ class RetentionFolder:
         return newest_complete(self.folder)
 
     def _prune(self) -> None:
-        for old in self.files()[:-self.keep_last]:
+        try:
+            old_files = self.files()[:-self.keep_last]
+        except OSError as exc:
+            self._warn(f"{self.folder}: could not be listed to delete old files ({exc.strerror or exc})")
+            return
+        for old in old_files:
             self._remove(old)
 
     def _remove_stale_partials(self) -> None:
         """Temp files left by a writer that was killed mid-save (never complete, never read)."""
         prefix = f".{self.job_id}_"
-        for leftover in self.folder.iterdir():
+        for leftover in self._cleanup_files():
             if leftover.name.startswith(prefix) and is_partial(leftover):
                 self._remove(leftover)
 
+    def _cleanup_files(self) -> list[Path]:
+        try:
+            return list(self.folder.iterdir())
+        except OSError as exc:
+            self._warn(f"{self.folder}: could not be listed for cleanup ({exc.strerror or exc})")
+            return []
+
+    def _warn(self, message: str) -> None:
+        self.cleanup_warnings.append(message)
+        log.warning("goan: %s", message)
+
     def _remove(self, path: Path) -> None:
+        """Delete `path`; a failure is a warning (the save it follows or precedes is unaffected)."""
         try:
             path.unlink()
         except FileNotFoundError:
             return  # already gone: the state we wanted
         except OSError as exc:
-            raise ResumeFileError(path, f"the new resume file was saved, but this older one could not be "
-                                        f"deleted ({exc.strerror}); delete it by hand") from exc
+            self._warn(f"{path}: could not be deleted ({exc.strerror or exc}); the resume files were saved, "
+                       "delete this one by hand")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import stat
 import struct
 import zipfile
@@ -20,12 +21,16 @@ from .. import __version__
 from ..errors import InputError, ResumeFileError
 from ..sampling import JobState
 from ..vocabulary import FileKind
-from .archive import decode_png
+from ..sampling import SectionPlan
+from .archive import decode_png, json_too_deep
 from .atomic import atomic_writer, check_free_space, format_size
-from .checks import (Where, check_identity, check_position, check_tensor_table, check_values, position_of)
+from .checks import (Where, check_identity, check_image_size, check_plan, check_position, check_tensor_table,
+                     check_values, image_bytes_limit, position_of)
 from .format import (CHUNK_BYTES, COND_PREFIX, DTYPE_CODES, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, JOB_INFO,
-                     MAX_IMAGE_SIDE, MAX_WORKFLOW_BYTES, PARAMS, SAMPLER_OUTPUTS, SAMPLER_X, SOURCE_IMAGE, START,
-                     STATE, WORKFLOW)
+                     MAX_IMAGE_SIDE, MAX_JSON_DEPTH, MAX_WORKFLOW_BYTES, PARAMS, SAMPLER_OUTPUTS, SAMPLER_X,
+                     SOURCE_IMAGE, START, STATE, WORKFLOW)
+
+log = logging.getLogger("goan")
 
 
 def write_resume_file(state: JobState, path: str | Path, *, source_image, workflow=None,
@@ -33,7 +38,8 @@ def write_resume_file(state: JobState, path: str | Path, *, source_image, workfl
     """Save `state` as a format v1 resume file at `path`, crash-safely; returns `path`.
 
     `source_image`: an np.uint8 HxWx3 array or PNG bytes. `workflow`: the ComfyUI graph
-    (a dict) or None. Embeddings are stored when `include_embeddings` and the state has them.
+    (a dict) or None; a graph the reader would refuse (too large, nested too deeply, not JSON) is
+    left out with a logged warning rather than costing the job its resume file. Embeddings are stored when `include_embeddings` and the state has them.
     The state is validated exactly as a reader would, so a file that is written can be read.
     Free space is checked before anything is written. The tensors are streamed from their own
     memory into the archive (no serialised copy), hashed on a second thread while zip computes
@@ -132,18 +138,19 @@ def _encode_members(state: JobState, path: Path, source_image, workflow,
     where = Where(path, "not saved, the job state is inconsistent: ")
     position = position_of(state)
     check_identity(state.job_id, state.model_identity, where)
+    check_plan(state.params, state.plan, where)
     check_position(position, state.plan, state.params, where)
     check_tensor_table(table, state.plan, position, with_embeddings, state.params, where)
     check_values(tensors, where)
 
-    others = {PARAMS: _json_bytes(state.params.to_dict()), SOURCE_IMAGE: _png_bytes(source_image, "source_image", path)}
+    others = {PARAMS: _json_bytes(state.params.to_dict()),
+              SOURCE_IMAGE: _png_bytes(source_image, "source_image", path, state.plan)}
     if workflow is not None:
         if not isinstance(workflow, dict):
             raise InputError(f"workflow must be a dict (the ComfyUI graph), got {type(workflow).__name__}")
-        others[WORKFLOW] = _json_bytes(workflow)
-        if len(others[WORKFLOW]) > MAX_WORKFLOW_BYTES:
-            raise ResumeFileError(path, f"not saved: the workflow is {format_size(len(others[WORKFLOW]))}, "
-                                        f"more than the {format_size(MAX_WORKFLOW_BYTES)} a resume file may embed")
+        encoded = _workflow_bytes(workflow, path)
+        if encoded is not None:
+            others[WORKFLOW] = encoded
     return others, {name: tensors[name].contiguous() for name in sorted(tensors)}
 
 
@@ -180,19 +187,50 @@ def _state_tensors(state: JobState, with_embeddings: bool) -> dict[str, torch.Te
     return {name: t.detach().cpu() for name, t in tensors.items()}
 
 
+def _workflow_bytes(workflow: dict, path: Path) -> bytes | None:
+    """workflow.json's bytes, or None (with a warning) for a graph the reader would refuse."""
+    why = None
+    if json_too_deep(workflow):
+        why = f"it is nested more than {MAX_JSON_DEPTH} levels deep"
+    else:
+        try:
+            encoded = _json_bytes(workflow)
+        except (TypeError, ValueError, RecursionError) as exc:
+            why = f"it is not plain JSON ({str(exc)[:80]})"
+        else:
+            if len(encoded) <= MAX_WORKFLOW_BYTES:
+                return encoded
+            why = f"it is {format_size(len(encoded))}, more than the {format_size(MAX_WORKFLOW_BYTES)} a file may embed"
+    log.warning("goan: %s: saved without its workflow: %s", path, why)
+    return None
+
+
 def _json_bytes(value) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, indent=1).encode("utf-8")
 
 
-def _png_bytes(image, name: str, path: Path) -> bytes:
-    """PNG bytes of an np.uint8 HxWx3 array, or given PNG bytes after checking they decode."""
+def _png_bytes(image, name: str, path: Path, plan: SectionPlan) -> bytes:
+    """PNG bytes of an np.uint8 HxWx3 array, or given PNG bytes after checking they decode.
+
+    Refused as the reader would: an image far larger than the plan's frame, or PNG bytes beyond
+    what such an image needs.
+    """
+    where = Where(path, "not saved: ")
+
+    def fits(width, height):
+        check_image_size(width, height, plan, name, where)
+
     if isinstance(image, (bytes, bytearray)):
-        decode_png(bytes(image), name, path)
+        if len(image) > image_bytes_limit(plan):
+            where.fail(f"{name} is {format_size(len(image))} of PNG, more than a {plan.width}x{plan.height} job's "
+                       f"{format_size(image_bytes_limit(plan))}")
+        decode_png(bytes(image), name, path, fits)
         return bytes(image)
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise InputError(f"{name} must be an np.uint8 array of shape (H, W, 3) or PNG bytes")
     if not 0 < max(image.shape[:2]) <= MAX_IMAGE_SIDE or min(image.shape[:2]) == 0:
         raise InputError(f"{name} must be between 1 and {MAX_IMAGE_SIDE} pixels on each side")
+    fits(image.shape[1], image.shape[0])
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
     return buffer.getvalue()
