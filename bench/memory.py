@@ -7,6 +7,13 @@ CUDA compute dtype). The value is the bytes of the loaded model's parameters and
 (every tensor upcast to bf16, `weight_dtype` "bf16") are in the details. Biases and norms, kept in
 the compute dtype, weigh more in the tiny model (1 % of its parameters) than in the real one
 (0.03 %), so for files stored like goan's the real ratio is no higher than the tiny one.
+
+Second row, "peak compute-device bytes / budget": a tiny job (one section, 2 steps, fp32) runs
+through `run_job` on a `CountingAccelerator`, a fake compute device whose ledger counts the weight
+bytes held at each moment while the math runs on the CPU, with free memory set to
+`gpu_memory_preservation` (6 GB) + the transformer's non-block modules + the activation reserve +
+its largest block: the swap planner must stream both blocks (one slot, no prefetch). The value is
+the ledger's peak plus the reserve, the baseline the budget (free - preservation); target <= 1.0.
 """
 
 from __future__ import annotations
@@ -15,10 +22,14 @@ from pathlib import Path
 
 import torch
 
-from goan_core.models import (TINY_TRANSFORMER_FILE, default_tiny_root, load_transformer_file, storage_bytes,
+from goan_core.jobs import RunSettings, run_job
+from goan_core.media import demo_image
+from goan_core.models import (DEFAULT_GPU_MEMORY_PRESERVATION, TINY_TRANSFORMER_FILE, CountingAccelerator, Transformer,
+                              default_tiny_root, load_transformer_file, plan_swap, section_tokens, storage_bytes,
                               weight_storage_name, write_tiny_models, write_transformer_file)
+from goan_core.params import JobParams
 
-from .common import Row, bench_dir
+from .common import CPU, F32, Row, bench_dir, tiny_job, tiny_models
 
 COMPUTE = torch.bfloat16
 FILES = (("fp8", torch.float8_e4m3fn), ("bf16", torch.bfloat16))
@@ -42,4 +53,30 @@ def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None =
         rows.append(Row.check(f"memory: transformer host bytes / file bytes ({label} file, tiny, bf16 compute)",
                               host / 1e6, "MB", baseline=file_bytes / 1e6, baseline_label="file size",
                               ratio=host / file_bytes, op="<=", limit=TARGET, details=details))
+    rows.append(swap_row(folder))
     return rows
+
+
+def swap_row(folder: Path) -> Row:
+    """Peak compute-device bytes of a tiny job under a budget that forces streaming, over that budget."""
+    models = tiny_models()
+    params = JobParams(prompt="a cat walks", seconds=0.4, lws=3, steps=2, resolution=64, seed=1)
+    job = tiny_job(models, params, demo_image(64, 64), job_id="bench-swap")
+    model, gib = models.transformer, 1024 ** 3
+    preserve = DEFAULT_GPU_MEMORY_PRESERVATION
+    full = plan_swap(model, None, compute_dtype=F32, tokens=section_tokens(job.state.plan))
+    free = int(preserve * gib) + full.fixed_bytes + full.reserve_bytes + max(full.block_bytes.values())
+    plan = plan_swap(model, free, preserve, compute_dtype=F32, tokens=section_tokens(job.state.plan))
+    fake = CountingAccelerator(free)
+    run_job(job, Transformer(model, CPU, F32), RunSettings(folder / "swap", gpu_memory_preservation=preserve,
+                                                           accelerator=fake))
+    peak = fake.peak_bytes + plan.reserve_bytes
+    details = {"budget_bytes": plan.budget, "peak_weight_bytes": fake.peak_bytes, "reserve_bytes": plan.reserve_bytes,
+               "model_bytes": storage_bytes(model), "uploaded_bytes": fake.uploaded_bytes,
+               "resident": list(plan.resident), "streamed": list(plan.streamed), "prefetch": plan.prefetch,
+               "left_on_device_after_bytes": fake.resident_bytes}
+    print(f"bench memory: swap peak {peak} B of budget {plan.budget} B, streamed {list(plan.streamed)}, "
+          f"{fake.uploaded_bytes} B copied")
+    return Row.check("memory: peak compute-device bytes / budget (tiny, fake device, blocks streamed)",
+                     peak / 1e6, "MB", baseline=plan.budget / 1e6, baseline_label="budget",
+                     ratio=peak / plan.budget, op="<=", limit=1.0, details=details)

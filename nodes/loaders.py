@@ -20,8 +20,9 @@ from typing import Callable
 
 from ..goan_core.errors import ModelFolderError
 from ..goan_core.models import (CONV_FP32_POLICIES, IMAGE_PARTS, PARTS, TEXT_PARTS, TRANSFORMER_CLASS_NAMES,
-                                WEIGHT_DTYPE_CHOICES, ImageEncoder, TextEncoders, Transformer, apply_weight_dtype,
-                                configure_precision, load_part, load_parts, load_transformer_file, resolve_dtype)
+                                WEIGHT_DTYPE_CHOICES, ImageEncoder, TextEncoders, Transformer, apply_fp32_output,
+                                apply_weight_dtype, configure_precision, load_part, load_parts, load_transformer_file,
+                                role_dtype)
 from ..goan_core.models import VAE as VAEModel
 from .adapter import HOST
 from .types import CATEGORY, IMAGE_ENCODER, TEXT_ENCODERS, TRANSFORMER, VAE
@@ -148,8 +149,12 @@ def find_transformer_file(name: str) -> Path:
                            "put the FramePack .safetensors file there and refresh (press R)")
 
 
-def _dtype(name: str, device):
-    return resolve_dtype(None if name == "auto" else name, device)
+def _dtype(name: str, device, role: str):
+    """The compute dtype a loader's dtype widget names; "auto" is the role's default (`models.role_dtype`)."""
+    return role_dtype(role, device, None if name == "auto" else name)
+
+
+ENCODER_DTYPE_TOOLTIP = "auto: float16 on a GPU, float32 on the CPU"
 
 
 def _or_none(choices: list[str]) -> list[str]:
@@ -175,11 +180,14 @@ class GoanTransformerLoader:
             "weight_dtype": (list(WEIGHT_DTYPE_CHOICES), {"default": "auto",
                              "tooltip": "how the weights are stored, cast per layer to dtype at use "
                                         "(auto: an fp8 file stays fp8, about half the memory of bf16)"}),
+            "fp32_output": ("BOOLEAN", {"default": True,
+                            "tooltip": "compute the final norm and projection in fp32 (FramePack's "
+                                       "high_quality_fp32_output_for_inference)"}),
         }}
 
-    def execute(self, model, dtype="auto", conv_fp32="auto", weight_dtype="auto"):
+    def execute(self, model, dtype="auto", conv_fp32="auto", weight_dtype="auto", fp32_output=True):
         device = HOST.torch_device()
-        torch_dtype = _dtype(dtype, device)
+        torch_dtype = _dtype(dtype, device, "transformer")
         if model.startswith(DIFFUSERS_PREFIX):
             root = find_folder("transformer", model[len(DIFFUSERS_PREFIX):])
             folder = _part_folder(root, "transformer")
@@ -187,6 +195,8 @@ class GoanTransformerLoader:
         else:
             loaded = load_transformer_file(find_transformer_file(model), torch_dtype, weight_dtype)
         applied = configure_precision(loaded, conv_fp32, device, torch_dtype)
+        if fp32_output:
+            apply_fp32_output(loaded)
         return (Transformer(loaded, device, torch_dtype, applied, model),)
 
 
@@ -200,11 +210,11 @@ class GoanVAELoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"folder": (_or_none(list_folders("vae")),),
-                             "dtype": (DTYPE_CHOICES, {"default": "auto"})}}
+                             "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": ENCODER_DTYPE_TOOLTIP})}}
 
     def execute(self, folder, dtype="auto"):
         device = HOST.torch_device()
-        torch_dtype = _dtype(dtype, device)
+        torch_dtype = _dtype(dtype, device, "vae")
         vae = load_part(_part_folder(find_folder("vae", folder), "vae"), "vae", torch_dtype)
         return (VAEModel(vae, device, torch_dtype, folder),)
 
@@ -217,15 +227,16 @@ class _EncoderLoader:
     KIND = ""
     PARTS: tuple = ()
     WRAP = None
+    ROLE = ""  # the model role whose dtype "auto" means (`models.role_dtype`)
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"folder": (_or_none(list_folders(cls.KIND)),),
-                             "dtype": (DTYPE_CHOICES, {"default": "auto"})}}
+                             "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": ENCODER_DTYPE_TOOLTIP})}}
 
     def execute(self, folder, dtype="auto"):
         device = HOST.torch_device()
-        torch_dtype = _dtype(dtype, device)
+        torch_dtype = _dtype(dtype, device, self.ROLE)
         models = load_parts(find_folder(self.KIND, folder), self.PARTS, torch_dtype)
         return (self.WRAP(models, device, torch_dtype, folder),)
 
@@ -235,11 +246,11 @@ class GoanTextEncoderLoader(_EncoderLoader):
                    "(text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/).")
     RETURN_TYPES = (TEXT_ENCODERS,)
     RETURN_NAMES = ("text_encoders",)
-    KIND, PARTS, WRAP = "text_encoders", TEXT_PARTS, TextEncoders
+    KIND, PARTS, WRAP, ROLE = "text_encoders", TEXT_PARTS, TextEncoders, "text"
 
 
 class GoanImageEncoderLoader(_EncoderLoader):
     DESCRIPTION = "Loads the SigLIP image encoder and its processor (image_encoder/, feature_extractor/)."
     RETURN_TYPES = (IMAGE_ENCODER,)
     RETURN_NAMES = ("image_encoder",)
-    KIND, PARTS, WRAP = "image_encoder", IMAGE_PARTS, ImageEncoder
+    KIND, PARTS, WRAP, ROLE = "image_encoder", IMAGE_PARTS, ImageEncoder, "image"

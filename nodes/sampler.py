@@ -102,6 +102,10 @@ class GoanSegmentSampler:
                                            "tooltip": "save a resume file every N finished sections (0 = off)"}),
                 "keep_last": ("INT", {"default": 3, "min": 1, "max": 100,
                                       "tooltip": "resume files kept per job in output/goan_resume/<job>/"}),
+                "gpu_memory_preservation": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 128.0, "step": 0.1,
+                                                      "tooltip": "GB to keep free on the GPU (FramePack's setting); "
+                                                                 "transformer blocks that do not fit stream in per "
+                                                                 "step. Raise it if you run out of memory"}),
             },
             # Lazy inputs are evaluated only when needed (check_lazy_status): continuing a job whose
             # resume file carries its embeddings loads no text or image encoder.
@@ -155,13 +159,15 @@ class GoanSegmentSampler:
         return REGISTRY.generation
 
     def execute(self, transformer, prompt, negative_prompt, seed, seconds, steps, cfg, gs, rs, lws, mode,
-                resolution, sampler, autosave_every, keep_last, image=None, resume_state=None, text_encoders=None,
-                image_encoder=None, goan_vae=None, vae=None, positive=None, negative=None, clip_vision_output=None,
-                unique_id=None, extra_pnginfo=None):
+                resolution, sampler, autosave_every, keep_last, gpu_memory_preservation=6.0, image=None,
+                resume_state=None, text_encoders=None, image_encoder=None, goan_vae=None, vae=None, positive=None,
+                negative=None, clip_vision_output=None, unique_id=None, extra_pnginfo=None):
         if not isinstance(transformer, Transformer):
             raise InputError("transformer: connect goan's Transformer Loader")
         if autosave_every < 0 or keep_last < 1:
             raise InputError("autosave_every must be 0 or more and keep_last at least 1")
+        if gpu_memory_preservation < 0:
+            raise InputError("gpu_memory_preservation must be 0 GB or more")
         workflow = extra_pnginfo.get("workflow") if isinstance(extra_pnginfo, dict) else None
         workflow = workflow if isinstance(workflow, dict) else None
         encoders = node_encoders(text_encoders=text_encoders, image_encoder=image_encoder, goan_vae=goan_vae, vae=vae,
@@ -182,7 +188,8 @@ class GoanSegmentSampler:
                              workflow=workflow)
             resumed_from = None
         settings = RunSettings(HOST.directory("output"), keep_last=int(keep_last),
-                               autosave=AutosavePolicy(int(autosave_every), 0.0) if autosave_every > 0 else None)
+                               autosave=AutosavePolicy(int(autosave_every), 0.0) if autosave_every > 0 else None,
+                               gpu_memory_preservation=float(gpu_memory_preservation))
         return self._run(job, transformer, encoders, settings, unique_id, resumed_from)
 
     @staticmethod

@@ -272,7 +272,8 @@ def test_loader_node_weight_dtype_widget(pack, host):
     from goan_pack.nodes import NODE_CLASS_MAPPINGS as M
 
     required = M["GoanTransformerLoader"].INPUT_TYPES()["required"]
-    assert list(required)[-1] == "weight_dtype" and required["weight_dtype"][1]["default"] == "auto"
+    # weight_dtype was appended after conv_fp32, then fp32_output after it (tests/test_model_dtypes.py)
+    assert list(required)[-2:] == ["weight_dtype", "fp32_output"] and required["weight_dtype"][1]["default"] == "auto"
     (transformer,) = M["GoanTransformerLoader"]().execute("[diffusers] goan_tiny", "float32", "off", "fp8_e4m3fn")
     assert transformer.identity()["weight_dtype"] == "float8_e4m3fn"
     out = forward(transformer.model, F32)

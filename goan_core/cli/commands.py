@@ -19,8 +19,8 @@ from ..errors import InputError, ModelFolderError
 from ..jobs import (AutosavePolicy, Encoders, Job, JobControl, RunResult, RunSettings, continue_job, create_job,
                     goan_encoders, render_frames, run_job)
 from ..media import load_image, write_mp4
-from ..models import (ModelSet, Transformer, configure_precision, default_tiny_root, load_model_set, resolve_device,
-                      resolve_dtype, write_tiny_models)
+from ..models import (ModelSet, Transformer, apply_fp32_output, configure_precision, default_tiny_root, load_model_set,
+                      model_dtypes, resolve_device, write_tiny_models)
 from ..resumefile import inspect_resume_file, read_resume_file
 from ..vocabulary import FileKind, Status
 from .parser import params_from_args
@@ -35,18 +35,20 @@ class Runtime:
 
 
 def load_runtime(args, *, need_text: bool, need_image: bool) -> Runtime:
-    """Models, device and dtype from the CLI's model options."""
+    """Models, device and each model's dtype from the CLI's model options."""
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    dtypes = model_dtypes(device, transformer=args.dtype, vae=args.vae_dtype, encoder=args.encoder_dtype)
     root = write_tiny_models(default_tiny_root()) if args.tiny else args.models
     if args.transformer is not None and not args.transformer.is_file():
         raise ModelFolderError(f"{args.transformer}: no such transformer file")
-    models: ModelSet = load_model_set(root, transformer_file=args.transformer, dtype=dtype,
+    models: ModelSet = load_model_set(root, transformer_file=args.transformer, dtype=dtypes,
                                       need_text=need_text, need_image=need_image, weight_dtype=args.weight_dtype)
-    conv_fp32 = configure_precision(models.transformer, args.conv_fp32, device, dtype)
+    conv_fp32 = configure_precision(models.transformer, args.conv_fp32, device, dtypes.transformer)
+    if not args.no_fp32_output:
+        apply_fp32_output(models.transformer)
     name = str(args.transformer or Path(root) / "transformer")
-    return Runtime(Transformer(models.transformer, device, dtype, conv_fp32, name),
-                   goan_encoders(models, device, dtype))
+    return Runtime(Transformer(models.transformer, device, dtypes.transformer, conv_fp32, name),
+                   goan_encoders(models, device, dtypes))
 
 
 def check_run_args(args) -> None:
@@ -58,6 +60,8 @@ def check_run_args(args) -> None:
         raise InputError("--autosave-every and --autosave-minutes must not be negative (0 turns them off)")
     if args.keep_last < 1:
         raise InputError("--keep-last must be at least 1")
+    if args.gpu_memory_preservation < 0:
+        raise InputError(f"--gpu-memory-preservation must be >= 0 GB, got {args.gpu_memory_preservation}")
     if args.crf is not None and not 0 <= args.crf <= 51:
         raise InputError(f"--crf must be between 0 and 51, got {args.crf}")
 
@@ -67,7 +71,8 @@ def run_settings(args) -> RunSettings:
     return RunSettings(args.resume_dir if args.resume_dir is not None else args.out.parent,
                        keep_last=args.keep_last,
                        autosave=AutosavePolicy(args.autosave_every, args.autosave_minutes),
-                       include_embeddings=not args.no_embeddings, pause_at=args.pause_at)
+                       include_embeddings=not args.no_embeddings, pause_at=args.pause_at,
+                       gpu_memory_preservation=args.gpu_memory_preservation)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from ..params import MODES, SAMPLERS, JobParams
 
 # models.WEIGHT_DTYPE_CHOICES, spelled out: the parser must not import torch (tests/test_weight_storage.py compares).
 WEIGHT_DTYPE_CHOICES = ("auto", "fp8_e4m3fn", "bf16", "fp16", "fp32")
+COMPUTE_DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 EXIT_USAGE = 2
 
@@ -49,6 +50,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "(auto: an fp8 file stays fp8, anything else is stored in --dtype)")
     p.add_argument("--conv-fp32", choices=("auto", "force", "off"), default="auto",
                    help="run the Conv3d patch embeds in fp32 (auto: on GPUs without bf16 Conv3d)")
+    p.add_argument("--vae-dtype", choices=COMPUTE_DTYPE_CHOICES, default="auto",
+                   help="the VAE's compute dtype (auto: float16 on cuda, float32 elsewhere; bfloat16 is "
+                        "refused on GPUs without bf16 Conv3d)")
+    p.add_argument("--encoder-dtype", choices=COMPUTE_DTYPE_CHOICES, default="auto",
+                   help="the text and image encoders' compute dtype (auto: float16 on cuda, float32 elsewhere)")
+    p.add_argument("--no-fp32-output", action="store_true",
+                   help="compute the transformer's output head (final norm and projection) in --dtype instead "
+                        "of fp32 (FramePack's high_quality_fp32_output_for_inference, on by default)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -62,6 +71,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume-dir", type=Path, help="where resume files go (default: next to --out, goan_resume/)")
     p.add_argument("--no-embeddings", action="store_true",
                    help="leave prompt/image embeddings out of resume files (resuming then needs the encoders)")
+    p.add_argument("--gpu-memory-preservation", type=float, default=6.0, metavar="GB",
+                   help="GB to keep free on the compute device (FramePack's setting, default 6); transformer "
+                        "blocks that do not fit stream in per step. Raise it if you run out of memory")
 
 
 def build_parser() -> argparse.ArgumentParser:

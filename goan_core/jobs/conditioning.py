@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..models import ImageEncoder, ModelSet, TextEncoders, VAE
+from ..models import VAE, ImageEncoder, ModelDtypes, ModelSet, TextEncoders, dtype_name
 from ..params import JobParams
 from ..sampling import Conditioning
 
@@ -61,6 +61,19 @@ class Encoders:
     vae: LatentCodec | None = None
     hints: dict[str, str] = field(default_factory=dict)
 
+    def identity(self, *, embeddings: bool = True) -> dict:
+        """The compute dtypes of goan's own encoders, for the job's model identity.
+
+        {"vae_dtype", "text_dtype", "image_dtype"}, each only where the piece has a torch `dtype`
+        (ComfyUI's encoders have none); the text and image ones only with `embeddings` (when they
+        make the job's embeddings).
+        """
+        pieces = {"vae_dtype": self.vae}
+        if embeddings:
+            pieces.update(text_dtype=self.prompt, image_dtype=self.image)
+        found = {key: getattr(piece, "dtype", None) for key, piece in pieces.items()}
+        return {key: dtype_name(dtype) for key, dtype in found.items() if isinstance(dtype, torch.dtype)}
+
     def require(self, piece: str, why: str):
         """The encoder for `piece` ("prompt", "negative_prompt", "image" or "vae"); InputError if absent."""
         found = getattr(self, piece)
@@ -69,14 +82,18 @@ class Encoders:
         return found
 
 
-def goan_encoders(models: ModelSet, device: torch.device, dtype: torch.dtype) -> Encoders:
-    """Encoders over goan's own model set (the pieces it lacks stay None)."""
-    text = TextEncoders(models, device, dtype) if models.text_encoder is not None else None
+def goan_encoders(models: ModelSet, device: torch.device, dtype: torch.dtype | ModelDtypes) -> Encoders:
+    """Encoders over goan's own model set (the pieces it lacks stay None), each in its role's dtype.
+
+    `dtype`: the ModelDtypes the set was loaded with, or one torch.dtype for all.
+    """
+    dtypes = dtype if isinstance(dtype, ModelDtypes) else ModelDtypes.uniform(dtype)
+    text = TextEncoders(models, device, dtypes.text) if models.text_encoder is not None else None
     return Encoders(
         prompt=text,
         negative_prompt=text,
-        image=ImageEncoder(models, device, dtype) if models.image_encoder is not None else None,
-        vae=VAE(models.vae, device, dtype) if models.vae is not None else None,
+        image=ImageEncoder(models, device, dtypes.image) if models.image_encoder is not None else None,
+        vae=VAE(models.vae, device, dtypes.vae) if models.vae is not None else None,
     )
 
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from ..media import nearest_bucket, resize_and_center_crop
-from ..models import Transformer, identity_mismatch
+from ..models import DEFAULT_GPU_MEMORY_PRESERVATION, Transformer, identity_mismatch
 from ..params import JobParams
-from ..resumefile import RetentionFolder
+from ..resumefile import RetentionFolder, check_job
 from ..sampling import Engine, JobState, SectionPlan, StepCallback, decode_history, section_count, to_uint8_frames
 from ..vocabulary import Status
 from .conditioning import Encoders, LatentCodec, build_conditioning
@@ -45,7 +45,10 @@ class RunSettings:
     """Where a run writes its resume files and how often.
 
     Files go to `output_dir/goan_resume/<job id>/`, the newest `keep_last` kept; `pause_at`
-    (section, step) pauses there (scripted runs, tests, the demo).
+    (section, step) pauses there (scripted runs, tests, the demo). `gpu_memory_preservation` is
+    FramePack's: GB to keep free on the compute device; transformer blocks that do not fit in the
+    rest stream per forward pass (`models.offload`). `accelerator` stands in for the device (the
+    counting fake of tests and benches).
     """
 
     output_dir: Path
@@ -53,6 +56,8 @@ class RunSettings:
     autosave: AutosavePolicy | None = None
     include_embeddings: bool = True
     pause_at: tuple[int, int] | None = None
+    gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION
+    accelerator: object | None = None
 
 
 def new_job_id() -> str:
@@ -64,11 +69,13 @@ def create_job(params: JobParams, image: np.ndarray, encoders: Encoders, *, iden
                job_id: str | None = None, workflow: dict | None = None) -> Job:
     """A new job at section 0 from an uint8 HxWx3 image: bucketed and cropped, encoded, seeded.
 
-    `identity` is the transformer's (`Transformer.identity()`), recorded in every resume file.
+    `identity` is the transformer's (`Transformer.identity()`); with the encoders' dtypes
+    (`Encoders.identity()`) it is recorded in every resume file.
     """
     height, width = nearest_bucket(image.shape[0], image.shape[1], params.resolution)
     source = resize_and_center_crop(image, width, height)
     plan = SectionPlan(params.mode, params.lws, section_count(params.seconds, params.lws), height, width)
+    check_job(params, plan)  # refuse at once what a resume file of this job could not hold
     conditioning = build_conditioning(params, source, encoders)
     start_latent = encoders.require("vae", "encoding the start image").encode_start_latent(source).float()
     state = JobState(
@@ -79,7 +86,7 @@ def create_job(params: JobParams, image: np.ndarray, encoders: Encoders, *, iden
         start_latent=start_latent,
         history_latents=plan.initial_history(start_latent),
         generator_state=torch.Generator("cpu").manual_seed(params.seed).get_state(),
-        model_identity=dict(identity),
+        model_identity={**identity, **encoders.identity()},
     )
     return Job(state, source, workflow)
 
@@ -90,6 +97,7 @@ def extend_job(state: JobState, additional_seconds: float) -> None:
         return
     state.plan = state.plan.extended(section_count(additional_seconds, state.plan.lws))
     state.params.seconds = state.params.seconds + additional_seconds
+    check_job(state.params, state.plan)
 
 
 def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, *, identity: dict,
@@ -104,13 +112,18 @@ def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, 
     """
     state = state.snapshot()
     extend_job(state, additional_seconds)
-    if state.conditioning is None:
+    reencoded = state.conditioning is None
+    if reencoded:
         state.conditioning = build_conditioning(state.params, source_image, encoders)
     if needs_start_latent:
         state.start_latent = encoders.require("vae", "encoding the start image").encode_start_latent(
             source_image).float()
-    warning = identity_mismatch(state.model_identity, identity)
-    state.model_identity = dict(identity)
+    loaded = {**identity, **encoders.identity(embeddings=reencoded)}
+    warning = identity_mismatch(state.model_identity, loaded)
+    # Embeddings read from the file keep the dtypes of the encoders that made them.
+    kept = {key: state.model_identity[key] for key in ("text_dtype", "image_dtype")
+            if not reencoded and key in state.model_identity}
+    state.model_identity = {**kept, **loaded}
     return Job(state, source_image, workflow), [warning] if warning else []
 
 
@@ -128,7 +141,8 @@ def run_job(job: Job, transformer: Transformer, settings: RunSettings, *, contro
     saver = JobSaver(folder, job.source_image, job.workflow, include_embeddings=settings.include_embeddings)
     engine = Engine(transformer.model, transformer.device, transformer.dtype)
     return sample_job(engine, state, saver, control=control, autosave=settings.autosave, callback=on_step,
-                      pause_at=settings.pause_at, on_saved=on_saved)
+                      pause_at=settings.pause_at, on_saved=on_saved,
+                      gpu_memory_preservation=settings.gpu_memory_preservation, accelerator=settings.accelerator)
 
 
 def render_frames(state: JobState, vae: LatentCodec,

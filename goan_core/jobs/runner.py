@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..models import on_device
+from ..models import DEFAULT_GPU_MEMORY_PRESERVATION, placed, section_tokens
 from ..resumefile import RetentionFolder
 from ..sampling import Engine, JobState, StepCallback, StepEvent
 from ..vocabulary import FileKind, Status
@@ -124,7 +124,9 @@ class BackgroundWriter:
 def sample_job(engine: Engine, state: JobState, saver: Saver, *, control: JobControl | None = None,
                autosave: AutosavePolicy | None = None, callback: StepCallback | None = None,
                pause_at: tuple[int, int] | None = None, save_finished: bool = True,
-               on_saved: SavedCallback | None = None) -> RunResult:
+               on_saved: SavedCallback | None = None,
+               gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION,
+               accelerator=None) -> RunResult:
     """Step `state` to the end, or until a pause/stop request; write resume files as asked.
 
     `pause_at=(section, step)` requests a pause when the job reaches that point (for tests, demos
@@ -132,6 +134,10 @@ def sample_job(engine: Engine, state: JobState, saver: Saver, *, control: JobCon
     a forward (f1) video can be extended later. Returns the result; exceptions propagate after a
     fail-safe save. `on_saved(path, kind)` hears of every file written, autosaves (from the
     writer thread) included.
+
+    The transformer is placed on the engine's device under `gpu_memory_preservation` (GB kept free;
+    blocks that do not fit stream per forward pass, see `models.offload`) and is back on the CPU
+    afterwards, exceptions included; `accelerator` replaces the device (the counting fake of tests).
     """
     control = control or JobControl()
     result = RunResult(state, Status.FINISHED)
@@ -153,7 +159,9 @@ def sample_job(engine: Engine, state: JobState, saver: Saver, *, control: JobCon
 
     writer = BackgroundWriter(saver, autosaved, failed) if autosave is not None else None
     try:
-        with on_device(engine.transformer, engine.device):  # back on the CPU afterwards, even after OOM
+        tokens = section_tokens(state.plan, getattr(engine.transformer.config, "patch_size", 2))
+        with placed(engine.transformer, engine.device, gpu_memory_preservation, compute_dtype=engine.dtype,
+                    tokens=tokens, accelerator=accelerator):  # back on the CPU afterwards, even after OOM
             return _step_until_done(engine, state, save, control, result, writer, autosave, callback,
                                     pause_at, save_finished)
     except BaseException as error:

@@ -14,10 +14,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .devices import on_device
+from .devices import dtype_name, on_device
 from .encoders import decode_latents, encode_image_embeds, encode_prompt, encode_start_latent
 from .identity import model_identity
 from .loading import ModelSet
+from .precision import fp32_output_applied
 from .storage import weight_storage_name
 
 
@@ -38,10 +39,12 @@ class Transformer:
         """What a resume file records about this model: class, config hash and precision choices.
 
         "weight_dtype" is how the matmul weights are stored (e.g. "float8_e4m3fn"): fp8 storage gives
-        the same results as the file upcast, but another file precision does not.
+        the same results as the file upcast, but another file precision does not. "compute_dtype" is
+        `dtype`; "fp32_output" whether the output head computes in fp32 (`precision.apply_fp32_output`).
         """
         return {**model_identity(self.model), "conv_fp32": str(self.conv_fp32),
-                "weight_dtype": weight_storage_name(self.model)}
+                "weight_dtype": weight_storage_name(self.model), "compute_dtype": dtype_name(self.dtype),
+                "fp32_output": str(fp32_output_applied(self.model))}
 
 
 @dataclass(frozen=True)

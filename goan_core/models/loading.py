@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
 
 from ..errors import ModelFolderError, some_names
+from .devices import ModelDtypes
 from .single_file import TRANSFORMER_CLASS_NAMES, load_transformer_file
 from .storage import apply_weight_dtype
 
@@ -67,6 +68,13 @@ PARTS = {
 }
 TEXT_PARTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 IMAGE_PARTS = ("image_encoder", "feature_extractor")
+# The model role (`devices.ROLES`) whose compute dtype each part loads in.
+PART_ROLES = {"transformer": "transformer", "vae": "vae", **{name: "text" for name in TEXT_PARTS},
+              **{name: "image" for name in IMAGE_PARTS}}
+
+
+def _dtypes(dtype: torch.dtype | ModelDtypes) -> ModelDtypes:
+    return dtype if isinstance(dtype, ModelDtypes) else ModelDtypes.uniform(dtype)
 
 LAYOUT_HELP = (
     "expected a models folder holding transformer/ (or a single transformer .safetensors file), vae/, "
@@ -171,28 +179,33 @@ def load_part(folder: Path, name: str, dtype: torch.dtype) -> Any:
     return model.eval()
 
 
-def load_parts(root: str | Path, names, dtype: torch.dtype) -> ModelSet:
+def load_parts(root: str | Path, names, dtype: torch.dtype | ModelDtypes) -> ModelSet:
     """A ModelSet with the components `names` loaded from their subfolders of `root`.
 
+    Each part loads in its role's dtype (`dtype` a ModelDtypes) or all in one (`dtype` a torch.dtype).
     Every missing piece is listed in one ModelFolderError before anything is loaded.
     """
+    dtypes = _dtypes(dtype)
     root = Path(root)
     missing = missing_parts(root, list(names))
     if missing:
         raise ModelFolderError(f"{root}: models folder is incomplete, missing {', '.join(missing)}; {LAYOUT_HELP}")
-    return ModelSet(**{name: load_part(root / name, name, dtype) for name in names})
+    return ModelSet(**{name: load_part(root / name, name, dtypes.of(PART_ROLES[name])) for name in names})
 
 
 def load_model_set(
     root: str | Path,
     *,
     transformer_file: str | Path | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | ModelDtypes = torch.float32,
     need_text: bool = True,
     need_image: bool = True,
     weight_dtype: str | torch.dtype | None = "auto",
 ) -> ModelSet:
-    """Load a models root (layout in the module docstring) onto the CPU in `dtype`.
+    """Load a models root (layout in the module docstring) onto the CPU, each model in its role's dtype.
+
+    `dtype` is a ModelDtypes (`devices.model_dtypes`: transformer, VAE, text and image encoders each
+    in their own) or one torch.dtype for every model.
 
     The transformer comes from `root/transformer`, or from `transformer_file` when given; its matmul
     weights are stored as `weight_dtype` says (`storage`: "auto" keeps an fp8 file's fp8). Text and
@@ -205,9 +218,10 @@ def load_model_set(
     names = needed_parts(
         transformer_folder=transformer_file is None, need_text=need_text, need_image=need_image
     )
-    models = load_parts(root, names, dtype)
+    dtypes = _dtypes(dtype)
+    models = load_parts(root, names, dtypes)
     if transformer_file is not None:
-        models.transformer = load_transformer_file(transformer_file, dtype, weight_dtype)
+        models.transformer = load_transformer_file(transformer_file, dtypes.transformer, weight_dtype)
     else:
-        apply_weight_dtype(models.transformer, weight_dtype, dtype)
+        apply_weight_dtype(models.transformer, weight_dtype, dtypes.transformer)
     return models

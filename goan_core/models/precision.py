@@ -7,6 +7,11 @@ affected, so only they change: their weights and bias stay fp32 (also when they 
 see `storage.CastConv3d`: upcast exactly) (through `.to()`, `.cpu()`, `.half()`
 and state-dict loads), their input is cast to fp32 and their output back to the input's dtype. The
 rest of the model keeps its dtype and the state-dict keys do not change.
+
+Also FramePack's `high_quality_fp32_output_for_inference` (`apply_fp32_output`, on by default in
+the front ends): the output head (`norm_out`, an AdaLayerNormContinuous, and `proj_out`) keeps fp32
+weights (upcast exactly from the stored bf16/fp16/fp8, and kept fp32 the same way) and computes in
+fp32; the transformer then returns fp32 velocities, as FramePack's does.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.normalization import AdaLayerNormContinuous
 from torch import nn
 
 from ..errors import InputError
-from .storage import CastConv3d
+from .storage import CastConv3d, CastLinear
 
 CONV_FP32_POLICIES = ("auto", "force", "off")
 
@@ -30,17 +36,14 @@ PATCH_EMBED_CONVS = (
 )
 
 
-class Fp32Conv3d(nn.Conv3d):
-    """A Conv3d whose parameters stay fp32 and that computes in fp32 whatever the input dtype.
+class _KeepsFp32:
+    """Mixin: floating-point parameters and buffers stay fp32 through `.to()`, `.half()` and state-dict loads.
 
-    `apply_conv_fp32` turns an existing `nn.Conv3d` into this class in place (same parameters, hooks
-    and state-dict keys).
+    Device moves pass; a dtype conversion is undone (exactly: the fp32 original is moved instead).
+    `keeps_fp32` lets `storage` leave such layers out of the weight-storage report and conversions.
     """
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Convolve in fp32 on the weights' device; return the result in the input's dtype."""
-        x = input.to(device=self.weight.device, dtype=torch.float32).contiguous()
-        return self._conv_forward(x, self.weight, self.bias).to(input.dtype)
+    keeps_fp32 = True
 
     def _apply(self, fn, recurse=True):
         """Let device moves through but keep floating-point tensors fp32 under any dtype conversion."""
@@ -57,6 +60,33 @@ class Fp32Conv3d(nn.Conv3d):
         """Load as usual, then restore fp32 (`load_state_dict(assign=True)` installs the given tensors)."""
         super()._load_from_state_dict(*args, **kwargs)
         self.float()
+
+
+class Fp32Conv3d(_KeepsFp32, nn.Conv3d):
+    """A Conv3d whose parameters stay fp32 and that computes in fp32 whatever the input dtype.
+
+    `apply_conv_fp32` turns an existing `nn.Conv3d` into this class in place (same parameters, hooks
+    and state-dict keys).
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Convolve in fp32 on the weights' device; return the result in the input's dtype."""
+        x = input.to(device=self.weight.device, dtype=torch.float32).contiguous()
+        return self._conv_forward(x, self.weight, self.bias).to(input.dtype)
+
+
+class Fp32Linear(_KeepsFp32, nn.Linear):
+    """A Linear with fp32 parameters that computes in fp32 and returns fp32 (part of the fp32 output head)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.linear(input.float(), self.weight, self.bias)
+
+
+class Fp32AdaNorm(_KeepsFp32, AdaLayerNormContinuous):
+    """The transformer's `norm_out` in fp32: input and conditioning cast to fp32, fp32 result."""
+
+    def forward(self, x: torch.Tensor, conditioning_embedding: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float(), conditioning_embedding.float())
 
 
 def _patch_embed_convs(transformer: nn.Module) -> dict[str, nn.Conv3d]:
@@ -103,6 +133,51 @@ def conv_fp32_applied(transformer: nn.Module) -> bool:
     return all(isinstance(m, Fp32Conv3d) for m in _patch_embed_convs(transformer).values())
 
 
+def _output_head(transformer: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer's (norm_out, proj_out); InputError when it has no FramePack output head."""
+    norm, proj = getattr(transformer, "norm_out", None), getattr(transformer, "proj_out", None)
+    if not isinstance(norm, AdaLayerNormContinuous) or not isinstance(proj, nn.Linear):
+        raise InputError(f"{type(transformer).__name__} has no FramePack output head (norm_out, proj_out); "
+                         "cannot run it in fp32")
+    return norm, proj
+
+
+def _to_fp32_linear(module: nn.Module, name: str) -> None:
+    if type(module) not in (nn.Linear, CastLinear):
+        raise InputError(f"{name} is a {type(module).__name__}; only a plain torch.nn.Linear (or goan's "
+                         "CastLinear) can be switched to fp32")
+    module.__class__ = Fp32Linear
+    module.float()  # an fp8 or bf16 weight upcasts exactly
+
+
+def apply_fp32_output(transformer: nn.Module) -> list[str]:
+    """FramePack's high_quality_fp32_output_for_inference: the output head in fp32; return the names changed.
+
+    `norm_out` (its `linear` included) and `proj_out` keep fp32 weights and compute in fp32, so the
+    model returns fp32. Idempotent (a second call returns []). Works on fp8-stored (CastLinear) layers.
+    """
+    norm, proj = _output_head(transformer)
+    changed = []
+    if not isinstance(norm, Fp32AdaNorm):
+        if type(norm) is not AdaLayerNormContinuous:
+            raise InputError(f"norm_out is a {type(norm).__name__}, not diffusers' AdaLayerNormContinuous; "
+                             "cannot run it in fp32")
+        _to_fp32_linear(norm.linear, "norm_out.linear")
+        norm.__class__ = Fp32AdaNorm
+        norm.float()
+        changed.append("norm_out")
+    if not isinstance(proj, Fp32Linear):
+        _to_fp32_linear(proj, "proj_out")
+        changed.append("proj_out")
+    return changed
+
+
+def fp32_output_applied(transformer: nn.Module) -> bool:
+    """Whether the transformer's output head runs in fp32 (False for a model without one)."""
+    return (isinstance(getattr(transformer, "norm_out", None), Fp32AdaNorm)
+            and isinstance(getattr(transformer, "proj_out", None), Fp32Linear))
+
+
 def _describe(device: torch.device) -> str:
     """A human name for a device, with model and compute capability for CUDA devices."""
     if device.type != "cuda":
@@ -122,6 +197,24 @@ def _probe_bf16_conv3d(device: torch.device) -> str | None:
             raise
         return str(exc).splitlines()[0]
     return None
+
+
+def bf16_conv3d_missing(device: torch.device | str) -> str | None:
+    """Why `device` has no bf16 Conv3d kernel (one human line), or None when it has one.
+
+    NVIDIA CUDA: compute capability below 8.0. Any other device, the CPU included: a 1x1x1 bf16
+    Conv3d probe fails for lack of a kernel. None for a CUDA device when CUDA is not available.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if torch.version.hip is None:
+            return f"{_describe(device)} has no bf16 Conv3d" if torch.cuda.get_device_capability(device) < (8, 0) else None
+    failure = _probe_bf16_conv3d(device)
+    return None if failure is None else f"{_describe(device)} has no bf16 Conv3d (probe: {failure})"
 
 
 def conv_fp32_needed(policy: str, device: torch.device | str, dtype: torch.dtype) -> tuple[bool, str]:

@@ -190,7 +190,8 @@ def apply_weight_dtype(model: nn.Module, weight_dtype: str | torch.dtype | None,
     if chosen is not None:
         with torch.no_grad():
             for module in model.modules():
-                if isinstance(module, (nn.Linear, nn.Conv3d)) and module.weight.dtype != chosen:
+                if (isinstance(module, (nn.Linear, nn.Conv3d)) and module.weight.dtype != chosen
+                        and not getattr(module, "keeps_fp32", False)):  # precision's fp32 layers stay fp32
                     stored = convert(module.weight.data, chosen)
                     module._parameters["weight"] = nn.Parameter(stored, requires_grad=module.weight.requires_grad)
     enable_weight_casting(model, compute_dtype)
@@ -201,8 +202,12 @@ def apply_weight_dtype(model: nn.Module, weight_dtype: str | torch.dtype | None,
 
 
 def weight_storage_name(model: nn.Module) -> str:
-    """How the model's nn.Linear weights (the bulk of it) are stored, e.g. "float8_e4m3fn"; "a+b" when mixed."""
-    dtypes = {module.weight.dtype for module in model.modules() if isinstance(module, nn.Linear)}
+    """How the model's nn.Linear weights (the bulk of it) are stored, e.g. "float8_e4m3fn"; "a+b" when mixed.
+
+    Layers that precision keeps fp32 (the fp32 output head) are a choice of their own and not counted.
+    """
+    dtypes = {module.weight.dtype for module in model.modules()
+              if isinstance(module, nn.Linear) and not getattr(module, "keeps_fp32", False)}
     return "+".join(sorted(str(d).removeprefix("torch.") for d in dtypes)) or "none"
 
 

@@ -1,0 +1,364 @@
+"""Block swapping under a memory budget: which transformer blocks stay on the compute device and which stream in.
+
+FramePack's `gpu_memory_preservation` (GB, default 6) is the memory to keep FREE on the compute
+device. The budget for the transformer is therefore
+
+    budget = free device bytes (torch.cuda.mem_get_info, before placing) - gpu_memory_preservation GiB
+
+`plan_swap` spends it in this order (bytes of parameters + buffers in their STORED dtype, so an fp8
+weight counts one byte; `storage.storage_bytes`):
+1. the non-block modules (embedders, refiner, norm_out, proj_out): always resident; if they plus the
+   reserve do not fit, an InputError names gpu_memory_preservation;
+2. the activation reserve (`activation_reserve`): ACTIVATION_FACTOR hidden-state sized tensors of the
+   section's tokens in the compute dtype (hidden and text streams, norm output, q, k, v, attention
+   output, the MLP's 4x hidden: about 12 alive at once with SDPA attention) plus the one transient
+   compute-dtype copy of the largest matmul weight that per-layer casting (fp8 storage) makes;
+3. when blocks must stream: two streaming slots of the largest blocks (the block computing and the
+   next one being prefetched), or, when only one fits, one slot and no prefetch (synchronous copies);
+4. then the blocks of `transformer_blocks` and `single_transformer_blocks`, in execution order, each
+   kept resident when it still fits; the rest stream. When everything fits nothing streams.
+
+`placed(...)` applies a plan for the time of a `with` block and puts every weight back as it was
+(on the CPU) afterwards, exceptions included. Streamed blocks keep their weights in host memory
+(pinned on CUDA: each weight is replaced by its pinned copy, which stays for the next run, so host
+RAM holds one copy) and get forward hooks: before block k runs its weights are waited for (or copied
+now, if not prefetched) and block k+1 starts copying on a side CUDA stream (synchronised with an
+event; `record_stream` keeps the allocator from reusing the copy early); after block k its device
+copy is dropped. The model's own pre-hook prefetches the first streamed block while the embedders run.
+
+Every transfer goes through an `Accelerator`, which keeps a ledger of the weight bytes it holds
+(`resident_bytes`, `peak_bytes`). `CountingAccelerator` is a fake one for CPU tests and benches: its
+"device" copies are CPU clones and its free memory is what it is told, so the whole swap sequence
+(same hooks, same prefetch order) runs with real math on the CPU while the ledger proves peak <= budget.
+
+Why not diffusers' group offloading (`apply_group_offloading`, block_level, use_stream=True):
+it offloads EVERY block of every ModuleList child plus an "unmatched" group of all other top-level
+modules, so no resident subset can be kept (FramePack and kijai keep as many blocks resident as fit);
+its stream path requires a CUDA/XPU stream, so its accounting cannot be exercised on the CPU; and it
+keeps the offload hooks installed on the model (goan's handles are shared between runs with different
+budgets). The hooks here are ~100 lines and do the same prefetch-on-a-side-stream scheme.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .storage import storage_bytes
+
+GIB = 1024 ** 3
+DEFAULT_GPU_MEMORY_PRESERVATION = 6.0  # FramePack's default
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")  # in execution order
+ACTIVATION_FACTOR = 12  # hidden-state sized tensors alive at once (see the module docstring)
+CONTEXT_TOKENS = 512 + 729  # prompt tokens (PROMPT_EMBED_LENGTH) + SigLIP image tokens
+
+
+# -- planning ----------------------------------------------------------------------------------------
+
+
+def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The swappable blocks ("transformer_blocks.0", ...) in the order the forward pass runs them."""
+    blocks = []
+    for list_name in BLOCK_LISTS:
+        for index, block in enumerate(getattr(model, list_name, None) or ()):
+            blocks.append((f"{list_name}.{index}", block))
+    return blocks
+
+
+def section_tokens(plan, patch_size: int = 2) -> int:
+    """Tokens one forward pass sees, generously: twice the noisy latent's (the clean and compressed
+    history latents add about 0.3x at lws 9) plus the prompt and image tokens. `plan` is a SectionPlan."""
+    noise = plan.lws * (plan.latent_height // patch_size) * (plan.latent_width // patch_size)
+    return 2 * noise + CONTEXT_TOKENS
+
+
+def activation_reserve(model: nn.Module, compute_dtype: torch.dtype, tokens: int = 0) -> int:
+    """Bytes kept for activations (ACTIVATION_FACTOR x tokens x inner dim) and the largest per-layer weight cast."""
+    itemsize = torch.empty((), dtype=compute_dtype).element_size()
+    cast = max((m.weight.numel() * itemsize for m in model.modules()
+                if isinstance(m, (nn.Linear, nn.Conv3d)) and m.weight.dtype != compute_dtype), default=0)
+    config = getattr(model, "config", None)
+    inner = int(getattr(config, "num_attention_heads", 0) * getattr(config, "attention_head_dim", 0))
+    return cast + ACTIVATION_FACTOR * int(tokens) * inner * itemsize
+
+
+@dataclass(frozen=True)
+class SwapPlan:
+    """Which blocks stay resident and which stream, and the bytes behind that choice (budget None: unlimited)."""
+
+    budget: int | None
+    fixed_bytes: int  # non-block modules, always resident
+    reserve_bytes: int
+    block_bytes: dict = field(default_factory=dict)  # block name -> bytes, in execution order
+    resident: tuple[str, ...] = ()
+    streamed: tuple[str, ...] = ()
+    prefetch: bool = True  # copy the next streamed block while the current one computes
+
+    @property
+    def slot_bytes(self) -> int:
+        """Device bytes the streamed blocks take at once: the computing one (and the prefetched one)."""
+        sizes = sorted((self.block_bytes[name] for name in self.streamed), reverse=True)
+        return sum(sizes[:2 if self.prefetch else 1])
+
+    @property
+    def peak_weight_bytes(self) -> int:
+        """The most weight bytes on the device at any moment of a run under this plan."""
+        return self.fixed_bytes + sum(self.block_bytes[name] for name in self.resident) + self.slot_bytes
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak_weight_bytes + self.reserve_bytes
+
+
+def plan_swap(model: nn.Module, free_bytes: int | None,
+              gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION, *,
+              compute_dtype: torch.dtype = torch.float32, tokens: int = 0) -> SwapPlan:
+    """The blocks to keep resident for a device with `free_bytes` free (None: unknown, keep all resident)."""
+    if gpu_memory_preservation < 0:
+        raise InputError(f"gpu_memory_preservation must be >= 0 GB, not {gpu_memory_preservation}")
+    blocks = {name: storage_bytes(block) for name, block in transformer_blocks(model)}
+    fixed = storage_bytes(model) - sum(blocks.values())
+    reserve = activation_reserve(model, compute_dtype, tokens)
+    if free_bytes is None:
+        return SwapPlan(None, fixed, reserve, blocks, tuple(blocks))
+    budget = int(free_bytes - gpu_memory_preservation * GIB)
+    available = budget - fixed - reserve
+    if available >= sum(blocks.values()):
+        return SwapPlan(budget, fixed, reserve, blocks, tuple(blocks))
+    largest = sorted(blocks.values(), reverse=True)
+    prefetch = available >= sum(largest[:2])
+    slots = sum(largest[:2 if prefetch else 1])
+    if available < slots:
+        raise InputError(
+            f"gpu_memory_preservation {gpu_memory_preservation:g} GB leaves {budget / GIB:.3f} GB of the "
+            f"{free_bytes / GIB:.3f} GB free on the compute device; the transformer needs at least "
+            f"{(fixed + reserve + slots) / GIB:.3f} GB there (its non-block modules {fixed / GIB:.3f} GB, "
+            f"activations {reserve / GIB:.3f} GB, one streamed block {slots / GIB:.3f} GB): lower "
+            "gpu_memory_preservation or free memory on the device")
+    resident, used = [], 0
+    for name, size in blocks.items():
+        if used + size <= available - slots:
+            resident.append(name)
+            used += size
+    streamed = tuple(name for name in blocks if name not in resident)
+    return SwapPlan(budget, fixed, reserve, blocks, tuple(resident), streamed, prefetch)
+
+
+# -- the device as the swapper sees it ---------------------------------------------------------------
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class Accelerator:
+    """The compute device: copies weights there (on a side stream on CUDA) and keeps a ledger of the bytes held."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.resident_bytes = 0  # weight bytes held on the device now
+        self.peak_bytes = 0  # the most held at once
+        self.uploaded_bytes = 0  # copied there in all
+        self._stream = torch.cuda.Stream(self.device) if self.cuda else None
+
+    def free_bytes(self) -> int | None:
+        """Free bytes on the device now; None where it cannot be asked (then nothing is swapped)."""
+        return int(torch.cuda.mem_get_info(self.device)[0]) if self.cuda else None
+
+    def host(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Where a streamed weight waits between uses: pinned host memory on CUDA (async copies need it)."""
+        return tensor.pin_memory() if self.cuda and not tensor.is_pinned() else tensor
+
+    def _copy(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, non_blocking=self.cuda)
+
+    def upload(self, tensors: list[torch.Tensor], background: bool = False):
+        """Device copies of `tensors` and the event that marks them ready (None: ready now)."""
+        self.resident_bytes += _nbytes(tensors)
+        self.uploaded_bytes += _nbytes(tensors)
+        self.peak_bytes = max(self.peak_bytes, self.resident_bytes)
+        if not self.cuda:
+            return [self._copy(t) for t in tensors], None
+        stream = self._stream if background else torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(stream):
+            copies = [self._copy(t) for t in tensors]
+            event = torch.cuda.Event()
+            event.record(stream)
+        return copies, event
+
+    def ready(self, copies: list[torch.Tensor], event) -> None:
+        """Make the compute stream wait for `copies` and mark them used by it (so they are not freed early)."""
+        if event is not None:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(event)
+            for tensor in copies:
+                tensor.record_stream(compute)
+
+    def release(self, copies: list[torch.Tensor]) -> None:
+        """Forget device copies (the caller drops its references)."""
+        self.resident_bytes -= _nbytes(copies)
+
+
+class CountingAccelerator(Accelerator):
+    """A fake accelerator on the CPU (tests, benches): copies are CPU clones; free memory is as given."""
+
+    def __init__(self, free_bytes: int):
+        super().__init__("cpu")
+        self._free = int(free_bytes)
+
+    def free_bytes(self) -> int:
+        return self._free
+
+    def _copy(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.clone()
+
+
+# -- placing a model by a plan -----------------------------------------------------------------------
+
+
+def _slots_of(module: nn.Module, skip: set[int] = frozenset()) -> list[tuple[nn.Module, str, str]]:
+    """(owner, "param"|"buffer", name) of every tensor under `module`, owners in `skip` (by id) left out."""
+    slots = []
+    for owner in module.modules():
+        if id(owner) in skip:
+            continue
+        slots += [(owner, "param", n) for n, t in owner._parameters.items() if t is not None]
+        slots += [(owner, "buffer", n) for n, t in owner._buffers.items() if t is not None]
+    return slots
+
+
+def _get(slot) -> torch.Tensor:
+    owner, kind, name = slot
+    return owner._parameters[name].data if kind == "param" else owner._buffers[name]
+
+
+def _put(slot, tensor: torch.Tensor) -> None:
+    owner, kind, name = slot
+    if kind == "param":
+        owner._parameters[name].data = tensor
+    else:
+        owner._buffers[name] = tensor
+
+
+class Placement:
+    """A model placed by a SwapPlan on an Accelerator; `restore()` puts every original tensor back."""
+
+    def __init__(self, model: nn.Module, plan: SwapPlan, accelerator: Accelerator):
+        self.model, self.plan, self.accelerator = model, plan, accelerator
+        named = dict(transformer_blocks(model))
+        streamed = [named[name] for name in plan.streamed]
+        skip = {id(m) for block in streamed for m in block.modules()}
+        self._resident = _slots_of(model, skip)
+        self._streamed = [_slots_of(block) for block in streamed]
+        self._originals = {id(slot): _get(slot) for slot in self._resident}
+        self._originals.update({id(slot): _get(slot) for slots in self._streamed for slot in slots})
+        self._live: dict[int, tuple[list[torch.Tensor], object]] = {}  # streamed index -> (copies, event)
+        self._handles = []
+        self._placed = False
+
+    def place(self) -> "Placement":
+        copies, event = self.accelerator.upload([_get(s) for s in self._resident])
+        self.accelerator.ready(copies, event)
+        self._resident_copies = copies
+        self._placed = True  # from here on restore() has something to undo
+        for slot, copy in zip(self._resident, copies):
+            _put(slot, copy)
+        self._hosts = {}
+        for slots in self._streamed:  # pinned once, one tensor at a time, and kept pinned (no second copy)
+            for slot in slots:
+                self._hosts[id(slot)] = self._originals[id(slot)] = self.accelerator.host(self._originals[id(slot)])
+        for slots in self._streamed:
+            for slot in slots:
+                _put(slot, self._hosts[id(slot)])
+        if self._streamed:
+            named = dict(transformer_blocks(self.model))
+            self._handles.append(self.model.register_forward_pre_hook(self._before_model))
+            for index, name in enumerate(self.plan.streamed):
+                block = named[name]
+                self._handles.append(block.register_forward_pre_hook(self._before_block(index)))
+                self._handles.append(block.register_forward_hook(self._after_block(index)))
+        return self
+
+    def _fetch(self, index: int, background: bool) -> None:
+        if index < len(self._streamed) and index not in self._live:
+            hosts = [self._hosts[id(slot)] for slot in self._streamed[index]]
+            self._live[index] = self.accelerator.upload(hosts, background)
+
+    def _drop(self, index: int) -> None:
+        copies, _ = self._live.pop(index)
+        for slot in self._streamed[index]:
+            _put(slot, self._hosts[id(slot)])
+        self.accelerator.release(copies)
+
+    def _before_model(self, module, args):
+        for index in list(self._live):  # left over from a forward pass that raised
+            self._drop(index)
+        if self.plan.prefetch:
+            self._fetch(0, background=True)
+
+    def _before_block(self, index: int):
+        def hook(module, args):
+            self._fetch(index, background=False)
+            copies, event = self._live[index]
+            self.accelerator.ready(copies, event)
+            for slot, copy in zip(self._streamed[index], copies):
+                _put(slot, copy)
+            if self.plan.prefetch:
+                self._fetch(index + 1, background=True)
+        return hook
+
+    def _after_block(self, index: int):
+        def hook(module, args, output):
+            self._drop(index)
+        return hook
+
+    def restore(self) -> None:
+        """Remove the hooks, drop every device copy and put the original (CPU) tensors back; idempotent."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if not self._placed:
+            return
+        for index in list(self._live):
+            self.accelerator.release(self._live.pop(index)[0])
+        for slot in self._resident + [s for slots in self._streamed for s in slots]:
+            _put(slot, self._originals[id(slot)])
+        self.accelerator.release(self._resident_copies)
+        self._resident_copies, self._hosts = [], {}
+        self._placed = False
+
+
+def _is_on(model: nn.Module, device: torch.device) -> bool:
+    first = next(model.parameters(), None)
+    return first is not None and first.device.type == device.type and (
+        device.index is None or first.device.index == device.index)
+
+
+@contextmanager
+def placed(model: nn.Module, device: torch.device | str,
+           gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION, *,
+           compute_dtype: torch.dtype = torch.float32, tokens: int = 0,
+           accelerator: Accelerator | None = None) -> Iterator[Placement | None]:
+    """Run a block with `model` placed for `device` under the budget; everything back on the CPU afterwards.
+
+    On a CPU device (and no fake `accelerator`) nothing moves, as does a model already on the device
+    (nested use). Yields the Placement (its plan and accelerator ledger), or None when nothing moved.
+    """
+    target = torch.device(device)
+    if accelerator is None and (target.type == "cpu" or _is_on(model, target)):
+        yield None
+        return
+    accelerator = accelerator or Accelerator(target)
+    plan = plan_swap(model, accelerator.free_bytes(), gpu_memory_preservation,
+                     compute_dtype=compute_dtype, tokens=tokens)
+    placement = Placement(model, plan, accelerator)
+    try:
+        yield placement.place()
+    finally:
+        placement.restore()
