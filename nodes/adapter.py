@@ -14,11 +14,12 @@ import os
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..goan_core.models import resolve_device
+from ..goan_core.models import Accelerator, resolve_device
 
 log = logging.getLogger("goan")
 
@@ -34,6 +35,28 @@ MODEL_FOLDERS = {
     "text_encoders": ("text_encoders", "clip"),
     "clip_vision": ("clip_vision",),
 }
+
+
+GIB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """How much of the compute device a job's transformer may take (see GoanSegmentSampler's memory claim).
+
+    `gpu_memory_preservation`: GB kept free on the device (the sampler's widget, plus ComfyUI's
+    --reserve-vram when given). `mode`: "normal" keeps as many transformer blocks resident as fit,
+    "lowvram" streams every block (two slots, prefetching), "novram" streams every block through one
+    slot (no prefetch): ComfyUI's --lowvram and --novram.
+    """
+
+    gpu_memory_preservation: float
+    mode: str = "normal"
+    source: str = "node"  # where it came from, for the log: "node" or the ComfyUI flags used
+
+    @property
+    def preservation_bytes(self) -> int:
+        return int(self.gpu_memory_preservation * GIB)
 
 
 class PlainInterrupt(Exception):
@@ -84,6 +107,8 @@ class PlainHost:
         self.on_progress = None  # called with the bar after every update (tests)
         self._interrupt = threading.Event()
         self.interrupt_types: tuple[type[BaseException], ...] = (PlainInterrupt,)
+        self.accelerator = None  # a stand-in compute device (tests: goan_core.models.CountingAccelerator)
+        self.memory_calls: list[tuple[int, torch.device]] = []  # free_memory(bytes, device), in order
 
     def configure(self, *, models_dir=None, input_dir=None, output_dir=None, temp_dir=None) -> None:
         if models_dir is not None:
@@ -109,8 +134,25 @@ class PlainHost:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def unload_other_models(self) -> None:
-        pass
+    def memory_budget(self, gpu_memory_preservation: float) -> MemoryBudget:
+        """Outside ComfyUI there are no flags: the node's (or caller's) preservation is the budget."""
+        return MemoryBudget(float(gpu_memory_preservation))
+
+    def accelerator_for(self, device: torch.device):
+        """The Accelerator goan places the transformer through: the stand-in when set, else CUDA's; None on the CPU."""
+        if self.accelerator is not None:
+            return self.accelerator
+        return Accelerator(device) if torch.device(device).type == "cuda" else None
+
+    def obtainable_bytes(self, device: torch.device, accelerator) -> int | None:
+        """Device bytes a job could have: what is free now (no other model manager to ask)."""
+        return accelerator.free_bytes()
+
+    def free_memory(self, bytes_needed: int, device: torch.device) -> None:
+        """Make `bytes_needed` free on `device`: recorded (tests); on CUDA torch's cache is emptied."""
+        self.memory_calls.append((int(bytes_needed), torch.device(device)))
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
 
     # progress, previews, interrupts
     def progress_bar(self, total: int, node_id=None) -> PlainProgressBar:
@@ -186,11 +228,55 @@ class ComfyHost:
     def release_memory(self) -> None:
         self._mm.soft_empty_cache()
 
-    def unload_other_models(self) -> None:
-        """Make room on the GPU: ComfyUI's own loaded models are unloaded before goan samples."""
-        if self.torch_device().type != "cpu":
-            self._mm.unload_all_models()
-            self._mm.soft_empty_cache()
+    def _comfy_device(self, device) -> torch.device:
+        """`device` as ComfyUI names it (LoadedModel.device is get_torch_device(), e.g. cuda:0, not cuda)."""
+        device = torch.device(device)
+        comfy = self.torch_device()
+        return comfy if device.type == comfy.type and device.index in (None, comfy.index) else device
+
+    def memory_budget(self, gpu_memory_preservation: float) -> MemoryBudget:
+        """ComfyUI's flags when the user gave them, the node's preservation otherwise.
+
+        --lowvram (vram_state LOW_VRAM) streams every transformer block, --novram (NO_VRAM) streams
+        them through a single slot; --reserve-vram GB is added to the preservation (kept free too).
+        """
+        mm = self._mm
+        states = getattr(mm, "VRAMState", None)
+        state = getattr(mm, "vram_state", None)
+        mode = "normal"
+        if states is not None and state == getattr(states, "NO_VRAM", object()):
+            mode = "novram"
+        elif states is not None and state == getattr(states, "LOW_VRAM", object()):
+            mode = "lowvram"
+        reserve = getattr(getattr(mm, "args", None), "reserve_vram", None)
+        preservation = float(gpu_memory_preservation) + (float(reserve) if reserve else 0.0)
+        flags = ([f"--{mode}"] if mode != "normal" else []) + ([f"--reserve-vram {reserve:g}"] if reserve else [])
+        return MemoryBudget(preservation, mode, " ".join(flags) or "node")
+
+    def accelerator_for(self, device: torch.device):
+        return Accelerator(device) if torch.device(device).type == "cuda" else None
+
+    def obtainable_bytes(self, device: torch.device, accelerator) -> int | None:
+        """Free device bytes now plus what ComfyUI's loaded models hold there (free_memory can evict them)."""
+        self._mm.soft_empty_cache()  # torch's cached blocks count as free to ComfyUI, not to mem_get_info
+        free = accelerator.free_bytes()
+        if free is None:
+            return None
+        target = self._comfy_device(device)
+        loaded = 0
+        for model in list(getattr(self._mm, "current_loaded_models", ())):
+            try:
+                if model.device == target:
+                    loaded += int(model.model_loaded_memory())
+            except Exception:  # a dead or foreign entry: count nothing for it
+                continue
+        return free + loaded
+
+    def free_memory(self, bytes_needed: int, device: torch.device) -> None:
+        """Ask ComfyUI to make `bytes_needed` free on `device`: it unloads (or partly offloads) its own models,
+        least needed first, only as far as needed; never unload_all_models."""
+        self._mm.free_memory(int(bytes_needed), self._comfy_device(device))
+        self._mm.soft_empty_cache()
 
     def progress_bar(self, total: int, node_id=None):
         return self._utils.ProgressBar(total, node_id=node_id)

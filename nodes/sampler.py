@@ -9,12 +9,15 @@ the job registry behind the pause button, websocket events, ComfyUI's memory and
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from ..goan_core.errors import InputError
 from ..goan_core.jobs import (AutosavePolicy, Encoders, Job, RunResult, RunSettings, continue_job, create_job,
                               render_frames, run_job)
-from ..goan_core.models import VAE, ImageEncoder, TextEncoders, Transformer
+from ..goan_core.models import VAE, ImageEncoder, SwapPlan, TextEncoders, Transformer, plan_swap, section_tokens
 from ..goan_core.params import FPS, LIMITS, MODES, SAMPLERS, JobParams
 from ..goan_core.vocabulary import FileKind, Status
 from . import types as T
@@ -61,6 +64,63 @@ def node_encoders(*, text_encoders=None, image_encoder=None, goan_vae=None, vae=
         vae=codec,
         hints=HINTS,
     )
+
+
+class BudgetedAccelerator:
+    """An Accelerator whose free memory reads at most `cap` bytes, everything else passed through.
+
+    The runner's planner asks it for free memory; capped at what `claim_memory` planned for, it places
+    exactly that plan (once the host freed the bytes), never more than the host was asked to free.
+    """
+
+    def __init__(self, accelerator, cap: int | None):
+        self.accelerator, self.cap = accelerator, cap
+
+    def free_bytes(self) -> int | None:
+        free = self.accelerator.free_bytes()
+        if self.cap is None:
+            return free
+        return self.cap if free is None else min(free, self.cap)
+
+    def __getattr__(self, name):
+        return getattr(self.accelerator, name)
+
+
+def claim_memory(transformer: Transformer, state, settings: RunSettings) -> tuple[RunSettings, SwapPlan | None]:
+    """Before the transformer goes to its device: the budget, the plan the runner will place, and its bytes freed.
+
+    The budget is the host's (`HOST.memory_budget`: ComfyUI's --lowvram/--novram/--reserve-vram when
+    given, the node's gpu_memory_preservation otherwise). The plan is `plan_swap`'s over the bytes the
+    device could offer (free now plus what ComfyUI's own models hold there); the host is then asked to
+    free the plan's peak (resident blocks + streaming slots + activation reserve) plus the preservation,
+    so ComfyUI evicts only as much as the job needs. Returns the settings the runner must use (its
+    preservation and a capped accelerator, so it places that same plan) and the plan (None: on the CPU
+    nothing is placed and nothing is asked).
+    """
+    budget = HOST.memory_budget(settings.gpu_memory_preservation)
+    settings = replace(settings, gpu_memory_preservation=budget.gpu_memory_preservation)
+    device = torch.device(transformer.device)
+    accelerator = settings.accelerator or HOST.accelerator_for(device)
+    model = transformer.model
+    first = next(model.parameters(), None)
+    if accelerator is None and (device.type == "cpu" or (first is not None and first.device.type == device.type)):
+        return settings, None  # the runner moves nothing: on the CPU, or a model kept on the device already
+    options = dict(compute_dtype=transformer.dtype,
+                   tokens=section_tokens(state.plan, getattr(getattr(model, "config", None), "patch_size", 2)))
+    free = HOST.obtainable_bytes(device, accelerator) if accelerator is not None else None
+    if free is not None and budget.mode != "normal":  # stream every block: the least the planner accepts
+        sizes = plan_swap(model, None, budget.gpu_memory_preservation, **options)
+        slots = sorted(sizes.block_bytes.values(), reverse=True)[:1 if budget.mode == "novram" else 2]
+        free = min(free, sizes.fixed_bytes + sizes.reserve_bytes + sum(slots) + budget.preservation_bytes)
+    plan = plan_swap(model, free, budget.gpu_memory_preservation, **options)
+    needed = plan.peak_bytes + budget.preservation_bytes
+    log.info("goan: memory budget from %s (%s, %.2f GB kept free): %d of %d transformer blocks resident, "
+             "asking for %.3f GB on %s", budget.source, budget.mode, budget.gpu_memory_preservation,
+             len(plan.resident), len(plan.block_bytes), needed / 1024 ** 3, device)
+    HOST.free_memory(needed, device)
+    if accelerator is not None:
+        settings = replace(settings, accelerator=BudgetedAccelerator(accelerator, free))
+    return settings, plan
 
 
 class GoanSegmentSampler:
@@ -229,7 +289,8 @@ class GoanSegmentSampler:
                 failsafe.append(path)
 
         try:
-            HOST.unload_other_models()
+            if not state.done:  # ComfyUI frees what this job's transformer will take, no more
+                settings, _ = claim_memory(transformer, state, settings)
             result = run_job(job, transformer, settings, control=entry.control, on_saved=on_saved,
                              on_step=self._progress(entry, state, node_id))
             if result.status is Status.FINISHED:

@@ -8,6 +8,7 @@ route every call there, and register the routes on PromptServer.instance.routes.
 
 from __future__ import annotations
 
+import enum
 import sys
 import types
 
@@ -22,7 +23,7 @@ NAME = "goan_pack_in_stub_comfy"
 
 class Stubs:
     def __init__(self, tmp_path):
-        self.sent, self.bars, self.emptied, self.unloaded = [], [], 0, 0
+        self.sent, self.bars, self.emptied, self.unloaded, self.freed = [], [], 0, 0, []
         self.interrupt = False
         self.tmp = tmp_path
         stubs = self
@@ -68,6 +69,13 @@ class Stubs:
         def unload():
             stubs.unloaded += 1
 
+        def free_memory(memory_required, device, keep_loaded=()):
+            stubs.freed.append((memory_required, device))
+            return []
+
+        class VRAMState(enum.Enum):
+            DISABLED, NO_VRAM, LOW_VRAM, NORMAL_VRAM, HIGH_VRAM, SHARED = range(6)
+
         class Previewer:
             def decode_latent_to_preview_image(self, fmt, x0):
                 return (fmt, tuple(x0.shape), 512)
@@ -85,7 +93,9 @@ class Stubs:
             "comfy.model_management": types.SimpleNamespace(
                 InterruptProcessingException=InterruptProcessingException,
                 throw_exception_if_processing_interrupted=throw, get_torch_device=lambda: torch.device("cpu"),
-                soft_empty_cache=empty, unload_all_models=unload, OOM_EXCEPTION=torch.OutOfMemoryError),
+                soft_empty_cache=empty, unload_all_models=unload, OOM_EXCEPTION=torch.OutOfMemoryError,
+                free_memory=free_memory, VRAMState=VRAMState, vram_state=VRAMState.NORMAL_VRAM,
+                args=types.SimpleNamespace(reserve_vram=None, lowvram=False, novram=False), current_loaded_models=[]),
             "comfy.latent_formats": types.SimpleNamespace(HunyuanVideo=lambda: "hunyuan-format"),
             "latent_preview": types.SimpleNamespace(
                 get_previewer=lambda device, fmt: Previewer() if fmt == "hunyuan-format" else None),
@@ -147,7 +157,6 @@ def test_comfyui_calls_go_through_the_host(comfy):
     assert host.is_interrupt(caught.value) and not host.is_interrupt(ValueError())
     assert host.is_oom(torch.OutOfMemoryError("x"))
     host.release_memory()
-    host.unload_other_models()  # on the CPU ComfyUI's models stay where they are
     assert stubs.emptied == 1 and stubs.unloaded == 0
 
 
@@ -168,3 +177,99 @@ def test_gate_blocks_with_comfyuis_execution_blocker(comfy):
     paused = job_type(state=state, source_image=None, status="paused")
     images, fps, passed = gate.execute(paused, torch.zeros(1, 8, 8, 3), 30.0)
     assert isinstance(images, stubs.ExecutionBlocker) and isinstance(fps, stubs.ExecutionBlocker) and passed is paused
+
+
+# -- memory (issue 10 point 4): ComfyUI frees what the job needs, its flags set the budget ---------------
+
+
+class ToyTransformer(torch.nn.Module):
+    """Two swappable blocks and a non-block head: enough for the planner."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = types.SimpleNamespace(patch_size=2, num_attention_heads=2, attention_head_dim=4)
+        self.transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(64, 64) for _ in range(3)])
+        self.proj_out = torch.nn.Linear(8, 8)
+
+
+class LoadedModel:
+    """What ComfyUI keeps in current_loaded_models, as far as goan reads it."""
+
+    def __init__(self, device, loaded):
+        self.device, self.loaded = device, loaded
+
+    def model_loaded_memory(self):
+        return self.loaded
+
+
+def toy_job():
+    transformer = types.SimpleNamespace(model=ToyTransformer(), device=torch.device("cuda"), dtype=torch.float32)
+    state = types.SimpleNamespace(plan=types.SimpleNamespace(lws=1, latent_height=4, latent_width=4))
+    return transformer, state
+
+
+def test_comfyui_frees_the_planned_bytes_never_everything(comfy, tmp_path, monkeypatch):
+    stubs, pack = comfy
+    mm = stubs.modules["comfy.model_management"]
+    monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cuda", 0))
+    models = sys.modules[NAME + ".goan_core.models"]
+    jobs = sys.modules[NAME + ".goan_core.jobs"]
+    sampler = sys.modules[NAME + ".nodes.sampler"]
+    transformer, state = toy_job()
+    sizes = models.plan_swap(transformer.model, None, 0.0, tokens=models.section_tokens(state.plan))
+    # free now: room for the non-block parts only; a ComfyUI model on cuda:0 holds what the blocks need
+    free_now = sizes.fixed_bytes + sizes.reserve_bytes + 2 * GIB
+    mm.current_loaded_models[:] = [LoadedModel(torch.device("cuda", 0), 3 * 16640 + 123),
+                                   LoadedModel(torch.device("cpu"), 10 ** 9)]  # not on the device: not counted
+    fake = models.CountingAccelerator(free_now)
+    settings = jobs.RunSettings(tmp_path, gpu_memory_preservation=2.0, accelerator=fake)
+    settings, plan = sampler.claim_memory(transformer, state, settings)
+    obtainable = free_now + 3 * 16640 + 123
+    assert plan == models.plan_swap(transformer.model, obtainable, 2.0, tokens=models.section_tokens(state.plan))
+    assert plan.streamed == () and len(plan.resident) == 3  # with ComfyUI's model evicted, everything fits
+    assert stubs.freed == [(plan.peak_bytes + 2 * GIB, torch.device("cuda", 0))]  # ComfyUI's device name
+    assert stubs.unloaded == 0
+    assert settings.gpu_memory_preservation == 2.0
+    assert settings.accelerator.free_bytes() == free_now  # the runner plans with what is really free...
+    fake._free = 10 * GIB
+    assert settings.accelerator.free_bytes() == obtainable  # ...but never with more than was asked for
+    with models.placed(transformer.model, "cuda", settings.gpu_memory_preservation,
+                       tokens=models.section_tokens(state.plan), accelerator=settings.accelerator) as placement:
+        assert placement.plan == plan and fake.resident_bytes == plan.peak_weight_bytes
+    assert fake.resident_bytes == 0
+
+
+@pytest.mark.parametrize("state, reserve, expected", [
+    ("NORMAL_VRAM", None, (6.0, "normal", "node")),
+    ("LOW_VRAM", None, (6.0, "lowvram", "--lowvram")),
+    ("NO_VRAM", None, (6.0, "novram", "--novram")),
+    ("NORMAL_VRAM", 1.5, (7.5, "normal", "--reserve-vram 1.5")),
+    ("LOW_VRAM", 2.0, (8.0, "lowvram", "--lowvram --reserve-vram 2")),
+])
+def test_comfyui_flags_set_the_budget(comfy, monkeypatch, state, reserve, expected):
+    stubs, pack = comfy
+    mm = stubs.modules["comfy.model_management"]
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState[state])
+    monkeypatch.setattr(mm.args, "reserve_vram", reserve)
+    budget = sys.modules[NAME + ".nodes.adapter"].HOST.memory_budget(6.0)
+    assert (budget.gpu_memory_preservation, budget.mode, budget.source) == expected
+
+
+def test_comfyui_lowvram_streams_every_block_and_asks_for_that(comfy, tmp_path, monkeypatch):
+    stubs, pack = comfy
+    mm = stubs.modules["comfy.model_management"]
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.LOW_VRAM)
+    monkeypatch.setattr(mm.args, "reserve_vram", 0.5)
+    models = sys.modules[NAME + ".goan_core.models"]
+    jobs = sys.modules[NAME + ".goan_core.jobs"]
+    transformer, state = toy_job()
+    fake = models.CountingAccelerator(40 * GIB)
+    settings, plan = sys.modules[NAME + ".nodes.sampler"].claim_memory(
+        transformer, state, jobs.RunSettings(tmp_path, gpu_memory_preservation=1.0, accelerator=fake))
+    assert plan.resident == () and len(plan.streamed) == 3 and plan.prefetch
+    assert settings.gpu_memory_preservation == 1.5
+    assert stubs.freed == [(plan.peak_bytes + int(1.5 * GIB), torch.device("cuda"))]  # get_torch_device is cpu here
+    assert stubs.unloaded == 0
+
+
+GIB = 1024 ** 3
