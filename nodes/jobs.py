@@ -32,7 +32,12 @@ class JobEntry:
 
     @property
     def sampling_done(self) -> bool:
-        """Every denoising step is done: the job is decoding its video and can no longer pause."""
+        """Every denoising step is done and reported: the job is decoding its video and can no longer pause.
+
+        The runner reads the pause request after the step callback that reports the last step (and
+        updates this entry), so a request accepted before that report is honoured: the run ends
+        paused, with a file of the finished state. A request after it is refused (409), never lost.
+        """
         return self.total_sections > 0 and (self.section, self.step) >= (self.total_sections - 1, self.steps)
 
     def public(self) -> dict:

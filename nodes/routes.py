@@ -12,6 +12,7 @@ GET  /goan/workflows/{name}.json                     -> the example workflow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ MAX_CHUNK = 16 * 1024 * 1024
 MAX_JSON_BODY = 64 * 1024  # a request body goan parses as JSON ({prompt_id}) is tiny
 MAX_UPLOAD = MAX_TOTAL_BYTES + 64 * 1024 * 1024  # the largest file the reader would even open
 UPLOAD_TTL = 3600.0  # seconds an unfinished upload is kept without a new chunk
+MAX_ACTIVE_UPLOADS = 32  # unfinished uploads at once (each holds a temp file and a lock)
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
 WORKFLOW_NAMES = ("goan_image_to_video.json", "goan_resume.json", "goan_native_encoders.json")
 
@@ -56,30 +58,48 @@ class Upload:
 
 
 class Uploads:
-    """Unfinished chunked uploads, in the temp folder; one lock per upload id."""
+    """Unfinished chunked uploads, in the temp folder; one lock per upload id.
+
+    A lock lives only while a request for its id is in flight or its upload is unfinished, so
+    refused requests leave nothing behind; at most MAX_ACTIVE_UPLOADS uploads are unfinished at once.
+    """
 
     def __init__(self):
         self.active: dict[str, Upload] = {}
         self.locks: dict[str, asyncio.Lock] = {}
+        self.users: dict[str, int] = {}  # requests holding or waiting for each lock
 
     def folder(self) -> Path:
         folder = HOST.directory("temp") / "goan_uploads"
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def lock(self, upload_id: str) -> asyncio.Lock:
-        return self.locks.setdefault(upload_id, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def holding(self, upload_id: str):
+        """Hold the lock of `upload_id`; it is forgotten when no request uses it and no upload needs it."""
+        lock = self.locks.setdefault(upload_id, asyncio.Lock())
+        self.users[upload_id] = self.users.get(upload_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self.users[upload_id] -= 1
+            if not self.users[upload_id]:
+                del self.users[upload_id]
+                if upload_id not in self.active:
+                    self.locks.pop(upload_id, None)
 
     def drop(self, upload_id: str) -> None:
         upload = self.active.pop(upload_id, None)
-        self.locks.pop(upload_id, None)
+        if not self.users.get(upload_id):
+            self.locks.pop(upload_id, None)
         if upload is not None:
             upload.path.unlink(missing_ok=True)
 
     def expire(self) -> None:
         now = time.monotonic()
         for upload_id, upload in list(self.active.items()):
-            if now - upload.touched > UPLOAD_TTL and not self.lock(upload_id).locked():
+            if now - upload.touched > UPLOAD_TTL and not self.users.get(upload_id):
                 self.drop(upload_id)
 
 
@@ -166,7 +186,7 @@ async def upload(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_CHUNK:
         return _error(413, f"a chunk may hold at most {MAX_CHUNK} bytes")
     UPLOADS.expire()
-    async with UPLOADS.lock(upload_id):
+    async with UPLOADS.holding(upload_id):
         chunk = await _read_body(request, MAX_CHUNK)
         if chunk is None:
             UPLOADS.drop(upload_id)
@@ -175,6 +195,9 @@ async def upload(request: web.Request) -> web.Response:
         if offset == 0:
             if current is not None:
                 UPLOADS.drop(upload_id)
+            if len(UPLOADS.active) >= MAX_ACTIVE_UPLOADS:
+                return _error(429, f"{MAX_ACTIVE_UPLOADS} uploads are unfinished; finish or wait for one "
+                                   f"(an abandoned upload is dropped after {UPLOAD_TTL / 60:g} minutes)")
             short = _short_of_space(total)
             if short:
                 return _error(507, short)

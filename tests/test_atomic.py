@@ -184,6 +184,40 @@ def test_stale_partials_are_cleared_on_the_next_save(tmp_path):
     assert not stale.exists()
 
 
+def test_stale_partials_of_other_jobs_are_swept_but_not_live_or_foreign_files(tmp_path):
+    """A job killed during its first save, and never resumed, used to leave its temp file forever."""
+    from goan_core.resumefile.retention import STALE_PARTIAL_SECONDS
+
+    root = tmp_path / "goan_resume"
+    old = time.time() - STALE_PARTIAL_SECONDS - 60
+
+    def leftover(job, name, age=old):
+        folder = root / job
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"half a file")
+        os.utime(folder / name, (age, age))
+        return folder / name
+
+    stale = leftover("job-killed", ".job-killed_000001_s0000_t000.goan_resume.0badf00d.partial")
+    stale_later = leftover("job-killed", ".job-killed_000002_s0001_t002.goan_resume.12345678.partial")
+    live = leftover("job-live", ".job-live_000001_s0000_t000.goan_resume.cafef00d.partial", age=time.time())
+    kept = [leftover("job-x", ".other-job_000001_s0000_t000.goan_resume.0badf00d.partial"),  # not this folder's job
+            leftover("job-x", ".video.mp4.0badf00d.partial"),  # not a resume file's temp file
+            leftover("job-x", "notes.partial"),
+            leftover("job-x", "job-x_000001_s0000_t000.goan_resume")]  # a complete file
+    outside = tmp_path / "elsewhere.partial"
+    outside.write_bytes(b"x")
+    os.utime(outside, (old, old))
+    (root / "job-link").mkdir()
+    (root / "job-link" / ".job-link_000001_s0000_t000.goan_resume.0badf00d.partial").symlink_to(outside)
+
+    folder = RetentionFolder(tmp_path, "job-new")  # no save needed: creating one sweeps
+    assert not stale.exists() and not stale_later.exists()
+    assert live.exists() and all(path.exists() for path in kept) and outside.exists()
+    assert folder.cleanup_warnings == []
+    RetentionFolder(tmp_path / "nothing-here", "job-new")  # no goan_resume folder yet: nothing to do
+
+
 @pytest.mark.parametrize("job_id, keep_last, phrase", [
     ("../evil", 3, "cannot name a folder"), (".hidden", 3, "cannot name a folder"), ("a/b", 3, "cannot name a folder"),
     ("job", 0, "keep_last"), ("job", True, "keep_last"),

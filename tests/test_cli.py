@@ -165,3 +165,26 @@ def test_ctrl_c_pauses_and_saves(tiny_models_root, tmp_path):
     assert b"pausing after this step" in seen + stderr
     resume_file = Path(stdout.decode().split("resume file: ")[1].split()[0])
     assert resume_file.is_file() and not (tmp_path / "o.mp4").exists()
+
+
+def test_a_run_that_goes_nan_fails_clearly_and_says_where_the_last_good_file_is(cli_env, tmp_path, capsys,
+                                                                                monkeypatch):
+    """It used to finish with exit 0 and a black video; now: exit 2, one error, the fail-safe file's path."""
+    from dataclasses import replace
+
+    from goan_core.sampling import engine
+
+    real_step, calls = engine.sampler_step, []
+
+    def nan_from_step_5(*args):
+        sampler = real_step(*args)
+        calls.append(1)
+        return replace(sampler, x=sampler.x * float("nan")) if len(calls) >= 5 else sampler
+
+    monkeypatch.setattr(engine, "sampler_step", nan_from_step_5)
+    out = tmp_path / "video.mp4"
+    code, _, stderr = run_main(fast(cli_env, out, "--autosave-every", "0"), capsys)
+    assert code == 2 and not out.exists()
+    assert "goan: error:" in stderr and "NaN or Inf" in stderr and "progress saved to" in stderr
+    saved = stderr.split("progress saved to ")[1].split(";")[0]
+    assert Path(saved).is_file()

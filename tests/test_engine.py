@@ -98,6 +98,30 @@ def test_failed_step_leaves_state_unchanged(tiny_models, monkeypatch):
     assert torch.equal(state.generator_state, before.generator_state)
 
 
+@pytest.mark.parametrize("steps_before", [1, 3])  # mid-section; the step that closes the section
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_step_that_makes_nan_or_inf_raises_and_keeps_nothing(tiny_models, monkeypatch, steps_before, value):
+    from goan_core.errors import NonFiniteError
+
+    state, _ = new_job_state(tiny_models, tiny_params("f1"), demo_image())
+    engine = Engine(tiny_models.transformer, CPU, F32)
+    for _ in range(steps_before):
+        engine.step(state)
+    before = state.snapshot()
+    real_forward = tiny_models.transformer.forward
+
+    def poisoned(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        return (out[0] * 0 + value,) + tuple(out[1:])
+
+    monkeypatch.setattr(tiny_models.transformer, "forward", poisoned)
+    with pytest.raises(NonFiniteError, match=f"step {steps_before + 1} of section 0"):
+        engine.step(state)
+    assert (state.section, state.steps_done) == (before.section, before.steps_done)
+    assert state.history_latents is before.history_latents and state.generator_state is before.generator_state
+    assert state.sampler.x is before.sampler.x and len(state.sampler.model_outputs) == len(before.sampler.model_outputs)
+
+
 def _tensors(state):
     found = {"history": state.history_latents, "start": state.start_latent, "generator": state.generator_state,
              **{f"cond.{k}": v for k, v in state.conditioning.tensors().items()}}

@@ -222,3 +222,89 @@ def test_backward_extension_is_explained(tiny_models):
     state, _ = new_state(tiny_models, "backward")
     with pytest.raises(InputError, match="from its end towards the input image"):
         extend_job(state, 2.0)
+
+
+class Python310Error(RuntimeError):
+    """An exception as Python 3.10 makes them: no `add_note` (ComfyUI's Cancel, an OOM, ...)."""
+
+    def __getattribute__(self, name):
+        if name == "add_note":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute 'add_note'")
+        return super().__getattribute__(name)
+
+
+def test_failsafe_on_python_3_10_keeps_the_error_and_its_note(tiny_models, tmp_path, caplog):
+    """On 3.10 `error.add_note` turned every interruption into AttributeError (Cancel became a failure)."""
+    state, source = new_state(tiny_models, "f1")
+    engine = Engine(tiny_models.transformer, CPU, F32)
+    real_step = engine.step
+
+    def cancelled(job):
+        if job.steps_done == 3:
+            raise Python310Error("Processing interrupted")
+        return real_step(job)
+
+    engine.step = cancelled
+    with caplog.at_level("WARNING", logger="goan"), pytest.raises(Python310Error) as raised:
+        sample_job(engine, state, saver(tmp_path, state, source))
+    (path,) = RetentionFolder(tmp_path, "job").files()
+    assert any(str(path) in note for note in raised.value.__notes__)
+    assert f"progress saved to {path}" in caplog.text
+
+
+def _nan_from_model_call(monkeypatch, transformer, call):
+    """From model call number `call` (1-based) on, the transformer's prediction is NaN."""
+    real_forward = transformer.forward
+    calls = []
+
+    def forward(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        calls.append(1)
+        if len(calls) >= call:
+            return (torch.full_like(out[0], float("nan")),) + tuple(out[1:])
+        return out
+
+    monkeypatch.setattr(transformer, "forward", forward)
+
+
+@pytest.mark.parametrize("bad_step", [3, STEPS * 2])  # inside a section; the step that closes one
+def test_a_run_whose_state_goes_nan_stops_and_keeps_the_last_good_file(tiny_models, references, tmp_path,
+                                                                    monkeypatch, bad_step):
+    from goan_core.errors import NonFiniteError
+
+    state, source = new_state(tiny_models, "f1")
+    _nan_from_model_call(monkeypatch, tiny_models.transformer, bad_step)  # cfg 1: one model call per step
+    with pytest.raises(NonFiniteError, match="NaN or Inf") as raised:
+        sample_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+                   autosave=AutosavePolicy(every_sections=1))
+    monkeypatch.undo()
+    assert state.steps_done == bad_step - 1 and torch.isfinite(state.history_latents).all()
+    files = RetentionFolder(tmp_path, "job").files()
+    assert files and str(files[-1]) in "\n".join(raised.value.__notes__)
+    loaded = read_resume_file(files[-1])  # the last good state, not a finished one
+    assert loaded.job_info["kind"] == "failsafe" and loaded.state.steps_done == bad_step - 1
+    Engine(tiny_models.transformer, CPU, F32).run(loaded.state)
+    assert torch.equal(loaded.state.history_latents, references["f1"].history_latents)
+
+
+@pytest.mark.parametrize("request_name, status, kind", [("request_pause", PAUSED, "pause"),
+                                                        ("request_stop", STOPPED, "stop")])
+def test_a_request_during_the_last_step_is_honoured(tiny_models, references, tmp_path, monkeypatch,
+                                                     request_name, status, kind):
+    """The pause button answered "pausing" while the last step ran; the job then finished anyway."""
+    state, source = new_state(tiny_models, "backward")
+    control = JobControl()
+    real_forward = tiny_models.transformer.forward
+
+    def forward(*args, **kwargs):
+        if state.steps_done == state.total_steps - 1:  # the last step is running
+            getattr(control, request_name)()
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_models.transformer, "forward", forward)
+    result = sample_job(Engine(tiny_models.transformer, CPU, F32), state, saver(tmp_path, state, source),
+                        control=control)
+    assert result.status == status and state.done
+    loaded = read_resume_file(result.resume_file)
+    assert loaded.job_info["kind"] == kind and loaded.state.done
+    assert torch.equal(loaded.state.history_latents, references["backward"].history_latents)

@@ -47,6 +47,7 @@ def fresh_uploads(pack):
 
     UPLOADS.active.clear()
     UPLOADS.locks.clear()
+    UPLOADS.users.clear()
     yield
     UPLOADS.active.clear()
 
@@ -113,6 +114,35 @@ def test_pause_after_the_last_step_is_refused_clearly(host):
     (status, body), = serve(lambda c: _pause_once(c, "p-decoding"))
     assert status == 409 and "decoding" in body["error"]
     assert entry.control.request is None and entry.status == "running"
+
+
+def test_pause_during_the_last_step_is_kept(host, loaded, image, monkeypatch):
+    """The route answers "pausing" while the last step runs; the job then ends paused, not finished."""
+    from goan_pack.goan_core.resumefile import read_resume_file
+    from goan_pack.nodes.jobs import REGISTRY
+    from nodes_helpers import PROMPT_ID, run_sampler
+
+    transformer = loaded[0].model
+    real_forward = transformer.forward
+    answers = []
+
+    def forward(*args, **kwargs):
+        (job,) = REGISTRY.jobs()
+        if not answers and (job["section"], job["step"]) == (job["total_sections"] - 1, job["steps"] - 1):
+            answers.extend(serve(lambda c: _pause_once(c, PROMPT_ID)))  # the last step is running
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(transformer, "forward", forward)
+    job, _, _ = run_sampler(loaded, image)
+    assert answers == [(200, {"status": "pausing", "prompt_id": PROMPT_ID})]
+    assert job.status == "paused" and job.state.done
+    assert read_resume_file(job.path).job_info["kind"] == "pause"
+    assert [e for e, _ in host.events if e in ("goan.pausing", "goan.paused")] == ["goan.pausing", "goan.paused"]
+    (entry,) = REGISTRY.jobs()
+    assert entry["status"] == "paused" and entry["file"]["filename"] == job.path.name
+    # asking again says what happened
+    (status, body), = serve(lambda c: _pause_once(c, PROMPT_ID))
+    assert status == 200 and body["status"] == "paused"
 
 
 def test_a_chunk_is_read_whole_however_it_arrives(host, valid_file):
@@ -253,6 +283,49 @@ def test_out_of_order_chunks_are_refused_and_the_upload_can_go_on(host, valid_fi
     assert skipped[0] == 409 and skipped[1]["received"] == 500 and "expected offset 500" in skipped[1]["error"]
     assert repeated[0] == 409
     assert rest[0] == 200 and rest[1]["done"] is True
+
+
+def test_refused_uploads_leave_no_lock_behind(host, valid_file, monkeypatch):
+    """One lock per upload id used to stay forever for every refused request (a slow leak)."""
+    from goan_pack.nodes import routes
+
+    async def scenario(client):
+        statuses = []
+        for n in range(40):  # chunks of uploads that never started
+            response = await client.post(f"/goan/upload/never-{n:04d}", data=b"abc",
+                                         params={"offset": 5, "total": 10, "filename": "a"})
+            statuses.append(response.status)
+        monkeypatch.setattr(routes, "_short_of_space", lambda total: "no room")
+        for n in range(40):  # starts refused for lack of space
+            response = await client.post(f"/goan/upload/full-{n:04d}", data=b"abc",
+                                         params={"offset": 0, "total": 10, "filename": "a"})
+            statuses.append(response.status)
+        monkeypatch.undo()
+        await client.post(f"/goan/upload/{UPLOAD_ID}", data=valid_file[:100],
+                          params={"offset": 0, "total": len(valid_file), "filename": "a"})
+        return statuses
+
+    statuses = serve(scenario)
+    assert set(statuses[:40]) == {409} and set(statuses[40:]) == {507}
+    assert set(routes.UPLOADS.locks) == {UPLOAD_ID} == set(routes.UPLOADS.active)  # only the unfinished one
+    assert routes.UPLOADS.users == {}
+
+
+def test_unfinished_uploads_are_bounded(host, valid_file, monkeypatch):
+    from goan_pack.nodes import routes
+
+    monkeypatch.setattr(routes, "MAX_ACTIVE_UPLOADS", 3)
+
+    async def scenario(client):
+        statuses = []
+        for n in range(5):
+            response = await client.post(f"/goan/upload/upload-{n:04d}", data=valid_file[:10],
+                                         params={"offset": 0, "total": len(valid_file), "filename": "a"})
+            statuses.append(response.status)
+        return statuses
+
+    assert serve(scenario) == [200, 200, 200, 429, 429]
+    assert len(routes.UPLOADS.locks) == len(routes.UPLOADS.active) == 3 and len(leftovers(host)) == 3
 
 
 def test_too_many_bytes_for_the_announced_total(host):

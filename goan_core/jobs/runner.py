@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from ..errors import add_note
 from ..models import DEFAULT_GPU_MEMORY_PRESERVATION, placed, section_tokens
 from ..resumefile import RetentionFolder
 from ..sampling import Engine, JobState, StepCallback, StepEvent
@@ -130,7 +131,9 @@ def sample_job(engine: Engine, state: JobState, saver: Saver, *, control: JobCon
     """Step `state` to the end, or until a pause/stop request; write resume files as asked.
 
     `pause_at=(section, step)` requests a pause when the job reaches that point (for tests, demos
-    and scripted runs). A finished job also gets a "finished" file when `save_finished` is set, so
+    and scripted runs). A request that arrives during the last step is honoured too: the run ends
+    PAUSED (or STOPPED) with a file of that kind holding the finished state, because the front end
+    already told the user the job is pausing. A finished job also gets a "finished" file when `save_finished` is set, so
     a forward (f1) video can be extended later. Returns the result; exceptions propagate after a
     fail-safe save. `on_saved(path, kind)` hears of every file written, autosaves (from the
     writer thread) included.
@@ -170,11 +173,13 @@ def sample_job(engine: Engine, state: JobState, saver: Saver, *, control: JobCon
         try:
             path = save(state.snapshot(), FileKind.FAILSAFE)
         except Exception as save_error:
-            error.add_note(f"goan: the fail-safe resume file could not be written: {save_error}")
+            add_note(error, f"goan: the fail-safe resume file could not be written: {save_error}")
+            log.warning("goan: %s interrupted the job and its fail-safe resume file could not be written: %s",
+                        type(error).__name__, save_error)
         else:
             result.resume_file = path
-            error.add_note(f"goan: progress saved to {path}; resume it with `python -m goan_core resume {path}` "
-                           "or drop it on ComfyUI")
+            add_note(error, f"goan: progress saved to {path}; resume it with `python -m goan_core resume {path}` "
+                            "or drop it on ComfyUI")
             log.warning("goan: %s interrupted the job; progress saved to %s", type(error).__name__, path)
         raise
     finally:
@@ -204,6 +209,11 @@ def _step_until_done(engine, state, save, control, result, writer, autosave, cal
             last_save = time.monotonic()
     if writer is not None:
         writer.flush()
+    request = control.request
+    if request is not None:  # asked for during the last step: the answer was "pausing", so keep that promise
+        result.status = request.status
+        result.resume_file = save(state.snapshot(), request.file_kind)
+        return result
     if save_finished:
         try:
             result.resume_file = save(state.snapshot(), FileKind.FINISHED)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
+import time
 from pathlib import Path
 
 from ..errors import InputError, ResumeFileError
 from ..sampling import JobState
 from ..vocabulary import FileKind
-from .atomic import is_partial, write_error
+from .atomic import PARTIAL_SUFFIX, is_partial, write_error
 from .format import RESUME_SUFFIX, SAFE_NAME
 from .reader import read_resume_file
 from .writer import write_resume_file
@@ -18,6 +20,9 @@ RETENTION_DIR = "goan_resume"
 log = logging.getLogger("goan")
 
 _RETAINED = re.compile(r"(?P<job>.+)_(?P<seq>\d{6,})_s(?P<section>\d+)_t(?P<step>\d+)" + re.escape(RESUME_SUFFIX))
+# the temp file atomic.py writes a retained file through: `.<retained name>.<8 hex>.partial`
+_PARTIAL = re.compile(r"\." + _RETAINED.pattern + r"\.[0-9a-f]{8}" + re.escape(PARTIAL_SUFFIX))
+STALE_PARTIAL_SECONDS = 600.0  # a live writer touches its temp file far more often than this
 
 
 def _sequence(path: Path) -> int | None:
@@ -32,6 +37,47 @@ def retained_files(folder: str | Path) -> list[Path]:
         return []
     found = [p for p in folder.iterdir() if not p.name.startswith(".") and _sequence(p) is not None]
     return sorted(found, key=_sequence)
+
+
+def sweep_stale_partials(root: str | Path, older_than: float = STALE_PARTIAL_SECONDS) -> list[str]:
+    """Delete temp files that writers killed mid-save left in the job folders under `root`; the warnings.
+
+    `root` is `<output>/goan_resume`. Only files named as goan names its temp files, for the job
+    whose folder holds them, regular files (no links) and untouched for `older_than` seconds are
+    deleted, so the file of a writer that is still writing is never touched. Nothing here raises:
+    what cannot be listed or deleted is a warning.
+    """
+    warnings: list[str] = []
+    now = time.time()
+    try:
+        folders = [entry for entry in Path(root).iterdir() if entry.is_dir() and not entry.is_symlink()]
+    except FileNotFoundError:
+        return warnings
+    except OSError as exc:
+        return [f"{root}: could not be listed to delete leftover temp files ({exc.strerror or exc})"]
+    for folder in folders:
+        try:
+            names = [entry.name for entry in folder.iterdir()]
+        except OSError as exc:
+            warnings.append(f"{folder}: could not be listed to delete leftover temp files ({exc.strerror or exc})")
+            continue
+        for name in names:
+            match = _PARTIAL.fullmatch(name)
+            if match is None or match["job"] != folder.name:
+                continue
+            path = folder / name
+            try:
+                info = path.lstat()
+                if stat.S_ISREG(info.st_mode) and now - info.st_mtime >= older_than:
+                    path.unlink()
+                    log.info("goan: deleted %s, a temp file left by an interrupted save", path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                warnings.append(f"{path}: a leftover temp file could not be deleted ({exc.strerror or exc})")
+    for warning in warnings:
+        log.warning("goan: %s", warning)
+    return warnings
 
 
 def newest_complete(folder: str | Path) -> Path | None:
@@ -58,6 +104,8 @@ class RetentionFolder:
 
     Cleaning up (old files, leftover temp files) never fails a save: a file that cannot be deleted
     (locked, antivirus, permissions) is logged as a warning and listed in `cleanup_warnings`.
+    Creating one also sweeps stale temp files out of every job folder beside it (a job killed
+    during its first save and never resumed leaves one; see `sweep_stale_partials`).
     """
 
     def __init__(self, output_dir: str | Path, job_id: str, keep_last: int = 3):
@@ -69,7 +117,7 @@ class RetentionFolder:
         self.job_id = job_id
         self.keep_last = keep_last
         self.folder = Path(output_dir) / RETENTION_DIR / job_id
-        self.cleanup_warnings: list[str] = []
+        self.cleanup_warnings: list[str] = sweep_stale_partials(self.folder.parent)
 
     def files(self) -> list[Path]:
         return retained_files(self.folder)

@@ -7,11 +7,13 @@ that generator) and may close it (put the clean latent into the history). Betwee
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from ..errors import NonFiniteError
 from .denoiser import Denoiser, SectionInputs
 from .samplers import sampler_result, sampler_step
 from .schedule import sigma_schedule
@@ -71,6 +73,17 @@ class SectionKey:
                 and self.plan == other.plan and self.settings == other.settings)
 
 
+def _require_finite(state: JobState, step: int, **tensors: torch.Tensor) -> None:
+    """Raise NonFiniteError when a tensor a step made holds NaN or Inf (one min/max pass, no copy)."""
+    for name, tensor in tensors.items():
+        if tensor.numel() and not all(math.isfinite(float(v)) for v in torch.aminmax(tensor.detach())):
+            raise NonFiniteError(
+                f"job {state.job_id}: step {step} of section {state.section} turned the sampler's {name} into "
+                "NaN or Inf values, so sampling stopped and this step was not kept. The last good state is in "
+                "the fail-safe resume file. Usual causes: a dtype that overflows (try bfloat16 or float32), "
+                "damaged model weights, or extreme settings (cfg, distilled cfg).")
+
+
 class Engine:
     """Runs job states on one transformer, on `device` in `dtype`."""
 
@@ -102,7 +115,8 @@ class Engine:
         """Advance `state` in place by one denoising step and describe what happened.
 
         The state is changed only after the step succeeded, so an exception (an interrupt, an
-        out-of-memory error) leaves it exactly as it was before the step: still consistent.
+        out-of-memory error, NaN or Inf values: `NonFiniteError`) leaves it exactly as it was before
+        the step: still consistent, and what the fail-safe file then holds.
         """
         if state.done:
             raise RuntimeError(f"job {state.job_id} has no sections left to sample")
@@ -120,11 +134,16 @@ class Engine:
         section, steps = state.section, state.params.steps
         denoised = sampler.model_outputs[-1] if sampler.model_outputs else sampler.x
         finished = sampler.step == steps
-        state.generator_state = generator_state
+        _require_finite(state, sampler.step, latent=sampler.x, prediction=denoised)
+        history = None
         if finished:
             clean = sampler_result(state.params.sampler, sampler)
-            state.history_latents = state.plan.append(state.history_latents, clean, state.start_latent, section)
-            state.section, state.sampler = section + 1, None
+            _require_finite(state, sampler.step, result=clean)
+            history = state.plan.append(state.history_latents, clean, state.start_latent, section)
+        # every check passed: only now does the state change
+        state.generator_state = generator_state
+        if finished:
+            state.history_latents, state.section, state.sampler = history, section + 1, None
         else:
             state.sampler = sampler
         return StepEvent(section, sampler.step, steps, state.plan.total_sections,
