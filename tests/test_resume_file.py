@@ -256,3 +256,27 @@ def test_legacy_job_id_and_settings_are_made_safe(tmp_path):
     assert data.state.job_id == "a_b_c"
     assert (data.state.params.prompt, data.state.params.seed, data.state.params.steps) == ("x", 12, 7)
     assert data.state.params.cfg == 1.0 and any("'real_cfg'" in note for note in data.notes)
+
+
+@pytest.mark.parametrize("created_at, ok", [
+    ("2026-12-01T21:52:00+00:00", True), ("2026-12-01T21:52:00Z", True), ("2026-12-01T21:52:00.123456+01:00", True),
+    ("2026-12-01T21:52:00", False), ("20261201T215200Z", False), ("2026-12-01T21:52:00.1Z", False),
+    ("2026-13-01T21:52:00Z", False)])
+def test_created_at_is_read_the_same_on_every_python(tmp_path, created_at, ok):
+    """3.11's fromisoformat accepts far more than 3.10's: goan accepts one format on both."""
+    import json
+    import zipfile
+
+    path = write_resume_file(make_state(), tmp_path / "job.goan_resume", source_image=source_image())
+    edited = tmp_path / "edited.goan_resume"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(edited, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "job_info.json":
+                data = json.dumps({**json.loads(data), "created_at": created_at}).encode()
+            dst.writestr(info, data)
+    if ok:
+        read_resume_file(edited)
+    else:
+        with pytest.raises(ResumeFileError, match="created_at"):
+            read_resume_file(edited)
