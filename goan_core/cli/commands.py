@@ -35,7 +35,8 @@ class Runtime:
 
 
 def load_runtime(args, *, need_text: bool, need_image: bool) -> Runtime:
-    """Models, device and each model's dtype from the CLI's model options."""
+    """Models, device and each model's dtype from the CLI's model options; the encoders and the VAE run under
+    --gpu-memory-preservation like the transformer."""
     device = resolve_device(args.device)
     dtypes = model_dtypes(device, transformer=args.dtype, vae=args.vae_dtype, encoder=args.encoder_dtype)
     root = write_tiny_models(default_tiny_root()) if args.tiny else args.models
@@ -48,7 +49,7 @@ def load_runtime(args, *, need_text: bool, need_image: bool) -> Runtime:
         apply_fp32_output(models.transformer)
     name = str(args.transformer or Path(root) / "transformer")
     return Runtime(Transformer(models.transformer, device, dtypes.transformer, conv_fp32, name),
-                   goan_encoders(models, device, dtypes))
+                   goan_encoders(models, device, dtypes, gpu_memory_preservation=args.gpu_memory_preservation))
 
 
 def check_run_args(args) -> None:

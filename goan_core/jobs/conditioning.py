@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..models import VAE, ImageEncoder, ModelDtypes, ModelSet, TextEncoders, dtype_name
+from ..models import DEFAULT_GPU_MEMORY_PRESERVATION, VAE, ImageEncoder, ModelDtypes, ModelSet, TextEncoders, dtype_name
 from ..params import JobParams
 from ..sampling import Conditioning
 
@@ -82,18 +82,22 @@ class Encoders:
         return found
 
 
-def goan_encoders(models: ModelSet, device: torch.device, dtype: torch.dtype | ModelDtypes) -> Encoders:
+def goan_encoders(models: ModelSet, device: torch.device, dtype: torch.dtype | ModelDtypes, *,
+                  gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION, accelerator=None) -> Encoders:
     """Encoders over goan's own model set (the pieces it lacks stay None), each in its role's dtype.
 
-    `dtype`: the ModelDtypes the set was loaded with, or one torch.dtype for all.
+    `dtype`: the ModelDtypes the set was loaded with, or one torch.dtype for all. Each piece runs under
+    the memory budget `gpu_memory_preservation` (GB kept free on the device; `accelerator`: the counting
+    fake of tests): encoders that do not fit stream their layers, the VAE tiles when short.
     """
     dtypes = dtype if isinstance(dtype, ModelDtypes) else ModelDtypes.uniform(dtype)
-    text = TextEncoders(models, device, dtypes.text) if models.text_encoder is not None else None
+    budget = {"gpu_memory_preservation": gpu_memory_preservation, "accelerator": accelerator}
+    text = TextEncoders(models, device, dtypes.text, **budget) if models.text_encoder is not None else None
     return Encoders(
         prompt=text,
         negative_prompt=text,
-        image=ImageEncoder(models, device, dtypes.image) if models.image_encoder is not None else None,
-        vae=VAE(models.vae, device, dtypes.vae) if models.vae is not None else None,
+        image=ImageEncoder(models, device, dtypes.image, **budget) if models.image_encoder is not None else None,
+        vae=VAE(models.vae, device, dtypes.vae, **budget) if models.vae is not None else None,
     )
 
 

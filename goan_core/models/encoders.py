@@ -1,8 +1,12 @@
 """Prompt, image and latent encoders: what a job needs before its first step, and pixels after it.
 
-Each function moves its model to the compute device only while it runs (`on_device`) and returns
-float32 CPU tensors, so what a job stores does not depend on where it ran. `dtype` is the dtype the
-models were loaded in; inputs are cast to it and a model loaded in another dtype is refused.
+Each function places its model on the compute device only while it runs and returns float32 CPU
+tensors, so what a job stores does not depend on where it ran. `dtype` is the dtype the models were
+loaded in; inputs are cast to it and a model loaded in another dtype is refused.
+
+Placement keeps `gpu_memory_preservation` GB free on the device (`encoder_offload`): an encoder that
+does not fit whole streams its layers, the VAE tiles and slices when short; `accelerator` stands in
+for the device (the counting fake of tests). On the CPU nothing moves.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import torch
 
 from ..errors import InputError
 from ..media import image_to_tensor
-from .devices import on_device
+from .encoder_offload import (CLIP_BLOCKS, LLAMA_BLOCKS, SIGLIP_BLOCKS, decode_bytes, placed_encoder, placed_vae,
+                              short_of_memory, vae_activation_bytes, vae_tiling)
 from .loading import ModelSet
+from .offload import DEFAULT_GPU_MEMORY_PRESERVATION
 
 # HunyuanVideo's Llama prompt template (the text FramePack and diffusers use); "{}" is the prompt.
 PROMPT_TEMPLATE = (
@@ -71,7 +77,8 @@ def crop_or_pad(embeds: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.
 
 
 def encode_prompt(
-    models: ModelSet, prompt: str, device: torch.device, dtype: torch.dtype
+    models: ModelSet, prompt: str, device: torch.device, dtype: torch.dtype, *,
+    gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION, accelerator=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """HunyuanVideo prompt encoding: (embeds (1, 512, D), mask (1, 512) bool, pooled (1, P)).
 
@@ -94,50 +101,68 @@ def encode_prompt(
     clip_ids = models.tokenizer_2(
         prompt, padding="max_length", max_length=CLIP_TOKENS, truncation=True, return_tensors="pt"
     ).input_ids
+    budget = dict(compute_dtype=dtype, gpu_memory_preservation=gpu_memory_preservation, accelerator=accelerator)
+    llama, clip = models.text_encoder, models.text_encoder_2
     with torch.no_grad():
-        with on_device(models.text_encoder, device) as llama:
+        with placed_encoder(llama, device, LLAMA_BLOCKS, "the Llama text encoder", tokens=tokens.input_ids.shape[1],
+                            held_states=llama.config.num_hidden_layers + 1, **budget):  # output_hidden_states
             hidden = llama(
                 input_ids=tokens.input_ids.to(device),
                 attention_mask=tokens.attention_mask.to(device),
                 output_hidden_states=True,
             ).hidden_states[LLAMA_HIDDEN_LAYER]
             embeds = hidden[:, crop_start:length].float().cpu()
-        with on_device(models.text_encoder_2, device) as clip:
+        with placed_encoder(clip, device, CLIP_BLOCKS, "the CLIP text encoder", tokens=clip_ids.shape[1], **budget):
             pooled = clip(clip_ids.to(device), output_hidden_states=False).pooler_output.float().cpu()
     embeds, mask = crop_or_pad(embeds, PROMPT_EMBED_LENGTH)
     return embeds, mask, pooled
 
 
 def encode_image_embeds(
-    models: ModelSet, image: np.ndarray, device: torch.device, dtype: torch.dtype
+    models: ModelSet, image: np.ndarray, device: torch.device, dtype: torch.dtype, *,
+    gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION, accelerator=None,
 ) -> torch.Tensor:
     """SigLIP last hidden state of a uint8 HxWx3 image: (1, N, E) float32 on the CPU."""
     _require(models, ("image_encoder", "feature_extractor"), "need_image=True")
     _check_dtype(models.image_encoder, dtype, "image_encoder")
     pixels = models.feature_extractor(images=image, return_tensors="pt").pixel_values
-    with torch.no_grad(), on_device(models.image_encoder, device) as siglip:
+    siglip = models.image_encoder
+    patch = int(siglip.config.patch_size)
+    tokens = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
+    with torch.no_grad(), placed_encoder(siglip, device, SIGLIP_BLOCKS, "the SigLIP image encoder",
+                                         compute_dtype=dtype, tokens=tokens, accelerator=accelerator,
+                                         gpu_memory_preservation=gpu_memory_preservation):
         return siglip(pixel_values=pixels.to(device, dtype)).last_hidden_state.float().cpu()
 
 
-def encode_start_latent(vae, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def encode_start_latent(vae, image: np.ndarray, device: torch.device, dtype: torch.dtype, *,
+                        gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION,
+                        accelerator=None) -> torch.Tensor:
     """VAE latent of a uint8 HxWx3 image, (1, 16, 1, H/8, W/8) float32 on the CPU, scaled.
 
     Uses the mode of the latent distribution, not a sample: encoding is deterministic and never
-    touches a random generator (the job's generator belongs to the section noise alone).
+    touches a random generator (the job's generator belongs to the section noise alone). Tiled and
+    sliced when the budget is short for it (`encoder_offload`).
     """
     _check_dtype(vae, dtype, "VAE")
     pixels = image_to_tensor(image)
-    with torch.no_grad(), on_device(vae, device):
-        latent = vae.encode(pixels.to(device, dtype)).latent_dist.mode()
+    activations = vae_activation_bytes(vae, pixels.shape[2], pixels.shape[-2], pixels.shape[-1], dtype)
+    with torch.no_grad(), placed_vae(vae, device, dtype, gpu_memory_preservation, accelerator) as placement:
+        with vae_tiling(vae, short_of_memory(placement, activations)):
+            latent = vae.encode(pixels.to(device, dtype)).latent_dist.mode()
         return (latent * vae.config.scaling_factor).float().cpu()
 
 
-def decode_latents(vae, latents: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def decode_latents(vae, latents: torch.Tensor, device: torch.device, dtype: torch.dtype, *,
+                   gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION,
+                   accelerator=None) -> torch.Tensor:
     """Pixels (1, 3, (T-1)*4+1, 8h, 8w) of latents (1, 16, T, h, w), float32 on the CPU.
 
-    Values are nominally in [-1, 1] but not clamped; clamp when converting to 8-bit frames.
+    Values are nominally in [-1, 1] but not clamped; clamp when converting to 8-bit frames. Tiled and
+    sliced when the budget is short for this shape (`encoder_offload`; then not bit-identical to untiled).
     """
     _check_dtype(vae, dtype, "VAE")
     unscaled = latents.float() / vae.config.scaling_factor
-    with torch.no_grad(), on_device(vae, device):
-        return vae.decode(unscaled.to(device, dtype)).sample.float().cpu()
+    with torch.no_grad(), placed_vae(vae, device, dtype, gpu_memory_preservation, accelerator) as placement:
+        with vae_tiling(vae, short_of_memory(placement, decode_bytes(vae, tuple(latents.shape), dtype))):
+            return vae.decode(unscaled.to(device, dtype)).sample.float().cpu()

@@ -3,6 +3,10 @@
 Each handle offers one small verb (encode a prompt, encode an image, encode or decode latents) so
 the job lifecycle does not care whether the work is done by goan's own models or, inside ComfyUI,
 by ComfyUI's (see `nodes/native.py` for those).
+
+The VAE and encoder handles carry the memory budget they run under: `gpu_memory_preservation` (GB kept
+free on the device, FramePack's default 6) and `accelerator` (None: the real device; the counting fake
+of tests). An encoder that does not fit streams its layers, the VAE tiles when short (`encoder_offload`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .devices import dtype_name, on_device
+from .devices import dtype_name
+from .encoder_offload import placed_vae
 from .encoders import decode_latents, encode_image_embeds, encode_prompt, encode_start_latent
 from .identity import model_identity
 from .loading import ModelSet
+from .offload import DEFAULT_GPU_MEMORY_PRESERVATION
 from .precision import fp32_output_applied
 from .storage import weight_storage_name
 
@@ -55,17 +61,23 @@ class VAE:
     device: torch.device
     dtype: torch.dtype
     name: str = ""
+    gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION
+    accelerator: Any = None
+
+    def _budget(self) -> dict:
+        return {"gpu_memory_preservation": self.gpu_memory_preservation, "accelerator": self.accelerator}
 
     def encode_start_latent(self, image: np.ndarray) -> torch.Tensor:
-        return encode_start_latent(self.model, image, self.device, self.dtype)
+        return encode_start_latent(self.model, image, self.device, self.dtype, **self._budget())
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return decode_latents(self.model, latents, self.device, self.dtype)
+        return decode_latents(self.model, latents, self.device, self.dtype, **self._budget())
 
     @contextmanager
     def loaded(self) -> Iterator["VAE"]:
-        """Keep the VAE on its device across many `decode` calls (one move instead of one per section)."""
-        with on_device(self.model, self.device):
+        """Keep the VAE on its device across many `decode` calls (one move instead of one per section);
+        each call still decides for itself whether to tile."""
+        with placed_vae(self.model, self.device, self.dtype, **self._budget()):
             yield self
 
 
@@ -77,9 +89,12 @@ class TextEncoders:
     device: torch.device
     dtype: torch.dtype
     name: str = ""
+    gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION
+    accelerator: Any = None
 
     def encode_prompt(self, text: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return encode_prompt(self.models, text, self.device, self.dtype)
+        return encode_prompt(self.models, text, self.device, self.dtype,
+                             gpu_memory_preservation=self.gpu_memory_preservation, accelerator=self.accelerator)
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,9 @@ class ImageEncoder:
     device: torch.device
     dtype: torch.dtype
     name: str = ""
+    gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION
+    accelerator: Any = None
 
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
-        return encode_image_embeds(self.models, image, self.device, self.dtype)
+        return encode_image_embeds(self.models, image, self.device, self.dtype,
+                                   gpu_memory_preservation=self.gpu_memory_preservation, accelerator=self.accelerator)

@@ -37,6 +37,9 @@ modules, so no resident subset can be kept (FramePack and kijai keep as many blo
 its stream path requires a CUDA/XPU stream, so its accounting cannot be exercised on the CPU; and it
 keeps the offload hooks installed on the model (goan's handles are shared between runs with different
 budgets). The hooks here are ~100 lines and do the same prefetch-on-a-side-stream scheme.
+
+Other models share the planner and hooks: `containers` names a model's block lists (dotted paths, in execution
+order) and `what` the model in errors; `encoder_offload` has the encoders' lists and the VAE's tiling.
 """
 
 from __future__ import annotations
@@ -61,13 +64,24 @@ CONTEXT_TOKENS = 512 + 729  # prompt tokens (PROMPT_EMBED_LENGTH) + SigLIP image
 # -- planning ----------------------------------------------------------------------------------------
 
 
-def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The swappable blocks ("transformer_blocks.0", ...) in the order the forward pass runs them."""
-    blocks = []
-    for list_name in BLOCK_LISTS:
-        for index, block in enumerate(getattr(model, list_name, None) or ()):
-            blocks.append((f"{list_name}.{index}", block))
+def swap_blocks(model: nn.Module, containers: tuple[str, ...] = BLOCK_LISTS) -> list[tuple[str, nn.Module]]:
+    """The swappable blocks ("layers.0", ...) of the block lists named by `containers` (dotted paths; a
+    missing one holds none, so one list may name alternatives), in the order the forward pass runs them."""
+    blocks, seen = [], set()
+    for list_name in containers:
+        owner = model
+        for part in list_name.split("."):
+            owner = getattr(owner, part, None)
+        for index, block in enumerate(owner or ()):
+            if id(block) not in seen:  # one list reachable under two names counts once
+                seen.add(id(block))
+                blocks.append((f"{list_name}.{index}", block))
     return blocks
+
+
+def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The transformer's swappable blocks ("transformer_blocks.0", ...) in execution order."""
+    return swap_blocks(model, BLOCK_LISTS)
 
 
 def section_tokens(plan, patch_size: int = 2) -> int:
@@ -77,14 +91,17 @@ def section_tokens(plan, patch_size: int = 2) -> int:
     return 2 * noise + CONTEXT_TOKENS
 
 
-def activation_reserve(model: nn.Module, compute_dtype: torch.dtype, tokens: int = 0) -> int:
-    """Bytes kept for activations (ACTIVATION_FACTOR x tokens x inner dim) and the largest per-layer weight cast."""
+def activation_reserve(model: nn.Module, compute_dtype: torch.dtype, tokens: int = 0,
+                       factor: int = ACTIVATION_FACTOR) -> int:
+    """Bytes kept for activations (`factor` x tokens x inner dim: heads x head dim, or the config's
+    hidden_size) and the largest per-layer weight cast."""
     itemsize = torch.empty((), dtype=compute_dtype).element_size()
     cast = max((m.weight.numel() * itemsize for m in model.modules()
                 if isinstance(m, (nn.Linear, nn.Conv3d)) and m.weight.dtype != compute_dtype), default=0)
     config = getattr(model, "config", None)
     inner = int(getattr(config, "num_attention_heads", 0) * getattr(config, "attention_head_dim", 0))
-    return cast + ACTIVATION_FACTOR * int(tokens) * inner * itemsize
+    inner = inner or int(getattr(config, "hidden_size", 0) or 0)
+    return cast + int(factor) * int(tokens) * inner * itemsize
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,7 @@ class SwapPlan:
     resident: tuple[str, ...] = ()
     streamed: tuple[str, ...] = ()
     prefetch: bool = True  # copy the next streamed block while the current one computes
+    containers: tuple[str, ...] = BLOCK_LISTS  # the model's block lists (see `swap_blocks`)
 
     @property
     def slot_bytes(self) -> int:
@@ -117,26 +135,32 @@ class SwapPlan:
 
 def plan_swap(model: nn.Module, free_bytes: int | None,
               gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION, *,
-              compute_dtype: torch.dtype = torch.float32, tokens: int = 0) -> SwapPlan:
-    """The blocks to keep resident for a device with `free_bytes` free (None: unknown, keep all resident)."""
+              compute_dtype: torch.dtype = torch.float32, tokens: int = 0,
+              containers: tuple[str, ...] = BLOCK_LISTS, what: str = "the transformer",
+              activation_factor: int = ACTIVATION_FACTOR) -> SwapPlan:
+    """The blocks to keep resident for a device with `free_bytes` free (None: unknown, keep all resident).
+
+    `containers`: the model's block lists; `what` names it in errors; `activation_factor` sizes the reserve.
+    """
     if gpu_memory_preservation < 0:
         raise InputError(f"gpu_memory_preservation must be >= 0 GB, not {gpu_memory_preservation}")
-    blocks = {name: storage_bytes(block) for name, block in transformer_blocks(model)}
+    blocks = {name: storage_bytes(block) for name, block in swap_blocks(model, containers)}
     fixed = storage_bytes(model) - sum(blocks.values())
-    reserve = activation_reserve(model, compute_dtype, tokens)
+    reserve = activation_reserve(model, compute_dtype, tokens, activation_factor)
+    containers = tuple(containers)
     if free_bytes is None:
-        return SwapPlan(None, fixed, reserve, blocks, tuple(blocks))
+        return SwapPlan(None, fixed, reserve, blocks, tuple(blocks), containers=containers)
     budget = int(free_bytes - gpu_memory_preservation * GIB)
     available = budget - fixed - reserve
     if available >= sum(blocks.values()):
-        return SwapPlan(budget, fixed, reserve, blocks, tuple(blocks))
+        return SwapPlan(budget, fixed, reserve, blocks, tuple(blocks), containers=containers)
     largest = sorted(blocks.values(), reverse=True)
     prefetch = available >= sum(largest[:2])
     slots = sum(largest[:2 if prefetch else 1])
     if available < slots:
         raise InputError(
             f"gpu_memory_preservation {gpu_memory_preservation:g} GB leaves {budget / GIB:.3f} GB of the "
-            f"{free_bytes / GIB:.3f} GB free on the compute device; the transformer needs at least "
+            f"{free_bytes / GIB:.3f} GB free on the compute device; {what} needs at least "
             f"{(fixed + reserve + slots) / GIB:.3f} GB there (its non-block modules {fixed / GIB:.3f} GB, "
             f"activations {reserve / GIB:.3f} GB, one streamed block {slots / GIB:.3f} GB): lower "
             "gpu_memory_preservation or free memory on the device")
@@ -146,7 +170,7 @@ def plan_swap(model: nn.Module, free_bytes: int | None,
             resident.append(name)
             used += size
     streamed = tuple(name for name in blocks if name not in resident)
-    return SwapPlan(budget, fixed, reserve, blocks, tuple(resident), streamed, prefetch)
+    return SwapPlan(budget, fixed, reserve, blocks, tuple(resident), streamed, prefetch, containers)
 
 
 # -- the device as the swapper sees it ---------------------------------------------------------------
@@ -251,7 +275,7 @@ class Placement:
 
     def __init__(self, model: nn.Module, plan: SwapPlan, accelerator: Accelerator):
         self.model, self.plan, self.accelerator = model, plan, accelerator
-        named = dict(transformer_blocks(model))
+        named = dict(swap_blocks(model, plan.containers))
         streamed = [named[name] for name in plan.streamed]
         skip = {id(m) for block in streamed for m in block.modules()}
         self._resident = _slots_of(model, skip)
@@ -277,7 +301,7 @@ class Placement:
             for slot in slots:
                 _put(slot, self._hosts[id(slot)])
         if self._streamed:
-            named = dict(transformer_blocks(self.model))
+            named = dict(swap_blocks(self.model, self.plan.containers))
             self._handles.append(self.model.register_forward_pre_hook(self._before_model))
             for index, name in enumerate(self.plan.streamed):
                 block = named[name]
@@ -340,25 +364,36 @@ def _is_on(model: nn.Module, device: torch.device) -> bool:
         device.index is None or first.device.index == device.index)
 
 
+_ACTIVE: dict[int, Placement] = {}  # id(model) -> the placement holding it now (nested `placed` reuses it)
+
+
 @contextmanager
 def placed(model: nn.Module, device: torch.device | str,
            gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION, *,
            compute_dtype: torch.dtype = torch.float32, tokens: int = 0,
-           accelerator: Accelerator | None = None) -> Iterator[Placement | None]:
+           accelerator: Accelerator | None = None, containers: tuple[str, ...] = BLOCK_LISTS,
+           what: str = "the transformer", activation_factor: int = ACTIVATION_FACTOR
+           ) -> Iterator[Placement | None]:
     """Run a block with `model` placed for `device` under the budget; everything back on the CPU afterwards.
 
-    On a CPU device (and no fake `accelerator`) nothing moves, as does a model already on the device
-    (nested use). Yields the Placement (its plan and accelerator ledger), or None when nothing moved.
+    On a CPU device (and no fake `accelerator`) nothing moves, as does a model already on the device;
+    a model placed by an enclosing `placed` stays as it is (that Placement is yielded again). Yields the
+    Placement (its plan and accelerator ledger), or None when nothing moved.
     """
     target = torch.device(device)
+    if id(model) in _ACTIVE:
+        yield _ACTIVE[id(model)]
+        return
     if accelerator is None and (target.type == "cpu" or _is_on(model, target)):
         yield None
         return
     accelerator = accelerator or Accelerator(target)
-    plan = plan_swap(model, accelerator.free_bytes(), gpu_memory_preservation,
-                     compute_dtype=compute_dtype, tokens=tokens)
+    plan = plan_swap(model, accelerator.free_bytes(), gpu_memory_preservation, compute_dtype=compute_dtype,
+                     tokens=tokens, containers=containers, what=what, activation_factor=activation_factor)
     placement = Placement(model, plan, accelerator)
+    _ACTIVE[id(model)] = placement
     try:
         yield placement.place()
     finally:
+        del _ACTIVE[id(model)]
         placement.restore()
