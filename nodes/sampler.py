@@ -92,10 +92,13 @@ def claim_memory(transformer: Transformer, state, settings: RunSettings) -> tupl
     The budget is the host's (`HOST.memory_budget`: ComfyUI's --lowvram/--novram/--reserve-vram when
     given, the node's gpu_memory_preservation otherwise). The plan is `plan_swap`'s over the bytes the
     device could offer (free now plus what ComfyUI's own models hold there); the host is then asked to
-    free the plan's peak (resident blocks + streaming slots + activation reserve) plus the preservation,
-    so ComfyUI evicts only as much as the job needs. Returns the settings the runner must use (its
-    preservation and a capped accelerator, so it places that same plan) and the plan (None: on the CPU
-    nothing is placed and nothing is asked).
+    free the plan's `device_bytes`: its peak weights (resident blocks + streaming slots) plus the memory
+    its activations use, the preservation or the activation reserve when that is larger (the activations
+    live in the preserved memory, as in FramePack), so ComfyUI evicts only as much as the job needs.
+    --lowvram / --novram cap the free bytes planned with at what streaming every block takes (weights of
+    the non-block modules and two or one slots, plus that same activation memory). Returns the settings
+    the runner must use (its preservation and a capped accelerator, so it places that same plan) and the
+    plan (None: on the CPU nothing is placed and nothing is asked).
     """
     budget = HOST.memory_budget(settings.gpu_memory_preservation)
     settings = replace(settings, gpu_memory_preservation=budget.gpu_memory_preservation)
@@ -108,12 +111,12 @@ def claim_memory(transformer: Transformer, state, settings: RunSettings) -> tupl
     options = dict(compute_dtype=transformer.dtype,
                    tokens=section_tokens(state.plan, getattr(getattr(model, "config", None), "patch_size", 2)))
     free = HOST.obtainable_bytes(device, accelerator) if accelerator is not None else None
-    if free is not None and budget.mode != "normal":  # stream every block: the least the planner accepts
+    if free is not None and budget.mode != "normal":  # every block streams (--lowvram: 2 slots, --novram: 1)
         sizes = plan_swap(model, None, budget.gpu_memory_preservation, **options)
         slots = sorted(sizes.block_bytes.values(), reverse=True)[:1 if budget.mode == "novram" else 2]
-        free = min(free, sizes.fixed_bytes + sizes.reserve_bytes + sum(slots) + budget.preservation_bytes)
-    plan = plan_swap(model, free, budget.gpu_memory_preservation, **options)
-    needed = plan.peak_bytes + budget.preservation_bytes
+        free = min(free, sizes.fixed_bytes + sum(slots) + max(budget.preservation_bytes, sizes.reserve_bytes))
+    plan = plan_swap(model, free, budget.gpu_memory_preservation, warn=False, **options)  # the runner warns
+    needed = plan.device_bytes()
     log.info("goan: memory budget from %s (%s, %.2f GB kept free): %d of %d transformer blocks resident, "
              "asking for %.3f GB on %s", budget.source, budget.mode, budget.gpu_memory_preservation,
              len(plan.resident), len(plan.block_bytes), needed / 1024 ** 3, device)

@@ -2,8 +2,11 @@
 
 A CountingAccelerator stands in for the device: its copies are CPU clones and its free memory is what a
 test says, so streamed encoder layers run the real math (fp32: outputs torch.equal to the whole model)
-while its ledger proves the peak stays within the budget.
+while its ledger proves the peak stays within the weight budget (free - preservation; the preserved
+memory holds the activations, only a reserve above it is taken out of the budget).
 """
+
+import logging
 
 import copy
 import dataclasses
@@ -16,7 +19,8 @@ from goan_core.errors import InputError
 from goan_core.jobs import goan_encoders
 from goan_core.models import VAE, CountingAccelerator, ImageEncoder, TextEncoders, storage_bytes
 from goan_core.models.encoder_offload import (CLIP_BLOCKS, LLAMA_BLOCKS, SIGLIP_BLOCKS, decode_bytes,
-                                              encoder_activation_factor, vae_activation_bytes)
+                                              encoder_activation_factor, placed_vae, short_of_memory,
+                                              vae_activation_bytes)
 from goan_core.models.encoders import (PROMPT_TOKENS, decode_latents, encode_image_embeds, encode_prompt,
                                        encode_start_latent, template_crop_start)
 from goan_core.models.offload import GIB, plan_swap
@@ -96,11 +100,18 @@ def encoder_plan(models, which, free=None):
 
 
 def free_for(models, which, slots=1, extra_blocks=0):
-    """Free bytes fitting the encoder's non-block modules, its reserve, `slots` slots and `extra_blocks` blocks."""
+    """Free bytes fitting the encoder's non-block modules, `slots` slots and `extra_blocks` blocks beside the memory
+    its activations use (the preservation, or the reserve when larger)."""
     full = encoder_plan(models, which)
     sizes = list(full.block_bytes.values())
-    return (int(PRESERVE * GIB) + full.fixed_bytes + full.reserve_bytes
+    return (max(full.preservation_bytes, full.reserve_bytes) + full.fixed_bytes
             + sum(sorted(sizes, reverse=True)[:slots]) + sum(sizes[:extra_blocks]))
+
+
+def assert_within(plan, free, peak):
+    assert not plan.fallback and plan.budget == free - int(PRESERVE * GIB)
+    assert peak == plan.peak_weight_bytes <= plan.weight_budget
+    assert plan.device_bytes() <= free
 
 
 def fake_for(which, free):
@@ -139,7 +150,7 @@ def test_streamed_encoder_is_identical_and_within_budget(tiny_models, which):
     assert all(torch.equal(a, b) for a, b in zip(streamed, reference))
     peak, uploaded = fake.ledgers()[ENCODERS[which][2]]
     assert peak == plan.peak_weight_bytes < storage_bytes(model)
-    assert peak + plan.reserve_bytes <= plan.budget == free - int(PRESERVE * GIB)
+    assert_within(plan, free, peak)
     assert uploaded == storage_bytes(model)  # one pass: each layer came in once
     assert_back_on_cpu(model, before, hooks_before, fake)
 
@@ -158,7 +169,7 @@ def test_llama_keeps_what_fits_resident_and_prefetches(tiny_models):
     fake = fake_for("llama", free)
     assert all(torch.equal(a, b) for a, b in zip(encode(models, "llama", fake), reference))
     peak, uploaded = fake.ledgers()[0]
-    assert peak == plan.peak_weight_bytes and peak + plan.reserve_bytes <= plan.budget
+    assert_within(plan, free, peak)
     assert uploaded == storage_bytes(llama)
     assert_back_on_cpu(llama, before, hooks_before, fake)
 
@@ -192,9 +203,22 @@ def test_an_exception_inside_a_streamed_layer_puts_everything_back(tiny_models):
     assert_back_on_cpu(model, before, hooks_before, fake)
 
 
-def test_an_encoder_too_big_for_the_budget_is_an_input_error(tiny_models):
-    fixed = encoder_plan(tiny_models, "llama").fixed_bytes
-    fake = CountingAccelerator(int(PRESERVE * GIB) + fixed // 2)
+def test_an_encoder_short_of_the_preservation_streams_through_one_slot_with_a_warning(tiny_models, caplog):
+    model = tiny_models.text_encoder
+    reference = encode(tiny_models, "llama")
+    full = encoder_plan(tiny_models, "llama")
+    least = full.fixed_bytes + max(full.block_bytes.values())
+    fake = fake_for("llama", least)  # room for the least goan can do, nothing of the preservation
+    with caplog.at_level(logging.WARNING, logger="goan"):
+        assert all(torch.equal(a, b) for a, b in zip(encode(tiny_models, "llama", fake), reference))
+    assert fake.ledgers()[0][0] == least
+    assert any("Llama" in r.getMessage() and "less than the asked-for 6 GB" in r.getMessage() for r in caplog.records)
+    assert fake.resident_bytes == 0 and model.layers[0].self_attn.q_proj.weight.device.type == "cpu"
+
+
+def test_an_encoder_too_big_for_the_device_is_an_input_error(tiny_models):
+    full = encoder_plan(tiny_models, "llama")
+    fake = CountingAccelerator(full.fixed_bytes + max(full.block_bytes.values()) - 1)
     with pytest.raises(InputError, match="gpu_memory_preservation.*Llama"):
         encode(tiny_models, "llama", fake)
     assert fake.resident_bytes == 0 and fake.uploaded_bytes == 0  # refused before anything moved
@@ -245,7 +269,8 @@ def latents(seed=0, size=16, frames=3):
 
 
 def vae_free(vae, activation_bytes, short):
-    return int(PRESERVE * GIB) + storage_bytes(vae) + activation_bytes - (1 if short else 0)
+    """Free bytes one short of (or exactly) the VAE's weights + its activations, which may use the preserved memory."""
+    return storage_bytes(vae) + max(int(PRESERVE * GIB), activation_bytes) - (1 if short else 0)
 
 
 def spy(module):
@@ -346,8 +371,42 @@ def test_default_path_never_tiles(tiny_models):
     assert flags == [False]
 
 
+def test_the_vae_activations_use_the_preserved_memory(small_tiles):
+    """Activations smaller than the preservation: untiled with exactly the weights beside the preservation."""
+    vae, z = small_tiles, latents()
+    need = decode_bytes(vae, tuple(z.shape), F32)
+    assert need < int(PRESERVE * GIB)
+    for short in (False, True):
+        fake = CountingAccelerator(vae_free(vae, need, short))
+        seen, handle = spy(vae.decoder)
+        try:
+            decode_latents(vae, z, CPU, F32, gpu_memory_preservation=PRESERVE, accelerator=fake)
+        finally:
+            handle.remove()
+        assert (seen == [(16, 16)]) != short
+    big = int(PRESERVE * GIB) + 10 * GIB  # activations beyond the preservation come out of the weight budget
+    fake = CountingAccelerator(vae_free(vae, big, short=False))
+    with placed_vae(vae, CPU, F32, PRESERVE, fake) as placement:
+        assert not short_of_memory(placement, big - placement.plan.reserve_bytes)
+        assert short_of_memory(placement, big - placement.plan.reserve_bytes + 1)
+
+
+def test_a_vae_short_of_the_preservation_is_placed_and_tiles(small_tiles, caplog):
+    vae = small_tiles
+    fake = CountingAccelerator(storage_bytes(vae) + GIB)  # its weights fit, 6 GB of preservation do not
+    seen, handle = spy(vae.decoder)
+    try:
+        with caplog.at_level(logging.WARNING, logger="goan"):
+            decode_latents(vae, latents(), CPU, F32, gpu_memory_preservation=PRESERVE, accelerator=fake)
+    finally:
+        handle.remove()
+    assert all(max(shape) <= TILE // 8 for shape in seen)  # the fallback always tiles
+    assert any("the VAE" in r.getMessage() and "less than the asked-for" in r.getMessage() for r in caplog.records)
+    assert fake.resident_bytes == 0 and fake.peak_bytes == storage_bytes(vae)
+
+
 def test_a_vae_that_does_not_fit_is_an_input_error(tiny_models):
-    fake = CountingAccelerator(int(PRESERVE * GIB) + storage_bytes(tiny_models.vae) // 2)
+    fake = CountingAccelerator(storage_bytes(tiny_models.vae) - 1)
     with pytest.raises(InputError, match="gpu_memory_preservation.*the VAE"):
         VAE(tiny_models.vae, CPU, F32, gpu_memory_preservation=PRESERVE, accelerator=fake).decode(latents(size=8))
     assert fake.resident_bytes == 0

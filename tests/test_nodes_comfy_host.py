@@ -218,7 +218,7 @@ def test_comfyui_frees_the_planned_bytes_never_everything(comfy, tmp_path, monke
     transformer, state = toy_job()
     sizes = models.plan_swap(transformer.model, None, 0.0, tokens=models.section_tokens(state.plan))
     # free now: room for the non-block parts only; a ComfyUI model on cuda:0 holds what the blocks need
-    free_now = sizes.fixed_bytes + sizes.reserve_bytes + 2 * GIB
+    free_now = sizes.fixed_bytes + 2 * GIB  # the preservation (2 GB) holds the activations
     mm.current_loaded_models[:] = [LoadedModel(torch.device("cuda", 0), 3 * 16640 + 123),
                                    LoadedModel(torch.device("cpu"), 10 ** 9)]  # not on the device: not counted
     fake = models.CountingAccelerator(free_now)
@@ -227,7 +227,10 @@ def test_comfyui_frees_the_planned_bytes_never_everything(comfy, tmp_path, monke
     obtainable = free_now + 3 * 16640 + 123
     assert plan == models.plan_swap(transformer.model, obtainable, 2.0, tokens=models.section_tokens(state.plan))
     assert plan.streamed == () and len(plan.resident) == 3  # with ComfyUI's model evicted, everything fits
-    assert stubs.freed == [(plan.peak_bytes + 2 * GIB, torch.device("cuda", 0))]  # ComfyUI's device name
+    assert not models.plan_swap(transformer.model, free_now, 2.0, tokens=models.section_tokens(state.plan)).resident
+    # weights + the preserved memory the activations use, on ComfyUI's device name
+    assert stubs.freed == [(plan.peak_weight_bytes + 2 * GIB, torch.device("cuda", 0))]
+    assert plan.device_bytes() == plan.peak_weight_bytes + max(2 * GIB, plan.reserve_bytes) <= obtainable
     assert stubs.unloaded == 0
     assert settings.gpu_memory_preservation == 2.0
     assert settings.accelerator.free_bytes() == free_now  # the runner plans with what is really free...
@@ -268,7 +271,9 @@ def test_comfyui_lowvram_streams_every_block_and_asks_for_that(comfy, tmp_path, 
         transformer, state, jobs.RunSettings(tmp_path, gpu_memory_preservation=1.0, accelerator=fake))
     assert plan.resident == () and len(plan.streamed) == 3 and plan.prefetch
     assert settings.gpu_memory_preservation == 1.5
-    assert stubs.freed == [(plan.peak_bytes + int(1.5 * GIB), torch.device("cuda"))]  # get_torch_device is cpu here
+    activations = max(int(1.5 * GIB), plan.reserve_bytes)  # the reserve lives in the preserved memory
+    assert stubs.freed == [(plan.peak_weight_bytes + activations, torch.device("cuda"))]  # get_torch_device is cpu
+    assert plan.peak_weight_bytes == plan.fixed_bytes + plan.slot_bytes
     assert stubs.unloaded == 0
 
 

@@ -2,8 +2,8 @@
 
 The compute device is goan_core's CountingAccelerator (PlainHost.accelerator): a CPU stand-in that
 keeps a ledger of the weight bytes it holds. Before the transformer is placed the host's
-free_memory must be asked for exactly the bytes the planner then places (plus the preservation kept
-free), and after every way a run can end (finish, pause, cancel, out of memory) the device must hold
+free_memory must be asked for exactly the bytes the planner then places plus the memory its
+activations use (the preservation, or the activation reserve when larger: `SwapPlan.device_bytes`), and after every way a run can end (finish, pause, cancel, out of memory) the device must hold
 nothing. The ComfyUI side of the same calls (free_memory instead of unload_all_models, the
 --lowvram/--novram/--reserve-vram budget) is in test_nodes_comfy_host.py.
 """
@@ -43,7 +43,8 @@ def expected_plan(transformer, section_plan, free, preservation):
 def streaming_free(transformer, section_plan, preservation=0.0):
     """Free bytes one short of keeping every block resident: the tiny transformer (two blocks) streams them."""
     sizes = expected_plan(transformer, section_plan, None, preservation)
-    return sizes.fixed_bytes + sizes.reserve_bytes + sum(sizes.block_bytes.values()) - 1 + int(preservation * GIB)
+    activations = max(sizes.preservation_bytes, sizes.reserve_bytes)  # the preserved memory holds the reserve
+    return sizes.fixed_bytes + sum(sizes.block_bytes.values()) - 1 + activations
 
 
 @pytest.fixture
@@ -77,9 +78,12 @@ def device(host):
 
 def check_claim_and_release(host, fake, transformer, section_plan, free, preservation=0.0):
     plan = expected_plan(transformer, section_plan, free, preservation)
-    assert plan.streamed  # the run really swaps
-    # free_memory was asked once, before anything went to the device, for the planned bytes + preservation
-    assert host.memory_calls == [(plan.peak_bytes + int(preservation * GIB), torch.device("cpu"))]
+    assert plan.streamed and not plan.fallback  # the run really swaps
+    # free_memory was asked once, before anything went to the device, for the planned weights + the memory the
+    # activations use (the preservation, or the reserve when larger): no more than is free
+    activations = max(int(preservation * GIB), plan.reserve_bytes)
+    assert host.memory_calls == [(plan.peak_weight_bytes + activations, torch.device("cpu"))]
+    assert plan.device_bytes() == plan.peak_weight_bytes + activations <= free
     assert fake.held_at_claim == [(0, 0)]
     # the runner placed exactly that plan: its weight peak, no more
     assert fake.uploaded_bytes > 0 and fake.peak_bytes == plan.peak_weight_bytes
@@ -178,7 +182,7 @@ def test_lowvram_modes_stream_every_block(host, loaded, image, section_plan, dev
     largest = sorted(sizes.block_bytes.values(), reverse=True)
     slots = sum(largest[:2 if prefetch else 1])
     assert fake.peak_bytes == sizes.fixed_bytes + slots  # nothing resident but the non-block modules
-    assert host.memory_calls == [(sizes.fixed_bytes + sizes.reserve_bytes + slots + int(0.5 * GIB),
+    assert host.memory_calls == [(sizes.fixed_bytes + slots + max(int(0.5 * GIB), sizes.reserve_bytes),
                                   torch.device("cpu"))]
     assert fake.resident_bytes == 0
 

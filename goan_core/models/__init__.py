@@ -9,7 +9,7 @@ from .encoders import PROMPT_EMBED_LENGTH, PROMPT_TOKENS, crop_or_pad
 from .handles import VAE, ImageEncoder, TextEncoders, Transformer
 from .identity import identity_mismatch, model_identity
 from .loading import IMAGE_PARTS, PARTS, TEXT_PARTS, ModelSet, load_model_set, load_part, load_parts
-from .offload import (DEFAULT_GPU_MEMORY_PRESERVATION, Accelerator, CountingAccelerator, SwapPlan, placed,
+from .offload import (DEFAULT_GPU_MEMORY_PRESERVATION, GIB, Accelerator, CountingAccelerator, SwapPlan, placed,
                       plan_swap, section_tokens)
 from .precision import CONV_FP32_POLICIES, apply_fp32_output, configure_precision, fp32_output_applied
 from .single_file import TRANSFORMER_CLASS_NAMES, load_transformer_file
@@ -17,7 +17,7 @@ from .storage import WEIGHT_DTYPE_CHOICES, apply_weight_dtype, resolve_weight_dt
 from .tiny import (FRAMEPACK_I2V_HY_CONFIG, TINY_TRANSFORMER_FILE, default_tiny_root, write_tiny_models,
                    write_transformer_file)
 
-__all__ = ["DEFAULT_GPU_MEMORY_PRESERVATION", "Accelerator", "CountingAccelerator", "SwapPlan", "placed", "plan_swap",
+__all__ = ["DEFAULT_GPU_MEMORY_PRESERVATION", "GIB", "Accelerator", "CountingAccelerator", "SwapPlan", "placed", "plan_swap",
            "section_tokens", "CONV_FP32_POLICIES", "FRAMEPACK_I2V_HY_CONFIG", "IMAGE_PARTS", "PARTS", "PROMPT_EMBED_LENGTH", "PROMPT_TOKENS", "TEXT_PARTS", "TINY_TRANSFORMER_FILE",
            "TRANSFORMER_CLASS_NAMES", "VAE", "WEIGHT_DTYPE_CHOICES", "ImageEncoder", "ModelSet", "TextEncoders",
            "Transformer", "ModelDtypes", "model_dtypes", "role_dtype", "dtype_name", "apply_fp32_output",

@@ -1,7 +1,8 @@
 """The text encoders, SigLIP and the VAE under the same memory budget as the transformer.
 
-Budget, as for the transformer (`offload`): free device bytes before placing minus
-`gpu_memory_preservation` GiB. The caller passes the budget's two inputs (the handles carry them).
+Budget, as for the transformer (`swap_plan`): free device bytes before placing minus
+`gpu_memory_preservation` GiB for the weights, the preserved memory for the activations. The caller
+passes the budget's two inputs (the handles carry them).
 
 Encoders (`placed_encoder`): the same planner and hooks as the transformer (`offload.placed`), with each
 model's own block lists:
@@ -10,19 +11,23 @@ model's own block lists:
     CLIP (CLIPTextModel)        text_model.encoder.layers (transformers 4) or encoder.layers (5)
     SigLIP (SiglipVisionModel)  vision_model.encoder.layers (transformers 4) or encoder.layers (5)
 
-When the whole encoder plus its activation reserve fits, it is placed whole and nothing streams;
-otherwise the non-block modules (embeddings, final norms, heads) stay resident and the layers that do
-not fit stream through one or two slots. Back on the CPU afterwards, exceptions included. The reserve
-is `encoder_activation_factor` hidden-sized tensors per token (4 for the residual stream, norm and
-attention, plus 4 of the MLP's width), plus, for the Llama, the hidden states `output_hidden_states`
-keeps (one per layer and the embeddings).
+When the whole encoder fits (with the part of its activation reserve beyond the preservation), it is
+placed whole and nothing streams; otherwise the non-block modules (embeddings, final norms, heads) stay
+resident and the layers that do not fit stream through one or two slots. Back on the CPU afterwards,
+exceptions included. The reserve is `encoder_activation_factor` hidden-sized tensors per token (4 for
+the residual stream, norm and attention, plus 4 of the MLP's width), plus, for the Llama, the hidden
+states `output_hidden_states` keeps (one per layer and the embeddings).
 
 VAE (`placed_vae`): placed whole (its weights are a few hundred MB); when the budget is short for one
 call, that call runs with diffusers' `enable_tiling()` and `enable_slicing()` (FramePack's low-VRAM
-decode), and the VAE's own settings are restored after it. "Short" means
+decode), and the VAE's own settings are restored after it. "Short" means that the VAE's weights and
+its activations do not fit in the free memory, the activations being allowed the preserved memory (as
+the transformer's are; `SwapPlan.device_bytes`):
 
-    VAE weight bytes + vae_activation_bytes(...) > budget
+    VAE weight bytes + max(preservation, reserve + vae_activation_bytes(...)) > free device bytes
 
+i.e. the activations beyond the preservation must fit in the weight budget left after the weights
+(the reserve is the plan's, for a VAE only a per-layer weight cast when its weights are stored narrower),
 with the activation estimate (generous, documented here because it is a judgement, not a measurement):
 
     VAE_ACTIVATION_FACTOR (4) x C x F x H x W x itemsize  +  2 x 3 x F_all x H x W x itemsize
@@ -33,8 +38,10 @@ decoding (on by default) runs at most tile_sample_min_num_frames + 1 of them (17
 the call; 4 tensors of that size are alive at once inside a resnet (input, GroupNorm out, causal pad copy,
 conv out); the second term is the decoded chunks and their concatenation. For HunyuanVideo's VAE at the
 640 bucket (704x544, a section of 18 latent frames at lws 9, fp16) that is 12.7 GiB plus 0.46 GiB of
-weights, so a 24 GB card with 6 GB kept free decodes untiled and a 16 GB card tiled. Encoding one image
-uses the same formula (F = 1).
+weights, 13.2 GiB in all: a 24 GB card decodes untiled, a 12 GB card tiled, and a 16 GB card untiled
+when about 13.2 GiB of it are free. Encoding one image uses the same formula (F = 1). A VAE whose
+weights do not fit beside the preservation is still placed when the device holds them (the planner's
+fallback, with a warning), and then always tiles.
 Tiled decoding is not bit-identical to untiled (tiles are blended); unknown free memory (CPU without a
 fake accelerator, or a device that cannot be asked) never tiles.
 """
@@ -106,10 +113,11 @@ def decode_bytes(vae: nn.Module, latent_shape: tuple[int, ...], dtype: torch.dty
 
 
 def short_of_memory(placement: Placement | None, activation_bytes: int) -> bool:
-    """Whether a placed model's weights plus `activation_bytes` exceed its budget (unknown budget: no)."""
+    """Whether a placed model's weights plus its activations (its reserve + `activation_bytes`, in the preserved
+    memory as far as that reaches) need more than the free memory it was planned for (unknown: no)."""
     if placement is None or placement.plan.budget is None:
         return False
-    return placement.plan.peak_weight_bytes + placement.plan.reserve_bytes + activation_bytes > placement.plan.budget
+    return placement.plan.device_bytes(activation_bytes) > placement.plan.free_bytes
 
 
 @contextmanager

@@ -1,22 +1,10 @@
-"""Block swapping under a memory budget: which transformer blocks stay on the compute device and which stream in.
+"""Block swapping: placing a model on the compute device by a `SwapPlan`, streamed blocks copied in per pass.
 
-FramePack's `gpu_memory_preservation` (GB, default 6) is the memory to keep FREE on the compute
-device. The budget for the transformer is therefore
-
-    budget = free device bytes (torch.cuda.mem_get_info, before placing) - gpu_memory_preservation GiB
-
-`plan_swap` spends it in this order (bytes of parameters + buffers in their STORED dtype, so an fp8
-weight counts one byte; `storage.storage_bytes`):
-1. the non-block modules (embedders, refiner, norm_out, proj_out): always resident; if they plus the
-   reserve do not fit, an InputError names gpu_memory_preservation;
-2. the activation reserve (`activation_reserve`): ACTIVATION_FACTOR hidden-state sized tensors of the
-   section's tokens in the compute dtype (hidden and text streams, norm output, q, k, v, attention
-   output, the MLP's 4x hidden: about 12 alive at once with SDPA attention) plus the one transient
-   compute-dtype copy of the largest matmul weight that per-layer casting (fp8 storage) makes;
-3. when blocks must stream: two streaming slots of the largest blocks (the block computing and the
-   next one being prefetched), or, when only one fits, one slot and no prefetch (synchronous copies);
-4. then the blocks of `transformer_blocks` and `single_transformer_blocks`, in execution order, each
-   kept resident when it still fits; the rest stream. When everything fits nothing streams.
+The plan (which blocks stay resident, which stream, under FramePack's `gpu_memory_preservation`) is
+`swap_plan.plan_swap`'s; its names are re-exported here. In short: the weight budget is free device
+bytes minus the preservation, the activations live in the preserved memory (only an estimate beyond
+it is taken out of the budget), and when even one streamed block does not fit goan streams every block
+through one slot and warns, failing only when the device cannot hold that at all.
 
 `placed(...)` applies a plan for the time of a `with` block and puts every weight back as it was
 (on the CPU) afterwards, exceptions included. Streamed blocks keep their weights in host memory
@@ -29,7 +17,8 @@ copy is dropped. The model's own pre-hook prefetches the first streamed block wh
 Every transfer goes through an `Accelerator`, which keeps a ledger of the weight bytes it holds
 (`resident_bytes`, `peak_bytes`). `CountingAccelerator` is a fake one for CPU tests and benches: its
 "device" copies are CPU clones and its free memory is what it is told, so the whole swap sequence
-(same hooks, same prefetch order) runs with real math on the CPU while the ledger proves peak <= budget.
+(same hooks, same prefetch order) runs with real math on the CPU while the ledger proves that the
+plan's peak weight bytes are what is held.
 
 Why not diffusers' group offloading (`apply_group_offloading`, block_level, use_stream=True):
 it offloads EVERY block of every ModuleList child plus an "unmatched" group of all other top-level
@@ -45,132 +34,17 @@ order) and `what` the model in errors; `encoder_offload` has the encoders' lists
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from ..errors import InputError
-from .storage import storage_bytes
+from .swap_plan import (ACTIVATION_FACTOR, BLOCK_LISTS, CONTEXT_TOKENS, DEFAULT_GPU_MEMORY_PRESERVATION, GIB,
+                        SwapPlan, activation_reserve, plan_swap, section_tokens, swap_blocks, transformer_blocks)
 
-GIB = 1024 ** 3
-DEFAULT_GPU_MEMORY_PRESERVATION = 6.0  # FramePack's default
-BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")  # in execution order
-ACTIVATION_FACTOR = 12  # hidden-state sized tensors alive at once (see the module docstring)
-CONTEXT_TOKENS = 512 + 729  # prompt tokens (PROMPT_EMBED_LENGTH) + SigLIP image tokens
-
-
-# -- planning ----------------------------------------------------------------------------------------
-
-
-def swap_blocks(model: nn.Module, containers: tuple[str, ...] = BLOCK_LISTS) -> list[tuple[str, nn.Module]]:
-    """The swappable blocks ("layers.0", ...) of the block lists named by `containers` (dotted paths; a
-    missing one holds none, so one list may name alternatives), in the order the forward pass runs them."""
-    blocks, seen = [], set()
-    for list_name in containers:
-        owner = model
-        for part in list_name.split("."):
-            owner = getattr(owner, part, None)
-        for index, block in enumerate(owner or ()):
-            if id(block) not in seen:  # one list reachable under two names counts once
-                seen.add(id(block))
-                blocks.append((f"{list_name}.{index}", block))
-    return blocks
-
-
-def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The transformer's swappable blocks ("transformer_blocks.0", ...) in execution order."""
-    return swap_blocks(model, BLOCK_LISTS)
-
-
-def section_tokens(plan, patch_size: int = 2) -> int:
-    """Tokens one forward pass sees, generously: twice the noisy latent's (the clean and compressed
-    history latents add about 0.3x at lws 9) plus the prompt and image tokens. `plan` is a SectionPlan."""
-    noise = plan.lws * (plan.latent_height // patch_size) * (plan.latent_width // patch_size)
-    return 2 * noise + CONTEXT_TOKENS
-
-
-def activation_reserve(model: nn.Module, compute_dtype: torch.dtype, tokens: int = 0,
-                       factor: int = ACTIVATION_FACTOR) -> int:
-    """Bytes kept for activations (`factor` x tokens x inner dim: heads x head dim, or the config's
-    hidden_size) and the largest per-layer weight cast."""
-    itemsize = torch.empty((), dtype=compute_dtype).element_size()
-    cast = max((m.weight.numel() * itemsize for m in model.modules()
-                if isinstance(m, (nn.Linear, nn.Conv3d)) and m.weight.dtype != compute_dtype), default=0)
-    config = getattr(model, "config", None)
-    inner = int(getattr(config, "num_attention_heads", 0) * getattr(config, "attention_head_dim", 0))
-    inner = inner or int(getattr(config, "hidden_size", 0) or 0)
-    return cast + int(factor) * int(tokens) * inner * itemsize
-
-
-@dataclass(frozen=True)
-class SwapPlan:
-    """Which blocks stay resident and which stream, and the bytes behind that choice (budget None: unlimited)."""
-
-    budget: int | None
-    fixed_bytes: int  # non-block modules, always resident
-    reserve_bytes: int
-    block_bytes: dict = field(default_factory=dict)  # block name -> bytes, in execution order
-    resident: tuple[str, ...] = ()
-    streamed: tuple[str, ...] = ()
-    prefetch: bool = True  # copy the next streamed block while the current one computes
-    containers: tuple[str, ...] = BLOCK_LISTS  # the model's block lists (see `swap_blocks`)
-
-    @property
-    def slot_bytes(self) -> int:
-        """Device bytes the streamed blocks take at once: the computing one (and the prefetched one)."""
-        sizes = sorted((self.block_bytes[name] for name in self.streamed), reverse=True)
-        return sum(sizes[:2 if self.prefetch else 1])
-
-    @property
-    def peak_weight_bytes(self) -> int:
-        """The most weight bytes on the device at any moment of a run under this plan."""
-        return self.fixed_bytes + sum(self.block_bytes[name] for name in self.resident) + self.slot_bytes
-
-    @property
-    def peak_bytes(self) -> int:
-        return self.peak_weight_bytes + self.reserve_bytes
-
-
-def plan_swap(model: nn.Module, free_bytes: int | None,
-              gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION, *,
-              compute_dtype: torch.dtype = torch.float32, tokens: int = 0,
-              containers: tuple[str, ...] = BLOCK_LISTS, what: str = "the transformer",
-              activation_factor: int = ACTIVATION_FACTOR) -> SwapPlan:
-    """The blocks to keep resident for a device with `free_bytes` free (None: unknown, keep all resident).
-
-    `containers`: the model's block lists; `what` names it in errors; `activation_factor` sizes the reserve.
-    """
-    if gpu_memory_preservation < 0:
-        raise InputError(f"gpu_memory_preservation must be >= 0 GB, not {gpu_memory_preservation}")
-    blocks = {name: storage_bytes(block) for name, block in swap_blocks(model, containers)}
-    fixed = storage_bytes(model) - sum(blocks.values())
-    reserve = activation_reserve(model, compute_dtype, tokens, activation_factor)
-    containers = tuple(containers)
-    if free_bytes is None:
-        return SwapPlan(None, fixed, reserve, blocks, tuple(blocks), containers=containers)
-    budget = int(free_bytes - gpu_memory_preservation * GIB)
-    available = budget - fixed - reserve
-    if available >= sum(blocks.values()):
-        return SwapPlan(budget, fixed, reserve, blocks, tuple(blocks), containers=containers)
-    largest = sorted(blocks.values(), reverse=True)
-    prefetch = available >= sum(largest[:2])
-    slots = sum(largest[:2 if prefetch else 1])
-    if available < slots:
-        raise InputError(
-            f"gpu_memory_preservation {gpu_memory_preservation:g} GB leaves {budget / GIB:.3f} GB of the "
-            f"{free_bytes / GIB:.3f} GB free on the compute device; {what} needs at least "
-            f"{(fixed + reserve + slots) / GIB:.3f} GB there (its non-block modules {fixed / GIB:.3f} GB, "
-            f"activations {reserve / GIB:.3f} GB, one streamed block {slots / GIB:.3f} GB): lower "
-            "gpu_memory_preservation or free memory on the device")
-    resident, used = [], 0
-    for name, size in blocks.items():
-        if used + size <= available - slots:
-            resident.append(name)
-            used += size
-    streamed = tuple(name for name in blocks if name not in resident)
-    return SwapPlan(budget, fixed, reserve, blocks, tuple(resident), streamed, prefetch, containers)
+__all__ = ["ACTIVATION_FACTOR", "BLOCK_LISTS", "CONTEXT_TOKENS", "DEFAULT_GPU_MEMORY_PRESERVATION", "GIB", "SwapPlan",
+           "activation_reserve", "plan_swap", "section_tokens", "swap_blocks", "transformer_blocks", "Accelerator",
+           "CountingAccelerator", "Placement", "placed"]
 
 
 # -- the device as the swapper sees it ---------------------------------------------------------------
