@@ -1,13 +1,19 @@
-"""Resume files in ComfyUI's input folder: listing them, resolving a name safely, naming uploads."""
+"""Resume files in ComfyUI's input folder: listing them, resolving a name safely, naming uploads,
+and validating each version of a file once (`VALIDATED`)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import os
 import re
+import threading
 import unicodedata
+from collections import OrderedDict
 from pathlib import Path
 
-from ..goan_core.resumefile import RESUME_SUFFIX, RETENTION_DIR
+from ..goan_core.resumefile import RESUME_SUFFIX, RETENTION_DIR, ResumeData, read_resume_file
 from ..goan_core.errors import InputError
 from .adapter import HOST
 
@@ -82,3 +88,131 @@ def reserve_upload_path(stem: str) -> Path:
         os.close(fd)
         return candidate
     raise InputError(f"too many uploads named {stem}{RESUME_SUFFIX}; delete some")
+
+
+# -- validate each version of a file once ------------------------------------------------------------
+
+SAMPLE_BYTES = 64 * 1024  # hashed from each end of a file: the end holds the zip directory with every CRC-32
+MAX_VALIDATED_FILES = 8
+MAX_VALIDATED_BYTES = 2 * 1024**3  # by file size; the newest file is kept whatever its size
+
+
+@dataclasses.dataclass(frozen=True)
+class FileVersion:
+    """What identifies one version of a file without reading it all.
+
+    Any write changes ctime (which no program can set back), and the sample hash covers the zip
+    directory, so a file changed in place, replaced, or given back its old size and mtime is a new
+    version. Only an unchanged file compares equal.
+    """
+
+    path: str
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    sample: str
+
+    def same_content_as(self, other: "FileVersion") -> bool:
+        """The same file (inode), unchanged, perhaps renamed (a rename changes the path and ctime only)."""
+        return (self.device, self.inode, self.size, self.mtime_ns, self.sample) == (
+            other.device, other.inode, other.size, other.mtime_ns, other.sample)
+
+
+def file_version(path) -> FileVersion:
+    """The version of the file at `path` (stat plus a hash of its first and last 64 KiB); OSError if unreadable."""
+    real = os.path.realpath(path)
+    with open(real, "rb") as fh:
+        stat = os.fstat(fh.fileno())
+        digest = hashlib.blake2b(fh.read(SAMPLE_BYTES), digest_size=16)
+        if stat.st_size > SAMPLE_BYTES:
+            fh.seek(max(SAMPLE_BYTES, stat.st_size - SAMPLE_BYTES))
+            digest.update(fh.read(SAMPLE_BYTES))
+    return FileVersion(real, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
+                       digest.hexdigest())
+
+
+def _private_copy(data: ResumeData) -> ResumeData:
+    """A copy a caller may change without changing the cached one (tensors are never changed in place)."""
+    return dataclasses.replace(data, state=data.state.snapshot(), source_image=data.source_image.copy(),
+                               workflow=copy.deepcopy(data.workflow), job_info=copy.deepcopy(data.job_info),
+                               notes=list(data.notes))
+
+
+class ValidatedFiles:
+    """The last few resume files that passed `read_resume_file`'s full validation, by file version.
+
+    Upload, `/goan/resume_info` and Load Resume all read through `read`, so a dropped file is read
+    and hashed once; a file that changed in any way is a new version and is validated again. Only
+    files that passed are kept, and at most `max_files` of them (`max_bytes` by file size, though
+    the newest is kept whatever its size). Thread-safe: the routes read in executor threads,
+    ComfyUI's nodes in its prompt thread.
+    """
+
+    def __init__(self, max_files: int = MAX_VALIDATED_FILES, max_bytes: int = MAX_VALIDATED_BYTES):
+        self.max_files, self.max_bytes = max_files, max_bytes
+        self._entries: OrderedDict[str, tuple[FileVersion, ResumeData]] = OrderedDict()  # by path, oldest first
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def validate(self, path) -> tuple[ResumeData, FileVersion | None]:
+        """Fully validate `path` (no cache) and say which version passed: None if it changed meanwhile."""
+        try:
+            before = file_version(path)
+        except OSError:
+            before = None
+        data = read_resume_file(path)  # raises ResumeFileError for a missing or unreadable file too
+        try:
+            after = file_version(path)
+        except OSError:
+            after = None
+        return data, (before if before is not None and before == after else None)
+
+    def read(self, path) -> ResumeData:
+        """`read_resume_file(path)`, validated once per version of the file; the caller's own copy."""
+        try:
+            version = file_version(path)
+        except OSError:
+            version = None
+        if version is not None:
+            with self._lock:
+                entry = self._entries.get(version.path)
+                if entry is not None and entry[0] == version:
+                    self._entries.move_to_end(version.path)
+                    return _private_copy(entry[1])
+        data, validated = self.validate(path)
+        if validated is not None:
+            self._store(validated, data)
+        return _private_copy(data)
+
+    def remember_moved(self, path, data: ResumeData, validated: FileVersion | None) -> bool:
+        """Keep `data`, validated as `validated`, for the file now at `path` if it is that same file renamed."""
+        if validated is None:
+            return False
+        try:
+            version = file_version(path)
+        except OSError:
+            return False
+        if not version.same_content_as(validated):
+            return False
+        self._store(version, data)
+        return True
+
+    def _store(self, version: FileVersion, data: ResumeData) -> None:
+        with self._lock:
+            self._entries.pop(version.path, None)  # one version per path: an older one is gone
+            self._entries[version.path] = (version, data)
+            while len(self._entries) > 1 and (
+                    len(self._entries) > self.max_files
+                    or sum(v.size for v, _ in self._entries.values()) > self.max_bytes):
+                self._entries.popitem(last=False)
+
+
+VALIDATED = ValidatedFiles()

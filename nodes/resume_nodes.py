@@ -6,11 +6,11 @@ import json
 import logging
 
 from ..goan_core.errors import InputError
-from ..goan_core.resumefile import RetentionFolder, read_resume_file
+from ..goan_core.resumefile import RetentionFolder
 from ..goan_core.vocabulary import FileKind, Status
 from . import types as T
 from .adapter import HOST, output_relative
-from .files import list_input_resume_files, resolve_input_name
+from .files import VALIDATED, list_input_resume_files, resolve_input_name
 from .types import CATEGORY, GoanJob, uint8_to_image
 
 log = logging.getLogger("goan")
@@ -48,11 +48,11 @@ class GoanLoadResume:
             stat = resolve_input_name(resume_file).stat()
         except (InputError, OSError):
             return float("nan")
-        return f"{stat.st_size}:{stat.st_mtime_ns}"
+        return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"  # any write changes ctime
 
     def execute(self, resume_file):
         path = resolve_input_name(resume_file)
-        data = read_resume_file(path)
+        data = VALIDATED.read(path)  # an upload or resume_info of this very file has usually validated it already
         for note in data.notes:
             log.warning("goan: %s: %s", resume_file, note)
         subfolder, _, filename = resume_file.rpartition("/")

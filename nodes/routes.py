@@ -4,6 +4,8 @@ POST /goan/pause                {prompt_id}          -> 200 {status, prompt_id} 
 GET  /goan/jobs                                      -> {jobs: [...]}
 POST /goan/upload/{upload_id}?offset=&total=&filename=  raw chunk bytes (<= 16 MiB)
                                                      -> {received} | {done, name, filename, subfolder, type}
+                                                        | 507 {error} (no room: refused at the start, or the
+                                                        disk filled up; the upload is dropped, start again)
 GET  /goan/resume_info?name=goan_resume/NAME.goan_resume -> {workflow, job_info, params, exact, notes}
 GET  /goan/workflows                                 -> {workflows: [names]}
 GET  /goan/workflows/{name}.json                     -> the example workflow
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -25,11 +28,10 @@ from pathlib import Path
 from aiohttp import web
 
 from ..goan_core.errors import GoanError, ResumeFileError
-from ..goan_core.resumefile import (FREE_SPACE_MARGIN, MAX_JSON_DEPTH, MAX_TOTAL_BYTES, format_size, json_too_deep,
-                                   read_resume_file)
+from ..goan_core.resumefile import FREE_SPACE_MARGIN, MAX_JSON_DEPTH, MAX_TOTAL_BYTES, format_size, json_too_deep
 from ..goan_core.vocabulary import Status
 from .adapter import HOST
-from .files import UPLOAD_SUBFOLDER, reserve_upload_path, resolve_input_name, sanitise_upload_name
+from .files import UPLOAD_SUBFOLDER, VALIDATED, reserve_upload_path, resolve_input_name, sanitise_upload_name
 from .jobs import REGISTRY
 
 log = logging.getLogger("goan")
@@ -42,6 +44,7 @@ UPLOAD_TTL = 3600.0  # seconds an unfinished upload is kept without a new chunk
 MAX_ACTIVE_UPLOADS = 32  # unfinished uploads at once (each holds a temp file and a lock)
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
 WORKFLOW_NAMES = ("goan_image_to_video.json", "goan_resume.json", "goan_native_encoders.json")
+NO_SPACE = {errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
 
 
 def _error(status: int, message: str, **extra) -> web.Response:
@@ -57,11 +60,25 @@ class Upload:
     touched: float = 0.0
 
 
+async def _in_thread(function, *args):
+    """Run blocking file work (writes, renames, validation) off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as error:
+        log.warning("goan: could not remove the upload's temp file %s: %s", path, error)
+
+
 class Uploads:
     """Unfinished chunked uploads, in the temp folder; one lock per upload id.
 
     A lock lives only while a request for its id is in flight or its upload is unfinished, so
     refused requests leave nothing behind; at most MAX_ACTIVE_UPLOADS uploads are unfinished at once.
+    `active` is also the ledger of disk space: every unfinished upload has its announced size
+    reserved (see `_short_of_space`) from its first chunk until it is finished or dropped.
     """
 
     def __init__(self):
@@ -89,31 +106,78 @@ class Uploads:
                 if upload_id not in self.active:
                     self.locks.pop(upload_id, None)
 
-    def drop(self, upload_id: str) -> None:
+    async def drop(self, upload_id: str) -> None:
+        """Forget the upload (its reservation ends at once) and remove its temp file."""
         upload = self.active.pop(upload_id, None)
         if not self.users.get(upload_id):
             self.locks.pop(upload_id, None)
         if upload is not None:
-            upload.path.unlink(missing_ok=True)
+            await _in_thread(_remove, upload.path)
 
-    def expire(self) -> None:
+    async def expire(self) -> None:
         now = time.monotonic()
         for upload_id, upload in list(self.active.items()):
             if now - upload.touched > UPLOAD_TTL and not self.users.get(upload_id):
-                self.drop(upload_id)
+                await self.drop(upload_id)
 
 
 UPLOADS = Uploads()
 
 
+def _same_device(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False  # count both: the cautious answer
+
+
 def _short_of_space(total: int) -> str | None:
-    """Why an upload of `total` bytes cannot fit (temp copy plus the stored file), or None."""
-    for folder in {UPLOADS.folder(), HOST.directory("input")}:
+    """Why an upload of `total` bytes cannot fit beside the unfinished ones, or None.
+
+    Free space must hold this upload, the bytes still to come of every other unfinished upload
+    (`UPLOADS.active`: the reservation ledger), and FREE_SPACE_MARGIN. The temp copy and the stored
+    file share the space when temp and input are on one file system (a finished upload is renamed);
+    otherwise the input folder must also hold every unfinished upload's whole file.
+    """
+    others = list(UPLOADS.active.values())
+    temp, inputs = UPLOADS.folder(), HOST.directory("input")
+    needs = [(temp, sum(u.total - u.received for u in others))]
+    if not _same_device(temp, inputs):
+        needs.append((inputs, sum(u.total for u in others)))
+    for folder, reserved in needs:
         free = shutil.disk_usage(folder).free
-        if free < total + FREE_SPACE_MARGIN:
-            return (f"not enough free disk space for this {format_size(total)} upload: {format_size(free)} free; "
-                    "free some space and upload again")
+        if free < total + reserved + FREE_SPACE_MARGIN:
+            held = (f", {format_size(reserved)} of it reserved for {len(others)} other upload"
+                    f"{'s' if len(others) != 1 else ''} in progress" if reserved else "")
+            return (f"not enough free disk space for this {format_size(total)} upload: {format_size(free)} free"
+                    f"{held}; free some space (or let the other uploads finish) and upload again")
     return None
+
+
+def _write_chunk(path: Path, offset: int, chunk: bytes) -> None:
+    """Write `chunk` at `offset` of the temp file; if that fails, the file is cut back to `offset` bytes."""
+    with open(path, "r+b", buffering=0) as fh:
+        try:
+            fh.seek(offset)
+            view = memoryview(chunk)
+            while view:
+                written = fh.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "the write made no progress")
+                view = view[written:]
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fh.truncate(offset)
+            raise
+
+
+def _write_failed(error: OSError, current: Upload) -> web.Response:
+    """The answer when writing an upload failed (the upload has been dropped)."""
+    if error.errno in NO_SPACE:
+        return _error(507, f"the disk filled up while receiving this {format_size(current.total)} upload "
+                           f"({format_size(current.received)} received); free some space and upload again")
+    log.warning("goan: writing an upload failed: %s", error)
+    return _error(500, f"the upload could not be written ({error.strerror or type(error).__name__}); upload again")
 
 
 def _int_param(request: web.Request, name: str) -> int:
@@ -185,16 +249,16 @@ async def upload(request: web.Request) -> web.Response:
         return _error(400 if total == 0 else 413, f"total must be between 1 and {MAX_UPLOAD} bytes")
     if request.content_length is not None and request.content_length > MAX_CHUNK:
         return _error(413, f"a chunk may hold at most {MAX_CHUNK} bytes")
-    UPLOADS.expire()
+    await UPLOADS.expire()
     async with UPLOADS.holding(upload_id):
         chunk = await _read_body(request, MAX_CHUNK)
         if chunk is None:
-            UPLOADS.drop(upload_id)
+            await UPLOADS.drop(upload_id)
             return _error(413, f"a chunk may hold at most {MAX_CHUNK} bytes")
         current = UPLOADS.active.get(upload_id)
         if offset == 0:
             if current is not None:
-                UPLOADS.drop(upload_id)
+                await UPLOADS.drop(upload_id)
             if len(UPLOADS.active) >= MAX_ACTIVE_UPLOADS:
                 return _error(429, f"{MAX_ACTIVE_UPLOADS} uploads are unfinished; finish or wait for one "
                                    f"(an abandoned upload is dropped after {UPLOAD_TTL / 60:g} minutes)")
@@ -202,20 +266,28 @@ async def upload(request: web.Request) -> web.Response:
             if short:
                 return _error(507, short)
             filename = request.query.get("filename", "")
-            current = Upload(UPLOADS.folder() / f"{upload_id}.goan_resume", total, filename)
-            current.path.write_bytes(b"")
-            UPLOADS.active[upload_id] = current
+            current = Upload(UPLOADS.folder() / f"{upload_id}.goan_resume", total, filename,
+                             touched=time.monotonic())
+            UPLOADS.active[upload_id] = current  # reserved before the next await: no other start can miss it
+            try:
+                await _in_thread(current.path.write_bytes, b"")
+            except OSError as error:
+                await UPLOADS.drop(upload_id)
+                return _write_failed(error, current)
         elif current is None or offset != current.received:
             received = 0 if current is None else current.received
             return _error(409, f"chunk out of order: expected offset {received}, got {offset}", received=received)
         if total != current.total:
-            UPLOADS.drop(upload_id)
+            await UPLOADS.drop(upload_id)
             return _error(400, f"total changed during the upload ({current.total} -> {total})")
         if offset + len(chunk) > total:
-            UPLOADS.drop(upload_id)
+            await UPLOADS.drop(upload_id)
             return _error(400, f"the chunks add up to more than the announced {total} bytes")
-        with open(current.path, "ab") as fh:
-            fh.write(chunk)
+        try:
+            await _in_thread(_write_chunk, current.path, current.received, chunk)
+        except OSError as error:
+            await UPLOADS.drop(upload_id)
+            return _write_failed(error, current)
         current.received += len(chunk)
         current.touched = time.monotonic()
         if current.received < total:
@@ -223,27 +295,42 @@ async def upload(request: web.Request) -> web.Response:
         try:
             return await _finish_upload(upload_id, current)
         finally:
-            UPLOADS.drop(upload_id)
+            await UPLOADS.drop(upload_id)
+
+
+def _store_upload(temp: Path, stem: str) -> Path:
+    """Validate the finished temp file and move it to a new name in the input folder (blocking).
+
+    The validated result is kept for the stored file (`VALIDATED`), so resume_info and Load Resume
+    on the new file do not read it again.
+    """
+    data, version = VALIDATED.validate(temp)
+    target = reserve_upload_path(stem)
+    try:
+        try:
+            os.replace(temp, target)
+        except OSError:  # the temp folder is on another file system
+            shutil.copyfile(temp, target)
+    except BaseException:
+        _remove(target)
+        raise
+    VALIDATED.remember_moved(target, data, version)  # a copy is not the validated file: read again later
+    return target
 
 
 async def _finish_upload(upload_id: str, current: Upload) -> web.Response:
     stem = sanitise_upload_name(current.filename)
     shown = f"{stem}.goan_resume"
-    loop = asyncio.get_running_loop()
     try:
-        await loop.run_in_executor(None, read_resume_file, current.path)
+        target = await _in_thread(_store_upload, current.path, stem)
     except ResumeFileError as error:
         return _error(400, f"{shown}: {error.problem}")
     except GoanError as error:
         return _error(400, f"{shown}: {error}")
-    target = reserve_upload_path(stem)
-    try:
-        try:
-            os.replace(current.path, target)
-        except OSError:  # the temp folder is on another file system
-            await loop.run_in_executor(None, shutil.copyfile, current.path, target)
-    except BaseException:
-        target.unlink(missing_ok=True)
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            return _error(507, f"{shown}: not enough free disk space in the input folder to store this "
+                               f"{format_size(current.total)} upload; free some space and upload again")
         raise
     log.info("goan: uploaded resume file stored as %s", target)
     return web.json_response({"done": True, "name": f"{UPLOAD_SUBFOLDER}/{target.name}", "filename": target.name,
@@ -259,7 +346,7 @@ async def resume_info(request: web.Request) -> web.Response:
     if not path.is_file():
         return _error(404, f"{name}: no such resume file in the input folder")
     try:
-        data = await asyncio.get_running_loop().run_in_executor(None, read_resume_file, path)
+        data = await _in_thread(VALIDATED.read, path)  # validated once per version of the file
     except ResumeFileError as error:
         return _error(400, f"{name}: {error.problem}")
     except GoanError as error:

@@ -45,11 +45,15 @@ async def upload(client, data: bytes, filename: str, chunk: int = 1000, upload_i
 def fresh_uploads(pack):
     from goan_pack.nodes.routes import UPLOADS
 
+    from goan_pack.nodes.files import VALIDATED
+
     UPLOADS.active.clear()
     UPLOADS.locks.clear()
     UPLOADS.users.clear()
+    VALIDATED.clear()
     yield
     UPLOADS.active.clear()
+    VALIDATED.clear()
 
 
 @pytest.fixture
@@ -511,3 +515,248 @@ def test_resume_info_of_a_file_with_a_deeply_nested_workflow_is_a_400(host, tmp_
 
     status, answer = serve(scenario)
     assert status == 400 and "nested too deeply" in answer["error"], answer
+
+
+# -- issue 12 item 6: disk space is reserved for every unfinished upload; a full disk is a clean 507 ------
+
+def _fake_usage(monkeypatch, free: int):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - free, free))
+
+
+def test_concurrent_uploads_reserve_their_announced_sizes(host, valid_file, monkeypatch):
+    """Each start used to be checked alone, so three that fit one by one together filled the disk."""
+    from goan_pack.goan_core.resumefile import FREE_SPACE_MARGIN
+    from goan_pack.nodes import routes
+
+    size = len(valid_file)
+    _fake_usage(monkeypatch, FREE_SPACE_MARGIN + 2 * size + size // 2)  # room for two and a half
+
+    async def start(client, upload_id):
+        response = await client.post(f"/goan/upload/{upload_id}", data=valid_file[:10],
+                                     params={"offset": 0, "total": size, "filename": upload_id})
+        return response.status, await response.json()
+
+    async def scenario(client):
+        first, second = await start(client, "upload-000a"), await start(client, "upload-000b")
+        third = await start(client, "upload-000c")
+        reserved = dict(routes.UPLOADS.active)
+        rest = await client.post("/goan/upload/upload-000a", data=valid_file[10:],
+                                 params={"offset": 10, "total": size, "filename": "a"})
+        finished = rest.status, await rest.json()
+        again = await start(client, "upload-000c")  # the finished upload's reservation is released
+        return first, second, third, reserved, finished, again
+
+    first, second, third, reserved, finished, again = serve(scenario)
+    assert first == (200, {"received": 10}) and second == (200, {"received": 10})
+    assert third[0] == 507, third
+    assert "not enough free disk space" in third[1]["error"] and "reserved for 2 other uploads" in third[1]["error"]
+    assert set(reserved) == {"upload-000a", "upload-000b"}  # the refused start reserved nothing
+    assert finished[0] == 200 and finished[1]["done"]
+    assert again == (200, {"received": 10})
+    assert leftovers(host) == ["upload-000b.goan_resume", "upload-000c.goan_resume"]
+
+
+class _FullDisk:
+    """Stands in for `open` in nodes.routes: once armed, a write stores half its bytes and then fails."""
+
+    def __init__(self, code: int):
+        self.code, self.armed, self.sizes_after_failure = code, False, []
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        real = open(path, mode, *args, **kwargs)
+        if not self.armed or "r" == mode:
+            return real
+        fake = self
+
+        class File:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                real.close()
+                fake.sizes_after_failure.append(os.path.getsize(path))
+
+            def write(self, data):
+                data = memoryview(data)
+                if len(data) > 1:
+                    return real.write(data[: len(data) // 2])
+                raise OSError(fake.code, os.strerror(fake.code))
+
+        return File()
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT"])
+def test_a_chunk_that_finds_the_disk_full_is_a_507_and_nothing_is_left(host, valid_file, monkeypatch, code):
+    """The failed write used to be a 500, and the temp file kept more bytes than `received` said."""
+    import errno
+
+    from goan_pack.nodes import routes
+
+    if not hasattr(errno, code):
+        pytest.skip(f"no {code} on this platform")
+    full = _FullDisk(getattr(errno, code))
+    monkeypatch.setattr(routes, "open", full, raising=False)
+
+    async def send(client, offset, data):
+        response = await client.post(f"/goan/upload/{UPLOAD_ID}", data=data,
+                                     params={"offset": offset, "total": len(valid_file), "filename": "a"})
+        return response.status, await response.json()
+
+    async def scenario(client):
+        first = await send(client, 0, valid_file[:100])
+        full.armed = True
+        failed = await send(client, 100, valid_file[100:300])
+        full.armed = False
+        after = await send(client, 300, valid_file[300:])
+        retried = await upload(client, valid_file, "a.goan_resume", chunk=len(valid_file))
+        return first, failed, after, retried
+
+    first, failed, after, retried = serve(scenario)
+    assert first == (200, {"received": 100})
+    assert failed[0] == 507 and "disk filled up" in failed[1]["error"], failed
+    assert full.sizes_after_failure == [100]  # cut back to what `received` says before it was removed
+    assert after[0] == 409 and after[1]["received"] == 0  # the upload was dropped: start again
+    assert retried[0] == 200 and retried[1]["done"]
+    assert leftovers(host) == [] and stored(host) == ["a.goan_resume"]
+    assert routes.UPLOADS.active == {} and routes.UPLOADS.locks == {}
+
+
+def test_chunk_writes_run_off_the_event_loop(host, valid_file, monkeypatch):
+    import threading
+
+    from goan_pack.nodes import routes
+
+    threads = []
+    real = routes._write_chunk
+
+    def spy(*args):
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(routes, "_write_chunk", spy)
+    loop_thread = []
+
+    async def scenario(client):
+        loop_thread.append(threading.current_thread())
+        return await upload(client, valid_file, "a", chunk=len(valid_file) // 3 + 1)
+
+    status, body = serve(scenario)
+    assert status == 200 and body["done"]
+    assert len(threads) == 3 and loop_thread[0] not in threads
+
+
+# -- issue 12 item 12: one drop is read and validated once --------------------------------------------
+
+@pytest.fixture
+def validations(pack, monkeypatch):
+    """Counts full validations of format-v1 files (what `read_resume_file` runs for each read)."""
+    from goan_pack.goan_core.resumefile import reader
+
+    calls = []
+    real = reader._read_v1
+
+    def spy(archive):
+        calls.append(archive.path.name)
+        return real(archive)
+
+    monkeypatch.setattr(reader, "_read_v1", spy)
+    return calls
+
+
+def _info(name):
+    async def scenario(client):
+        response = await client.get("/goan/resume_info", params={"name": name})
+        return response.status, await response.json()
+
+    return serve(scenario)
+
+
+def test_upload_resume_info_and_load_resume_validate_a_file_once(host, valid_file, validations, tmp_path):
+    from goan_pack.goan_core.errors import ResumeFileError
+    from goan_pack.nodes.resume_nodes import GoanLoadResume
+
+    status, body = serve(lambda client: upload(client, valid_file, "drop.goan_resume", chunk=4096))
+    assert status == 200 and body["done"]
+    name = body["name"]
+    info_status, info = _info(name)
+    job, image, params = GoanLoadResume().execute(name)
+    assert info_status == 200 and info["params"]["seed"] == 1234
+    assert job.state.job_id == "job-1" and json.loads(params)["seed"] == 1234
+    assert len(validations) == 1  # the upload's; resume_info and Load Resume reused it
+
+    # changed in place, with its old size and mtime put back: validated again, and refused
+    path = host.directory("input") / name
+    stat = path.stat()
+    damaged = bytearray(valid_file)
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    info_status, info = _info(name)
+    assert info_status == 400 and info["error"].startswith(f"{name}: "), info
+    with pytest.raises(ResumeFileError):
+        GoanLoadResume().execute(name)
+    assert len(validations) == 3  # a refused file is never remembered
+
+    # replaced by another valid job: validated once more, then reused
+    path.write_bytes(write_valid(tmp_path / "other.goan_resume", job_id="job-2").read_bytes())
+    assert _info(name)[0] == 200
+    job, _, _ = GoanLoadResume().execute(name)
+    assert job.state.job_id == "job-2" and len(validations) == 4
+
+
+def test_an_upload_copied_across_file_systems_is_validated_again_once(host, valid_file, validations, monkeypatch):
+    """A copy is not the file that was validated, so the first reader checks it again (and only the first)."""
+    import errno
+
+    from goan_pack.nodes import routes
+
+    def no_rename(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(routes.os, "replace", no_rename)
+        status, body = serve(lambda client: upload(client, valid_file, "copied.goan_resume"))
+    assert status == 200 and (host.directory("input") / body["name"]).read_bytes() == valid_file
+    assert _info(body["name"])[0] == 200 and _info(body["name"])[0] == 200
+    assert len(validations) == 2 and leftovers(host) == []
+
+
+def test_validated_files_are_bounded_and_handed_out_as_copies(host, validations, tmp_path):
+    from goan_pack.nodes.files import MAX_VALIDATED_FILES, VALIDATED, ValidatedFiles
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    paths = [write_valid(folder / f"f{n:02d}.goan_resume", job_id=f"job-{n}") for n in range(MAX_VALIDATED_FILES + 2)]
+    for path in paths:
+        VALIDATED.read(path)
+    assert len(VALIDATED) == MAX_VALIDATED_FILES and len(validations) == len(paths)
+    VALIDATED.read(paths[-1])  # kept
+    assert len(validations) == len(paths)
+    VALIDATED.read(paths[0])  # the oldest were dropped
+    assert len(validations) == len(paths) + 1 and len(VALIDATED) == MAX_VALIDATED_FILES
+
+    mine = VALIDATED.read(paths[-1])
+    mine.job_info["job_id"] = "changed"
+    mine.workflow["nodes"].clear()
+    mine.notes.append("mine")
+    mine.source_image[:] = 0
+    again = VALIDATED.read(paths[-1])
+    assert again.job_info["job_id"] == "job-9" and again.workflow["nodes"] and again.notes == []
+    assert again.source_image.any()
+
+    size = paths[0].stat().st_size
+    small = ValidatedFiles(max_files=8, max_bytes=2 * size + size // 2)
+    for path in paths[:4]:
+        small.read(path)
+    assert len(small) == 2
+    tiny = ValidatedFiles(max_files=8, max_bytes=1)
+    tiny.read(paths[0])
+    assert len(tiny) == 1  # the newest is kept whatever its size
