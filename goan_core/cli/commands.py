@@ -113,8 +113,9 @@ def run_with_progress(runtime: Runtime, job: Job, args) -> RunResult:
         bar.close()
 
 
-def finish(runtime: Runtime, result: RunResult, out: Path, crf: int) -> int:
-    """Write the MP4 of a finished job, or say where the resume file of a paused one is."""
+def finish(runtime: Runtime, result: RunResult, out: Path, crf: int, deterministic: bool = False) -> int:
+    """Write the MP4 of a finished job (`deterministic`: byte-reproducible), or say where the resume file of a
+    paused one is."""
     for message in result.autosave_errors:
         print(f"goan: warning: {message}", file=sys.stderr)
     if result.status is not Status.FINISHED:
@@ -123,7 +124,7 @@ def finish(runtime: Runtime, result: RunResult, out: Path, crf: int) -> int:
         return 0
     vae = runtime.encoders.require("vae", "writing the video")
     frames = render_frames(result.state, vae)
-    write_mp4(frames, out, crf=crf)
+    write_mp4(frames, out, crf=crf, deterministic=deterministic)
     print(f"goan: wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, 30 fps)")
     return 0
 
@@ -134,7 +135,7 @@ def generate(args) -> int:
     image = load_image(args.image)
     runtime = load_runtime(args, need_text=True, need_image=True)
     job = create_job(params, image, runtime.encoders, identity=runtime.transformer.identity())
-    return finish(runtime, run_with_progress(runtime, job, args), args.out, params.crf)
+    return finish(runtime, run_with_progress(runtime, job, args), args.out, params.crf, args.deterministic_video)
 
 
 def resume(args) -> int:
@@ -155,7 +156,8 @@ def resume(args) -> int:
     print(f"goan: resuming job {state.job_id} at section {state.section + 1}/{state.plan.total_sections}, "
           f"step {state.step_in_section}/{state.params.steps}")
     result = run_with_progress(runtime, job, args)
-    return finish(runtime, result, args.out, args.crf if args.crf is not None else state.params.crf)
+    return finish(runtime, result, args.out, args.crf if args.crf is not None else state.params.crf,
+                  args.deterministic_video)
 
 
 def inspect(args) -> int:

@@ -2,11 +2,15 @@
 
 For each mode: generate a video without interruption; generate it again but pause in the middle of
 a section, which writes a `.goan_resume` file; read that file back (as another machine would) and
-resume; then compare the final latents and every decoded frame with the uninterrupted run.
+resume; then compare the final latents and every decoded frame with the uninterrupted run (what goan
+proves: the frames it hands to the encoder are torch.equal). Both videos are written with the
+deterministic encode (`--deterministic-video`), so identical frames also give byte-identical MP4 files,
+which the demo checks and prints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -51,14 +55,18 @@ def run_demo(out_dir: Path) -> int:
         latent_diff = (history_ref - history_res).abs().max().item()
         frame_diff = (frames_ref.int() - frames_res.int()).abs().max().item()
         same = torch.equal(history_ref, history_res) and torch.equal(frames_ref, frames_res)
-        video_ref = write_mp4(frames_ref, out_dir / f"{mode}_uninterrupted.mp4")
-        video_res = write_mp4(frames_res, out_dir / f"{mode}_resumed.mp4")
+        video_ref = write_mp4(frames_ref, out_dir / f"{mode}_uninterrupted.mp4", deterministic=True)
+        video_res = write_mp4(frames_res, out_dir / f"{mode}_resumed.mp4", deterministic=True)
+        digest_ref, digest_res = (hashlib.sha256(video.read_bytes()).hexdigest() for video in (video_ref, video_res))
+        same_bytes = digest_ref == digest_res
         print(f"[{mode}] {reference.state.plan.total_sections} sections x {params.steps} steps, "
               f"{frames_ref.shape[0]} frames {frames_ref.shape[2]}x{frames_ref.shape[1]}: "
               f"max latent difference {latent_diff}, max frame difference {frame_diff}, "
               f"{'IDENTICAL' if same else 'DIFFERENT'}")
-        print(f"[{mode}] wrote {video_ref} and {video_res} ({count_frames(video_res)} frames each)")
-        ok = ok and same
-    print(f"goan demo: {'pause/resume is bit-identical in both modes' if ok else 'MISMATCH'} "
-          f"({time.monotonic() - started:.1f} s)")
+        print(f"[{mode}] wrote {video_ref} and {video_res} ({count_frames(video_res)} frames each, deterministic "
+              f"encode): {'BYTE-IDENTICAL' if same_bytes else 'DIFFERENT BYTES'} (sha256 {digest_ref[:16]}"
+              f"{'' if same_bytes else ' vs ' + digest_res[:16]})")
+        ok = ok and same and same_bytes
+    verdict = "pause/resume is bit-identical in both modes (latents, frames and MP4 bytes)" if ok else "MISMATCH"
+    print(f"goan demo: {verdict} ({time.monotonic() - started:.1f} s)")
     return 0 if ok else 1

@@ -63,6 +63,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="the MP4 to write")
     p.add_argument("--crf", type=int, help="h264 quality (0-51, lower is better; default 16)")
+    p.add_argument("--deterministic-video", action="store_true",
+                   help="encode the MP4 single-threaded with fixed settings, so the same frames give a "
+                        "byte-identical file on any machine (same PyAV build); slower. With --crf 0 the yuv420p "
+                        "frames are stored losslessly")
     p.add_argument("--pause-at", type=_pause_point, metavar="SECTION:STEP",
                    help="pause before this step and write a resume file")
     p.add_argument("--autosave-every", type=int, default=1, metavar="N", help="autosave every N sections (0: off)")
