@@ -6,9 +6,28 @@ import { registerTab } from "./goan_panel.js";
 import { installInterceptors, addUploadButton, refreshLengthLabel, refreshAllLabels, restoreFromOutput } from "./goan_resume.js";
 import { SAMPLER_TYPE, runningJob } from "./lib/jobs.js";
 import { STATUS } from "./lib/vocabulary.js";
-import { LOAD_RESUME_TYPE } from "./lib/labels.js";
+import { LOAD_RESUME_TYPE, displayNames, missingLabels } from "./lib/labels.js";
 
 const PAUSE_LABEL = "Pause task";
+
+/**
+ * Show the definition's display names on goan's widgets where the frontend shows raw input names
+ * (the pinned 1.27 frontend ignores display_name on widgets; newer ones set the label themselves,
+ * and then nothing changes here).
+ */
+function applyDisplayNames(node) {
+  const names = node.goanDisplayNames || (node.constructor && node.constructor.prototype && node.constructor.prototype.goanDisplayNames);
+  if (!names) return;
+  let changed = false;
+  for (const [name, label] of missingLabels(node.widgets, names)) {
+    const w = node.widgets.find((x) => x.name === name);
+    w.label = label;
+    const inp = (node.inputs || []).find((i) => i.widget && i.widget.name === name);
+    if (inp && (!inp.label || inp.label === name)) inp.label = label;
+    changed = true;
+  }
+  if (changed) redraw();
+}
 
 /** The sampler's pause button: enabled only while this very node runs in a goan job. */
 function addPauseButton(node) {
@@ -90,6 +109,9 @@ app.registerExtension({
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!String(nodeData.name || "").startsWith("Goan")) return;
+    const names = displayNames(nodeData);
+    if (Object.keys(names).length) nodeType.prototype.goanDisplayNames = names;
     if (nodeData.name !== SAMPLER_TYPE) return;
     const orig = nodeType.prototype.onConnectionsChange;
     nodeType.prototype.onConnectionsChange = function (...args) {
@@ -101,6 +123,7 @@ app.registerExtension({
   },
 
   nodeCreated(node) {
+    applyDisplayNames(node);
     const type = node.comfyClass || node.type;
     if (type === SAMPLER_TYPE) {
       addPauseButton(node);
@@ -111,6 +134,7 @@ app.registerExtension({
   },
 
   loadedGraphNode(node) {
+    applyDisplayNames(node);
     const type = node.comfyClass || node.type;
     if (type === SAMPLER_TYPE) setTimeout(() => refreshLengthLabel(node), 0);
   },

@@ -3,16 +3,41 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { downloadName, viewUrl } from "./lib/files.js";
+import { ERROR_LIFE, toastLife, toastKey, toastDeduper, wrappable } from "./lib/toasts.js";
 
 export { app, api };
 
-/** A toast through the workspace toast manager; an alert dialog on frontends without one. */
-export function toast(severity, summary, detail = undefined, life = 5000) {
-  const entry = { severity, summary, detail, life };
-  (window.__goanToasts ||= []).push(entry); // a trace the browser test can read
+const TOAST_STYLE_ID = "goan-toast-style";
+// Toast text wraps between words, and long file names at the break opportunities lib/toasts.js adds
+// (after / _ - .), not mid-word.
+const TOAST_CSS = `
+.p-toast-summary, .p-toast-detail, .p-toast-message-text { overflow-wrap: break-word; word-break: normal; }
+`;
+function injectToastStyle() {
+  if (typeof document === "undefined" || document.getElementById(TOAST_STYLE_ID)) return;
+  const s = document.createElement("style");
+  s.id = TOAST_STYLE_ID;
+  s.textContent = TOAST_CSS;
+  document.head.append(s);
+}
+
+const shownToasts = toastDeduper();
+
+/**
+ * A toast through the workspace toast manager; an alert dialog on frontends without one. Every toast
+ * leaves after its lifetime, and one still on screen is not stacked again.
+ */
+export function toast(severity, summary, detail = undefined, life = undefined) {
+  const ms = toastLife(severity, life);
+  const key = toastKey(severity, summary, detail);
+  const show = shownToasts.admit(key, ms, Date.now());
+  (window.__goanToasts ||= []).push({ severity, summary, detail, life: ms, shown: show }); // a trace the browser test can read
+  if (!show) return;
+  const entry = { severity, summary: wrappable(summary), detail: wrappable(detail), life: ms };
   try {
     const t = app.extensionManager && app.extensionManager.toast;
     if (t && typeof t.add === "function") {
+      injectToastStyle();
       t.add(entry);
       return;
     }
@@ -27,7 +52,7 @@ export function toast(severity, summary, detail = undefined, life = 5000) {
 export function toastError(summary, err) {
   const msg = err && err.message ? err.message : String(err || "unknown error");
   console.error("[goan]", summary, err);
-  toast("error", summary, msg, 10000);
+  toast("error", summary, msg, ERROR_LIFE);
 }
 
 /** fetch through ComfyUI's api (it adds the /api prefix and the user header); {ok, status, json}. */

@@ -1,8 +1,7 @@
 // The "goan" sidebar tab: one row per goan job, controls first on the left. A control that does not
 // apply to a job is shown disabled, never hidden, so the layout stays put.
-import { controlsFor, statusText, listJobs } from "./lib/jobs.js";
-import { STATUS } from "./lib/vocabulary.js";
-import { downloadName } from "./lib/files.js";
+import { listJobs } from "./lib/jobs.js";
+import { rowView, rowUpdates, listUpdates, ROW_PARTS } from "./lib/rows.js";
 import { getState, onChange, refresh, actions } from "./goan_jobs.js";
 
 const STYLE_ID = "goan-panel-style";
@@ -12,14 +11,15 @@ const CSS = `
 .goan-panel .goan-hint { color: var(--descrip-text, #999); font-size: 12px; margin: 0; }
 .goan-panel .goan-list { display: flex; flex-direction: column; }
 .goan-panel .goan-job { border-top: 1px solid var(--border-color, #444); padding: 6px 0; min-width: 0; }
-.goan-panel .goan-head { display: flex; align-items: center; gap: 6px; min-width: 0; }
+.goan-panel .goan-head { display: flex; flex-wrap: wrap; align-items: center; gap: 6px; min-width: 0; }
 .goan-panel .goan-controls { display: flex; gap: 2px; flex: none; }
 .goan-panel button.goan-btn { width: 26px; height: 26px; padding: 0; border-radius: 4px;
   border: 1px solid var(--border-color, #555); background: var(--comfy-input-bg, #222); color: var(--input-text, #ddd); cursor: pointer; }
 .goan-panel button.goan-btn:hover:not(:disabled) { background: var(--comfy-menu-bg, #333); border-color: var(--fg-color, #aaa); }
 .goan-panel button.goan-btn:disabled { opacity: 0.35; cursor: not-allowed; }
-.goan-panel .goan-status { font-weight: 600; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
-.goan-panel .goan-sub { color: var(--descrip-text, #999); font-size: 11px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.goan-panel .goan-status { font-weight: 600; flex: 1 1 auto; min-width: 0; white-space: normal; overflow-wrap: anywhere; }
+.goan-panel .goan-sub { color: var(--descrip-text, #999); font-size: 11px; min-width: 0; white-space: normal; overflow-wrap: anywhere; }
+.goan-panel .goan-sub[hidden] { display: none; }
 .goan-panel a.goan-again { color: var(--p-primary-color, #6af); cursor: pointer; font-size: 11px; text-decoration: underline; }
 .goan-panel .goan-empty { color: var(--descrip-text, #999); font-style: italic; border-top: 1px solid var(--border-color, #444); padding: 6px 0; }
 .goan-panel .goan-st-paused .goan-status, .goan-panel .goan-st-stopped .goan-status { color: #e0b050; }
@@ -46,44 +46,58 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
-const STATUS_WORD = {
-  [STATUS.QUEUED]: "Queued", [STATUS.RUNNING]: "Running", [STATUS.PAUSING]: "Pausing task...", [STATUS.PAUSED]: "Paused",
-  [STATUS.STOPPED]: "Stopped", [STATUS.FINISHED]: "Finished", [STATUS.FAILED]: "Failed", [STATUS.CANCELLED]: "Cancelled",
-};
-
-/** One job: its controls first, on the left (all of them, inapplicable ones disabled), then its state. */
-function row(job) {
+/** One job's row, built once with all its controls and text slots; `update(view)` changes only what differs. */
+function makeRow(promptId) {
   const controls = el("div", { class: "goan-controls" });
-  for (const c of controlsFor(job)) {
-    const btn = el("button", {
-      class: "goan-btn",
-      type: "button",
-      title: c.enabled ? c.label : `${c.label} (not available: the job is ${job.status})`,
-      "aria-label": c.label,
-      "data-goan-action": c.id,
-      "data-prompt-id": job.prompt_id,
-      disabled: !c.enabled,
-      onclick: () => actions[c.id] && actions[c.id](job.prompt_id),
-    }, el("i", { class: c.icon }));
-    controls.append(btn);
+  const buttons = new Map();
+  const status = el("span", { class: "goan-status" });
+  const box = el("div", { class: "goan-job", "data-goan-job": promptId }, el("div", { class: "goan-head" }, controls, status));
+  const parts = {};
+  for (const part of ROW_PARTS) {
+    parts[part] = el("div", { class: `goan-sub goan-${part}`, hidden: true });
+    box.append(parts[part]);
   }
-  const full = statusText(job);
-  const detail = full.split(" · ").slice(1).join(" · ");
-  const box = el("div", { class: `goan-job goan-st-${job.status}`, "data-goan-job": job.prompt_id },
-    el("div", { class: "goan-head" }, controls,
-      el("span", { class: "goan-status", "data-goan-status": job.status, title: full }, STATUS_WORD[job.status] || job.status)),
-  );
-  if (detail) box.append(el("div", { class: "goan-sub", title: full }, detail));
-  const ids = `${job.job_id ? `job ${job.job_id} · ` : ""}prompt ${String(job.prompt_id).slice(0, 8)}`;
-  box.append(el("div", { class: "goan-sub", title: ids }, ids));
-  if (job.error) box.append(el("div", { class: "goan-sub", title: job.error }, job.error));
-  if (job.file) {
-    const name = downloadName(job.file);
-    box.append(el("div", { class: "goan-sub", title: name }, name));
-    box.append(el("div", { class: "goan-sub" },
-      el("a", { class: "goan-again", "data-goan-link": "download", title: `download ${name} again`, onclick: () => actions.download(job.prompt_id) }, "download again")));
-  }
-  return box;
+  const link = el("a", { class: "goan-again", "data-goan-link": "download", onclick: () => actions.download(promptId) }, "download again");
+  const linkRow = el("div", { class: "goan-sub", hidden: true }, link);
+  box.append(linkRow);
+  let shown = null;
+  const apply = (u) => {
+    if (u.kind === "status") {
+      box.className = `goan-job goan-st-${u.status}`;
+      status.textContent = u.word;
+      status.title = u.full;
+      status.dataset.goanStatus = u.status;
+    } else if (u.kind === "text") {
+      const d = parts[u.part];
+      if (d.textContent !== u.text) d.textContent = u.text;
+      d.title = u.title || "";
+      d.hidden = !u.text;
+    } else if (u.kind === "control") {
+      const b = buttons.get(u.id);
+      b.disabled = !u.enabled;
+      b.title = u.title;
+    } else if (u.kind === "file") {
+      linkRow.hidden = !u.hasFile;
+      link.title = u.hasFile ? `download ${u.file} again` : "";
+    }
+  };
+  const update = (view) => {
+    if (!shown) {
+      for (const c of view.controls) {
+        const btn = el("button", {
+          class: "goan-btn", type: "button", "aria-label": c.label, "data-goan-action": c.id, "data-prompt-id": promptId,
+          onclick: () => actions[c.id] && actions[c.id](promptId),
+        }, el("i", { class: c.icon }));
+        buttons.set(c.id, btn);
+        controls.append(btn);
+      }
+    }
+    const ups = rowUpdates(shown, view);
+    for (const u of ups) apply(u);
+    shown = view;
+    return ups.length;
+  };
+  return { box, update };
 }
 
 export function createPanel() {
@@ -95,27 +109,28 @@ export function createPanel() {
     el("p", { class: "goan-hint" }, "Pause a running job to download its .goan_resume file; drop that file on the canvas to continue it later."),
     body,
   );
-  // Rows are rebuilt only when what they show changes, so a click never lands on a replaced button.
+  // Each job's row and buttons are made once and updated in place (lib/rows.js says what changed),
+  // so a click never lands on a replaced button while the job makes progress.
   const rows = new Map();
   const empty = el("div", { class: "goan-empty" }, "No goan jobs yet.");
+  const stats = { draws: 0, rowsMade: 0 };
   const draw = () => {
+    stats.draws++;
     const jobs = listJobs(getState());
-    const next = jobs.map((job) => {
-      const key = JSON.stringify([job, controlsFor(job)]);
-      const have = rows.get(job.prompt_id);
-      if (have && have.key === key) return have.tr;
-      const tr = row(job);
-      rows.set(job.prompt_id, { key, tr });
-      return tr;
-    });
-    for (const id of rows.keys()) if (!jobs.some((j) => j.prompt_id === id)) rows.delete(id);
-    const want = next.length ? next : [empty];
+    const lu = listUpdates(rows.keys(), jobs.map((j) => j.prompt_id));
+    for (const id of lu.remove) rows.delete(id);
+    for (const id of lu.add) {
+      rows.set(id, makeRow(id));
+      stats.rowsMade++;
+    }
+    for (const job of jobs) rows.get(job.prompt_id).update(rowView(job));
+    const want = lu.order.length ? lu.order.map((id) => rows.get(id).box) : [empty];
     const same = want.length === body.children.length && want.every((tr, i) => body.children[i] === tr);
     if (!same) body.replaceChildren(...want);
   };
   onChange(draw);
   draw();
-  return { root, draw };
+  return { root, draw, stats };
 }
 
 /** Register the sidebar tab (both frontends have registerSidebarTab). Returns false when absent. */
@@ -123,6 +138,7 @@ export function registerTab(app) {
   const mgr = app.extensionManager;
   if (!mgr || typeof mgr.registerSidebarTab !== "function") return false;
   const panel = createPanel();
+  window.__goanPanelStats = panel.stats; // draws and rows made, for the browser test
   mgr.registerSidebarTab({
     id: "goan",
     icon: "pi pi-pause-circle",

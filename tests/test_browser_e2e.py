@@ -4,8 +4,10 @@ drop the file on the canvas, continue, and get the same video as an uninterrupte
 Runs when COMFYUI_DIR names a ComfyUI checkout (COMFYUI_PYTHON: an interpreter with ComfyUI's and
 goan's requirements); skips cleanly otherwise, and when Chromium (GOAN_CHROMIUM, default
 /usr/bin/chromium), node or node_modules/playwright-core are missing. Both frontends: the one
-ComfyUI pins, and a newer unpacked comfyui-frontend-package given by GOAN_NEW_FRONTEND_ROOT
-(default /work/comfy/fe-new/unpacked/comfyui_frontend_package/static when present).
+ComfyUI pins, and the newest comfyui-frontend-package, which the test downloads from the package
+registry itself (`pip download`, cached under GOAN_CACHE_DIR or ~/.cache/goan/frontend) and unpacks
+(a wheel is a zip). GOAN_NEW_FRONTEND_ROOT may name an unpacked frontend's static folder instead.
+When no newer frontend can be had, the "newest" case fails with the reason: it is never skipped.
 GOAN_E2E_WORKFLOW may name another UI-format workflow to start from (default: the example
 workflows/goan_image_to_video.json). Screenshots and per-phase results go to tests/browser/artifacts/.
 """
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -28,7 +32,9 @@ SCRIPT = ROOT / "tests" / "browser" / "e2e.mjs"
 ARTIFACTS = ROOT / "tests" / "browser" / "artifacts"
 WORKFLOW = Path(os.environ.get("GOAN_E2E_WORKFLOW") or ROOT / "workflows" / "goan_image_to_video.json")
 CHROMIUM = os.environ.get("GOAN_CHROMIUM", "/usr/bin/chromium")
-NEW_FRONTEND = os.environ.get("GOAN_NEW_FRONTEND_ROOT", "/work/comfy/fe-new/unpacked/comfyui_frontend_package/static")
+NEW_FRONTEND = os.environ.get("GOAN_NEW_FRONTEND_ROOT")
+FRONTEND_PACKAGE = "comfyui-frontend-package"
+CACHE = Path(os.environ.get("GOAN_CACHE_DIR") or Path.home() / ".cache" / "goan") / "frontend"
 TINY = "goan_tiny"
 
 # Small enough for a CPU, long enough to click pause mid-sampling on a quiet machine: 15 sections x
@@ -62,6 +68,64 @@ def tiny_models_dir(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "goan_core", "make-tiny", str(models / TINY)], cwd=ROOT, check=True,
                    capture_output=True, timeout=600)
     return models
+
+
+def _wheel_version(wheel: Path) -> tuple:
+    m = re.match(r"comfyui_frontend_package-([0-9][^-]*)-", wheel.name)
+    return tuple(int(x) if x.isdigit() else x for x in re.split(r"[.]", m.group(1))) if m else ()
+
+
+def newest_frontend(cache: Path = CACHE) -> Path:
+    """The static folder of the newest comfyui-frontend-package on the package registry: `pip download`
+    into `cache`, unpack the wheel (a zip) next to it, once per version. Raises RuntimeError saying why
+    when it cannot."""
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", str(wheels),
+           "--progress-bar", "off", FRONTEND_PACKAGE]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"`{' '.join(cmd)}` did not run: {e}") from e
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
+    m = re.search(r"(comfyui_frontend_package-[^\s/]+?\.whl)", proc.stdout + proc.stderr)
+    got = wheels / m.group(1) if m and (wheels / m.group(1)).is_file() else None
+    if got is None:
+        found = sorted(wheels.glob("comfyui_frontend_package-*.whl"), key=_wheel_version)
+        if not found:
+            raise RuntimeError(f"pip download left no comfyui_frontend_package wheel in {wheels}: {proc.stdout[-1000:]}")
+        got = found[-1]
+    target = cache / got.name[: -len(".whl")]
+    static = target / "comfyui_frontend_package" / "static"
+    if not (static / "index.html").is_file():
+        tmp = cache / (target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with zipfile.ZipFile(got) as z:
+                z.extractall(tmp)
+        except zipfile.BadZipFile as e:
+            got.unlink(missing_ok=True)
+            raise RuntimeError(f"{got} is not a wheel: {e}") from e
+        if not (tmp / "comfyui_frontend_package" / "static" / "index.html").is_file():
+            raise RuntimeError(f"{got.name} has no comfyui_frontend_package/static/index.html")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return static
+
+
+@pytest.fixture(scope="module")
+def newest_frontend_root():
+    """GOAN_NEW_FRONTEND_ROOT when given, else the registry's newest frontend; fails loudly otherwise."""
+    if NEW_FRONTEND:
+        if not Path(NEW_FRONTEND, "index.html").is_file():
+            pytest.fail(f"GOAN_NEW_FRONTEND_ROOT={NEW_FRONTEND} has no index.html")
+        return NEW_FRONTEND
+    try:
+        return str(newest_frontend())
+    except RuntimeError as e:
+        pytest.fail(f"could not get the newest {FRONTEND_PACKAGE} from the package registry, so the newer-frontend "
+                    f"browser test cannot run (set GOAN_NEW_FRONTEND_ROOT to an unpacked frontend's static folder): {e}")
 
 
 def _start_image(path: Path) -> None:
@@ -99,13 +163,9 @@ def _frames(output_dir: Path, history_outputs: dict) -> list:
 
 
 @pytest.mark.parametrize("frontend", ["pinned", "newest"])
-def test_pause_download_restart_drop_resume(frontend, tiny_models_dir, tmp_path):
+def test_pause_download_restart_drop_resume(frontend, tiny_models_dir, tmp_path, request):
     comfy_dir, python = comfy_env()
-    root = None
-    if frontend == "newest":
-        if not Path(NEW_FRONTEND, "index.html").is_file():
-            pytest.skip(f"no unpacked newer frontend at {NEW_FRONTEND}")
-        root = NEW_FRONTEND
+    root = request.getfixturevalue("newest_frontend_root") if frontend == "newest" else None
     base = tmp_path / "comfy"
     server = ComfyServer(comfy_dir, python, base, models_dir=tiny_models_dir)
     _start_image(base / "input" / IMAGE_NAME)

@@ -208,6 +208,9 @@ async function phasePause(page, context) {
   const sampler = g0.find((n) => n.type === "GoanSegmentSampler");
   const secs = sampler.widgets.find((w) => w.name === "seconds");
   check("fresh label", !secs.label || secs.label === "Video Length (s)", secs);
+  // Display names on the widgets, on every frontend (the pinned one ignores display_name).
+  result.sampler_labels = Object.fromEntries(["gs", "rs", "lws"].map((n) => [n, (sampler.widgets.find((w) => w.name === n) || {}).label || null]));
+  check("sampler widgets show their display names", result.sampler_labels.gs === "Distilled CFG" && result.sampler_labels.rs === "CFG Rescale" && result.sampler_labels.lws === "Latent Window Size", result.sampler_labels);
   const pw = sampler.widgets.find((w) => w.name === "goan_pause");
   check("node pause button disabled while idle", pw && pw.disabled, pw);
   result.has_action_bar_button = await page.locator("button[aria-label='Pause the running goan task']").count() > 0;
@@ -217,6 +220,10 @@ async function phasePause(page, context) {
   // The run we pause from the goan tab.
   await addFrameSaver(page, `goan_e2e_${cfg.tag}_paused`);
   await openGoanTab(page);
+  await page.evaluate(() => {
+    window.__goanProgressEvents = 0;
+    window.comfyAPI.api.api.addEventListener("progress", () => { window.__goanProgressEvents++; });
+  });
   const runId = await queueAndGetId(page);
   result.paused_prompt_id = runId;
   const pauseBtn = page.locator(`[data-goan-job="${runId}"] button[data-goan-action="pause"]`);
@@ -229,7 +236,24 @@ async function phasePause(page, context) {
   await centerOn(page, "GoanSegmentSampler");
   await snap(page, "running-goan-tab");
   const downloadP = page.waitForEvent("download", { timeout: TIMEOUT });
-  await pauseBtn.click();
+  // Press and release the pause button while the row updates many times a second (issue 12 item 16:
+  // a row rebuilt on every progress event lost a click whose press and release hit different buttons).
+  await pauseBtn.scrollIntoViewIfNeeded();
+  const btn = await pauseBtn.elementHandle();
+  const bb = await btn.boundingBox();
+  await page.mouse.move(bb.x + bb.width / 2, bb.y + bb.height / 2);
+  const counters = () => page.evaluate(() => ({ progress: window.__goanProgressEvents || 0, draws: window.__goanPanelStats.draws, made: window.__goanPanelStats.rowsMade }));
+  const c0 = await counters();
+  await page.mouse.down();
+  try {
+    await waitFor(async () => (await counters()).progress >= c0.progress + 5, "progress events during the press", 10000, 20);
+  } catch { /* checked below */ }
+  const c1 = await counters();
+  const sameButton = await btn.evaluate((b) => b.isConnected && !b.disabled);
+  await page.mouse.up();
+  result.press = { progress_events: c1.progress - c0.progress, panel_draws: c1.draws - c0.draws, rows_made: c1.made - c0.made, same_button: sameButton };
+  check("progress during the press", result.press.progress_events >= 2 && result.press.panel_draws >= 2, result.press);
+  check("the pause button stayed the same element during the press", sameButton && result.press.rows_made === 0, result.press);
   await waitFor(async () => (await toasts(page)).goan.some((t) => t.includes("Pausing task...")), "the Pausing task... toast", 10000, 50);
   await snap(page, "pausing");
   // The download, or a clear failure when the job ended before the pause landed.
@@ -251,6 +275,10 @@ async function phasePause(page, context) {
   result.paused_row_controls = await row.locator("button[data-goan-action]").evaluateAll((bs) => bs.map((b) => ({ action: b.dataset.goanAction, disabled: b.disabled })));
   check("paused row: pause disabled, download enabled", result.paused_row_controls.find((c) => c.action === "pause").disabled && !result.paused_row_controls.find((c) => c.action === "download").disabled, result.paused_row_controls);
   check("download again link", (await row.locator("a[data-goan-link='download']").count()) === 1, "missing");
+  // The narrow panel shows the whole state and ids (they wrap), each with a tooltip.
+  result.row_clipping = await row.evaluate((r) => Array.from(r.querySelectorAll(".goan-status, .goan-sub:not([hidden])")).filter((e) => !e.querySelector("a")).map((e) => ({
+    text: e.textContent, title: e.title, clipped: e.scrollWidth > e.clientWidth + 1, panel_width: r.clientWidth })));
+  check("row text is not cut off", result.row_clipping.length >= 2 && result.row_clipping.every((x) => !x.clipped && (x.title || !x.text)), result.row_clipping);
   const againP = page.waitForEvent("download", { timeout: 30000 });
   await row.locator("a[data-goan-link='download']").click();
   const again = await againP;
@@ -333,6 +361,9 @@ async function phaseResume(page) {
   await dropFile(page, basename(cfg.resume_file), bytes);
   const okToast = await waitFor(async () => (await toasts(page)).goan.find((x) => x.includes("Resume state loaded. Add to queue to continue.")), "the resume-loaded toast", 60000);
   result.resume_toast = okToast;
+  // Every goan toast leaves after a finite lifetime.
+  result.toast_lives = await page.evaluate(() => (window.__goanToasts || []).map((t) => t.life));
+  check("every toast has a lifetime", result.toast_lives.length && result.toast_lives.every((l) => Number.isFinite(l) && l > 0 && l <= 15000), result.toast_lives);
   result.toast_dom = (await toasts(page)).dom;
   check("toast visible on the page", result.toast_dom.some((t) => t.includes("Resume state loaded. Add to queue to continue.")), result.toast_dom);
   await page.waitForTimeout(500);
