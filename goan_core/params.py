@@ -23,6 +23,7 @@ LIMITS = {
     "resolution": (64, 2048),
     "crf": (0, 51),
     "max_sections": (1, 10_000),
+    "teacache_threshold": (0.0, 10.0),
 }
 # The most sections one job may plan: checked when a job is created or extended and when a resume
 # file is read (resumefile.check_job), with the same message, so goan never runs a job it cannot resume.
@@ -35,7 +36,9 @@ class JobParams:
 
     `seconds` is the requested length; `lws` (latent window size) is the number of latent frames
     each section samples. `cfg` is real classifier-free guidance (1 = off, negative pass skipped),
-    `gs` the distilled guidance fed to the model, `rs` the guidance rescale.
+    `gs` the distilled guidance fed to the model, `rs` the guidance rescale. `teacache` skips the
+    transformer blocks while their input barely changes (FramePack's TeaCache, on by default like
+    there), up to an accumulated rescaled change of `teacache_threshold`.
     """
 
     prompt: str
@@ -51,6 +54,8 @@ class JobParams:
     resolution: int = 640
     sampler: str = "unipc"
     crf: int = 16
+    teacache: bool = True
+    teacache_threshold: float = 0.15
 
     def __post_init__(self) -> None:
         self.validate()
@@ -64,7 +69,9 @@ class JobParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InputError(f"{name} must be a whole number, got {value!r}")
-        for name in ("seconds", "cfg", "gs", "rs"):
+        if not isinstance(self.teacache, bool):
+            raise InputError(f"teacache must be true or false, got {self.teacache!r}")
+        for name in ("seconds", "cfg", "gs", "rs", "teacache_threshold"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise InputError(f"{name} must be a finite number, got {value!r}")

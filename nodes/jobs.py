@@ -24,6 +24,7 @@ class JobEntry:
     total_sections: int = 0
     step: int = 0
     steps: int = 0
+    skipped: int = 0  # model calls TeaCache skipped so far
     file: dict | None = None
     error: str | None = None
     control: JobControl = field(default_factory=JobControl)
@@ -43,7 +44,8 @@ class JobEntry:
     def public(self) -> dict:
         return {"prompt_id": self.prompt_id, "job_id": self.job_id, "node_id": self.node_id,
                 "status": self.status.value, "section": self.section, "total_sections": self.total_sections,
-                "step": self.step, "steps": self.steps, "file": self.file, "error": self.error}
+                "step": self.step, "steps": self.steps, "skipped": self.skipped, "file": self.file,
+                "error": self.error}
 
 
 class JobRegistry:
@@ -70,9 +72,10 @@ class JobRegistry:
             entry.order = next(self._counter)
             return entry
 
-    def progress(self, entry: JobEntry, section: int, step: int, total_sections: int) -> None:
+    def progress(self, entry: JobEntry, section: int, step: int, total_sections: int, skipped: int = 0) -> None:
         with self._lock:
             entry.section, entry.step, entry.total_sections = section, step, total_sections
+            entry.skipped = skipped
 
     def set_file(self, entry: JobEntry, file: dict | None) -> None:
         with self._lock:

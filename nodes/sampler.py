@@ -169,6 +169,11 @@ class GoanSegmentSampler:
                                                       "tooltip": "GB to keep free on the GPU (FramePack's setting); "
                                                                  "transformer blocks that do not fit stream in per "
                                                                  "step. Raise it if you run out of memory"}),
+                "teacache": ("BOOLEAN", {"default": True, "tooltip": "FramePack's TeaCache: skip the transformer "
+                                         "blocks while their input barely changes (faster, slightly different)"}),
+                "teacache_threshold": ("FLOAT", {"default": 0.15, "min": 0.0, "max": LIMITS["teacache_threshold"][1],
+                                                 "step": 0.01, "tooltip": "higher skips more (0.1: ~1.6x, "
+                                                                          "0.15: ~2.1x faster in FramePack)"}),
             },
             # Lazy inputs are evaluated only when needed (check_lazy_status): continuing a job whose
             # resume file carries its embeddings loads no text or image encoder.
@@ -222,7 +227,8 @@ class GoanSegmentSampler:
         return REGISTRY.generation
 
     def execute(self, transformer, prompt, negative_prompt, seed, seconds, steps, cfg, gs, rs, lws, mode,
-                resolution, sampler, autosave_every, keep_last, gpu_memory_preservation=6.0, image=None,
+                resolution, sampler, autosave_every, keep_last, gpu_memory_preservation=6.0, teacache=True,
+                teacache_threshold=0.15, image=None,
                 resume_state=None, text_encoders=None, image_encoder=None, goan_vae=None, vae=None, positive=None,
                 negative=None, clip_vision_output=None, unique_id=None, extra_pnginfo=None):
         if not isinstance(transformer, Transformer):
@@ -246,7 +252,8 @@ class GoanSegmentSampler:
                 raise InputError(f"{LENGTH_LABEL} must be more than 0 for a new job")
             params = JobParams(prompt=prompt, negative_prompt=negative_prompt, seed=int(seed), seconds=float(seconds),
                                lws=int(lws), steps=int(steps), cfg=float(cfg), gs=float(gs), rs=float(rs), mode=mode,
-                               resolution=int(resolution), sampler=sampler)
+                               resolution=int(resolution), sampler=sampler, teacache=bool(teacache),
+                               teacache_threshold=float(teacache_threshold))
             job = create_job(params, image_to_uint8(image), encoders, identity=transformer.identity(),
                              workflow=workflow)
             resumed_from = None
@@ -318,7 +325,7 @@ class GoanSegmentSampler:
         preview = HOST.previewer()
 
         def on_step(event):
-            REGISTRY.progress(entry, event.section, event.step, event.total_sections)
+            REGISTRY.progress(entry, event.section, event.step, event.total_sections, event.skipped)
             bar.update_absolute(event.steps_done, event.total_steps,
                                 preview(event.denoised) if preview is not None else None)
             HOST.check_interrupt()

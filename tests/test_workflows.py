@@ -85,7 +85,8 @@ def test_the_three_graphs_are_wired_as_documented(infos):
 def test_sampler_widgets_follow_the_contract(infos):
     names = widget_names(infos["GoanSegmentSampler"])
     assert names == ["prompt", "negative_prompt", "seed", None, "seconds", "steps", "cfg", "gs", "rs", "lws", "mode",
-                     "resolution", "sampler", "autosave_every", "keep_last", "gpu_memory_preservation"]
+                     "resolution", "sampler", "autosave_every", "keep_last", "gpu_memory_preservation",
+                     "teacache", "teacache_threshold"]
 
 
 @pytest.mark.parametrize("damage, phrase", [

@@ -98,7 +98,8 @@ def run_with_progress(runtime: Runtime, job: Job, args) -> RunResult:
     bar = tqdm(total=state.total_steps, initial=state.steps_done, unit="step", dynamic_ncols=True)
 
     def on_step(event):
-        bar.set_description(f"section {event.section + 1}/{event.total_sections}")
+        skipped = f", {event.skipped} skipped" if event.skipped else ""
+        bar.set_description(f"section {event.section + 1}/{event.total_sections}{skipped}")
         bar.update(1)
 
     def on_saved(path, kind):

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lws", type=int, default=9, help="latent window size")
     gen.add_argument("--mode", choices=MODES, default="backward")
     gen.add_argument("--sampler", choices=SAMPLERS, default="unipc")
+    gen.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=True,
+                     help="FramePack's TeaCache: skip transformer blocks while their input barely changes (default on)")
+    gen.add_argument("--teacache-threshold", type=float, default=0.15,
+                     help="TeaCache's threshold (0.1: ~1.6x, 0.15: ~2.1x faster in FramePack; 0: never skip)")
     gen.add_argument("--resolution", type=int, default=640, help="bucket base size, a multiple of 16")
     _add_model_args(gen)
     _add_run_args(gen)
@@ -124,4 +128,5 @@ def params_from_args(args) -> JobParams:
     return JobParams(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
                      seconds=args.seconds, lws=args.lws, steps=args.steps, cfg=args.cfg, gs=args.gs,
                      rs=args.rs, mode=args.mode, resolution=args.resolution, sampler=args.sampler,
-                     crf=16 if args.crf is None else args.crf)
+                     crf=16 if args.crf is None else args.crf, teacache=args.teacache,
+                     teacache_threshold=args.teacache_threshold)

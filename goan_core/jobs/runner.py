@@ -185,6 +185,7 @@ def sample_job(engine: Engine, state: JobState, saver: Saver, *, control: JobCon
     finally:
         if writer is not None:
             writer.close()
+        state.release_device()  # the GPU holds nothing of the job once the run ends
 
 
 def _step_until_done(engine, state, save, control, result, writer, autosave, callback, pause_at,

@@ -18,11 +18,12 @@ from ..media import bucket_options
 from ..params import FPS, MAX_SECTIONS, JobParams
 from ..sampling import LATENT_CHANNELS, JobState, SectionPlan, section_count
 from ..sampling.plan import TEMPORAL_SCALE
+from ..sampling.teacache import MAX_WIDTH, PASSES, packed_tokens
 from .format import (COND_FIELDS, COND_MASKS, COND_NEGATIVE, COND_PREFIX, COND_REQUIRED, DTYPE_SIZES, FLOAT_CODES,
                      GENERATOR, GENERATOR_STATE_BYTES, HISTORY, IMAGE_AREA_FACTOR, MASK_CODES, MAX_ABS_EMBEDDING,
                      MAX_ABS_LATENT, MAX_CONDITIONING_BYTES, MAX_HEADER_BYTES, MAX_IDENTITY_ENTRIES, MAX_IMAGE_BYTES,
                      MAX_JSON_BYTES, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_TOTAL_BYTES, MAX_WORKFLOW_BYTES, SAFE_NAME,
-                     SAMPLER_OUTPUTS, SAMPLER_X, START, TensorTable)
+                     SAMPLER_OUTPUTS, SAMPLER_X, START, TEACACHE_PREFIX, TEACACHE_TENSORS, TensorTable)
 from .atomic import format_size
 
 
@@ -177,12 +178,59 @@ def expected_tensors(plan: SectionPlan, pos: Position) -> TensorTable:
 
 
 def _tensor_bytes(plan: SectionPlan, pos: Position) -> int:
-    return sum(DTYPE_SIZES[code] * math.prod(shape) for code, shape in expected_tensors(plan, pos).values())
+    return (sum(DTYPE_SIZES[code] * math.prod(shape) for code, shape in expected_tensors(plan, pos).values())
+            + (teacache_bytes(plan) if pos.in_section else 0))
+
+
+def teacache_bytes(plan: SectionPlan) -> int:
+    """The most TeaCache's tensors of one section can take (both passes, float32, the widest model)."""
+    return len(PASSES) * len(TEACACHE_TENSORS) * packed_tokens(plan) * MAX_WIDTH * 4
 
 
 def expected_bytes(plan: SectionPlan, pos: Position, with_embeddings: bool) -> int:
     """Upper bound for state.safetensors, from the checked plan: the cap it is read with."""
     return MAX_HEADER_BYTES + 8 + _tensor_bytes(plan, pos) + (MAX_CONDITIONING_BYTES if with_embeddings else 0)
+
+
+def check_teacache(info, table: TensorTable, plan: SectionPlan, pos: Position, params: JobParams,
+                   where: Where) -> None:
+    """job_info's optional "teacache" counters and the teacache.* tensors: together, and fitting the job.
+
+    Present only mid-section (after at least one step) of a job with TeaCache on, one entry per guidance
+    pass; `count` is the steps done in the section, `accumulated` below the threshold (FramePack resets it
+    whenever the blocks are computed); the tensors are (1, tokens of the section, width) in a float dtype.
+    """
+    fail = where.fail
+    names = {name for name in table if name.startswith(TEACACHE_PREFIX)}
+    if info is None:
+        if names:
+            fail(f"it holds TeaCache tensors ({', '.join(sorted(names))[:120]}) but no TeaCache counters")
+        return
+    passes = PASSES if params.cfg != 1.0 else PASSES[:1]
+    if not isinstance(info, dict) or sorted(info) != sorted(passes):
+        fail(f"teacache must map exactly the passes {', '.join(passes)} to their counters")
+    if not params.teacache or not pos.in_section or pos.step < 1:
+        fail("TeaCache counters are present, but TeaCache is off or no section is under way past its first step")
+    for name, entry in info.items():
+        if not isinstance(entry, dict) or sorted(entry) != ["accumulated", "count"]:
+            fail(f"teacache.{name} must have exactly the fields accumulated and count")
+        count, accumulated = entry["count"], entry["accumulated"]
+        if isinstance(count, bool) or not isinstance(count, int) or count != pos.step:
+            fail(f"teacache.{name}.count must equal step_in_section ({pos.step}), got {str(count)[:40]!r}")
+        if isinstance(accumulated, bool) or not isinstance(accumulated, (int, float)) or not math.isfinite(
+                accumulated) or not (accumulated == 0 or 0 < accumulated < params.teacache_threshold):
+            fail(f"teacache.{name}.accumulated must be 0 or between 0 and the threshold "
+                 f"{params.teacache_threshold:g}, got {str(accumulated)[:40]!r}")
+    wanted = {f"{TEACACHE_PREFIX}{p}.{t}" for p in passes for t in TEACACHE_TENSORS}
+    if names != wanted:
+        fail(f"the TeaCache tensors must be exactly {', '.join(sorted(wanted))}")
+    specs = {table[name] for name in wanted}
+    code, shape = next(iter(specs))
+    tokens = packed_tokens(plan)
+    if len(specs) != 1 or code not in FLOAT_CODES or len(shape) != 3 or shape[:2] != (1, tokens) \
+            or not 1 <= shape[2] <= MAX_WIDTH:
+        fail(f"the TeaCache tensors must share one float dtype and the shape [1, {tokens}, width <= {MAX_WIDTH}] "
+             f"for the section plan ({plan.mode}, lws {plan.lws}, {plan.width}x{plan.height} px)")
 
 
 def check_tensor_table(table: TensorTable, plan: SectionPlan, pos: Position, with_embeddings: bool,
@@ -192,7 +240,7 @@ def check_tensor_table(table: TensorTable, plan: SectionPlan, pos: Position, wit
     expected = expected_tensors(plan, pos)
     cond = {name[len(COND_PREFIX):]: spec for name, spec in table.items() if name.startswith(COND_PREFIX)}
     for name in sorted(set(table) - set(expected)):
-        if not name.startswith(COND_PREFIX):
+        if not name.startswith((COND_PREFIX, TEACACHE_PREFIX)):
             fail(f"unexpected tensor {name!r}")
     for name, (code, shape) in expected.items():
         if name not in table:
@@ -251,7 +299,7 @@ def check_magnitude(name: str, tensor: torch.Tensor, where: Where) -> None:
     low, high = (float(v) for v in torch.aminmax(tensor))
     if not (math.isfinite(low) and math.isfinite(high)):
         where.fail(f"tensor {name!r} contains NaN or Inf values")
-    bound = MAX_ABS_EMBEDDING if name.startswith(COND_PREFIX) else MAX_ABS_LATENT
+    bound = MAX_ABS_EMBEDDING if name.startswith((COND_PREFIX, TEACACHE_PREFIX)) else MAX_ABS_LATENT
     if max(-low, high) > bound:
         where.fail(f"tensor {name!r} holds values up to {max(-low, high):.3g} in magnitude; a real job's "
                    f"stay within {bound:g} (a damaged or crafted file)")

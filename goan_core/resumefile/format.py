@@ -7,7 +7,9 @@ A zip archive with fixed member names (so other tools can read it):
   source_image.png   the input image
   workflow.json      optional: the ComfyUI graph that made the job
   state.safetensors  history_latents, start_latent, generator_state, and mid-section sampler_x and
-                     sampler_outputs; with embeddings, the Conditioning tensors as cond.<field>
+                     sampler_outputs; with embeddings, the Conditioning tensors as cond.<field>;
+                     mid-section with TeaCache on, teacache.<pass>.modulated and .residual (optional
+                     members of v1: job_info's optional "teacache" field holds their counters)
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ GENERATOR = "generator_state"
 SAMPLER_X = "sampler_x"
 SAMPLER_OUTPUTS = "sampler_outputs"
 COND_PREFIX = "cond."
+TEACACHE_PREFIX = "teacache."
+TEACACHE_TENSORS = ("modulated", "residual")
 COND_FIELDS = tuple(f.name for f in fields(Conditioning))
 COND_REQUIRED = ("prompt_embeds", "prompt_mask", "pooled", "image_embeds")
 COND_NEGATIVE = ("negative_prompt_embeds", "negative_prompt_mask", "negative_pooled")

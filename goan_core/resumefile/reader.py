@@ -23,14 +23,15 @@ import torch
 from ..errors import InputError, NewerFormatError, ResumeFileError
 from ..params import MAX_SECTIONS, JobParams
 from ..sampling import Conditioning, JobState, SamplerState, SectionPlan
+from ..sampling.teacache import PassCache
 from ..vocabulary import FileKind
 from .archive import SafeArchive, decode_png, header_length, load_json, parse_header_table
-from .checks import (Position, Where, check_identity, check_image_size, check_plan, check_position,
+from .checks import (Position, Where, check_identity, check_image_size, check_plan, check_position, check_teacache,
                      check_tensor_table, check_values, expected_bytes, image_bytes_limit)
 from .format import (COND_PREFIX, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, IMAGE_AREA_FACTOR, JOB_INFO,
                      MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_SAMPLER_OUTPUTS, MAX_TEXT,
                      MAX_WORKFLOW_BYTES, OPTIONAL_MEMBERS, PARAMS, REQUIRED_MEMBERS, SAMPLER_OUTPUTS, SAMPLER_X,
-                     SOURCE_IMAGE, START, STATE, TORCH_DTYPES, WORKFLOW, ResumeData)
+                     SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, TORCH_DTYPES, WORKFLOW, ResumeData)
 from .legacy import read_legacy
 
 # What goan writes (datetime.isoformat, seconds) and what other tools commonly write (Z, fractions).
@@ -121,10 +122,17 @@ def _read_v1(archive: "SafeArchive") -> ResumeData:
     conditioning = None
     if with_embeddings:
         conditioning = Conditioning(**{k[len(COND_PREFIX):]: v for k, v in tensors.items() if k.startswith(COND_PREFIX)})
+    teacache = None
+    if job_info.get("teacache") is not None:
+        teacache = {name: PassCache(entry["count"], float(entry["accumulated"]),
+                                    tensors[f"{TEACACHE_PREFIX}{name}.modulated"],
+                                    tensors[f"{TEACACHE_PREFIX}{name}.residual"])
+                    for name, entry in job_info["teacache"].items()}
     state = JobState(job_id=job_info["job_id"], params=params, plan=plan, conditioning=conditioning,
                      start_latent=tensors[START], history_latents=tensors[HISTORY],
                      generator_state=tensors[GENERATOR], section=position.section, sampler=sampler,
-                     model_identity=dict(job_info["model_identity"]))
+                     model_identity=dict(job_info["model_identity"]), teacache=teacache,
+                     skipped_calls=job_info.get("skipped_calls", 0))
     return ResumeData(state, source, workflow, job_info, exact=True, notes=[])
 
 
@@ -173,8 +181,12 @@ def _check_job_info(info: dict, archive: "SafeArchive") -> tuple[SectionPlan, Po
              "has_embeddings", "kind", "sha256"}
     for key in sorted(known - set(info)):
         fail(f"the field {key!r} is missing")
-    for key in sorted(set(info) - known):
+    for key in sorted(set(info) - known - {"teacache", "skipped_calls"}):  # those two are optional
         fail(f"unknown field {key[:40]!r}")
+    if "teacache" in info and info["teacache"] is None:
+        fail("teacache must be an object when present")
+    if "skipped_calls" in info:
+        whole("skipped_calls", 0, 2 * MAX_SECTIONS * 200)
     check_identity(info["job_id"], info["model_identity"], Where(path, f"{JOB_INFO}: "))
     try:
         plan = SectionPlan.from_dict(info["plan"])
@@ -213,6 +225,8 @@ def _read_params(archive: "SafeArchive", job_info: dict, plan: SectionPlan, posi
     path = archive.path
     raw = load_json(archive.read_checked(PARAMS, MAX_JSON_BYTES, job_info), PARAMS, path)
     try:
+        if isinstance(raw, dict) and "teacache" not in raw:
+            raw = {**raw, "teacache": False}  # a job saved before goan had TeaCache continues without it
         params = JobParams.from_dict(raw)
     except (InputError, TypeError) as exc:
         raise ResumeFileError(path, f"{PARAMS}: {exc}") from exc
@@ -240,6 +254,7 @@ def _load_state(archive: "SafeArchive", job_info: dict, plan: SectionPlan, pos: 
         buffer_len = member.size - 8 - length
         table = parse_header_table(header_bytes, buffer_len, STATE, path)
         check_tensor_table(table, plan, pos, with_embeddings, params, Where(path, f"{STATE}: "))
+        check_teacache(job_info.get("teacache"), table, plan, pos, params, Where(path, f"{JOB_INFO} and {STATE}: "))
         data = member.read(buffer_len)
         member.finish()
     header = json.loads(bytes(header_bytes))

@@ -24,11 +24,11 @@ from ..vocabulary import FileKind
 from ..sampling import SectionPlan
 from .archive import decode_png, json_too_deep
 from .atomic import atomic_writer, check_free_space, format_size
-from .checks import (Where, check_identity, check_image_size, check_plan, check_position, check_tensor_table,
-                     check_values, image_bytes_limit, position_of)
+from .checks import (Where, check_identity, check_image_size, check_plan, check_position, check_teacache,
+                     check_tensor_table, check_values, image_bytes_limit, position_of)
 from .format import (CHUNK_BYTES, COND_PREFIX, DTYPE_CODES, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, JOB_INFO,
                      MAX_IMAGE_SIDE, MAX_JSON_DEPTH, MAX_WORKFLOW_BYTES, PARAMS, SAMPLER_OUTPUTS, SAMPLER_X,
-                     SOURCE_IMAGE, START, STATE, WORKFLOW)
+                     SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, WORKFLOW)
 
 log = logging.getLogger("goan")
 
@@ -141,6 +141,7 @@ def _encode_members(state: JobState, path: Path, source_image, workflow,
     check_plan(state.params, state.plan, where)
     check_position(position, state.plan, state.params, where)
     check_tensor_table(table, state.plan, position, with_embeddings, state.params, where)
+    check_teacache(_teacache_info(state), table, state.plan, position, state.params, where)
     check_values(tensors, where)
 
     others = {PARAMS: _json_bytes(state.params.to_dict()),
@@ -173,7 +174,16 @@ def _job_info(state: JobState, with_embeddings: bool, kind: FileKind, checksums:
         "has_embeddings": with_embeddings,
         "kind": kind.value,
         "sha256": checksums,
+        **({} if state.teacache is None else {"teacache": _teacache_info(state)}),
+        **({"skipped_calls": state.skipped_calls} if state.skipped_calls else {}),
     }
+
+
+def _teacache_info(state: JobState) -> dict | None:
+    """job_info's optional "teacache" field: each pass's counters (its tensors go to state.safetensors)."""
+    if state.teacache is None:
+        return None
+    return {name: {"count": cache.count, "accumulated": cache.accumulated} for name, cache in state.teacache.items()}
 
 
 def _state_tensors(state: JobState, with_embeddings: bool) -> dict[str, torch.Tensor]:
@@ -184,6 +194,9 @@ def _state_tensors(state: JobState, with_embeddings: bool) -> dict[str, torch.Te
             tensors[SAMPLER_OUTPUTS] = torch.stack([m.detach().cpu() for m in state.sampler.model_outputs])
     if with_embeddings:
         tensors.update({COND_PREFIX + k: v for k, v in state.conditioning.tensors().items()})
+    for name, cache in (state.teacache or {}).items():
+        tensors.update({f"{TEACACHE_PREFIX}{name}.modulated": cache.modulated,
+                        f"{TEACACHE_PREFIX}{name}.residual": cache.residual})
     return {name: t.detach().cpu() for name, t in tensors.items()}
 
 

@@ -8,6 +8,7 @@ import torch
 
 from .plan import SectionLayout
 from .state import Conditioning
+from .teacache import EMPTY, PassCache, cached_call
 
 
 def rescale_guidance(guided: torch.Tensor, positive: torch.Tensor, amount: float) -> torch.Tensor:
@@ -72,20 +73,33 @@ class Denoiser:
                 pooled_projections=conditioning.negative_pooled.to(**to),
             )
         self.calls = 0
+        self.skipped = 0
+        # TeaCache: None (off), or the caches by pass, set before and read after each step by the engine
+        self.teacache: dict[str, PassCache] | None = None
+        self.teacache_steps, self.teacache_threshold = 1, 0.0
 
-    def _velocity(self, x: torch.Tensor, timestep: torch.Tensor, inputs: dict) -> torch.Tensor:
+    def _velocity(self, x: torch.Tensor, timestep: torch.Tensor, inputs: dict, name: str) -> torch.Tensor:
         self.calls += 1
-        out = self.transformer(hidden_states=x, timestep=timestep, guidance=self.guidance,
-                               return_dict=False, **inputs)[0]
+
+        def call():
+            return self.transformer(hidden_states=x, timestep=timestep, guidance=self.guidance,
+                                    return_dict=False, **inputs)[0]
+
+        if self.teacache is None:
+            return call().float()
+        out, cache, skipped = cached_call(self.transformer, self.teacache.get(name, EMPTY), self.teacache_steps,
+                                          self.teacache_threshold, call)
+        self.teacache = {**self.teacache, name: cache}
+        self.skipped += skipped
         return out.float()
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         x_model = x.to(device=self.device, dtype=self.dtype)
         timestep = torch.tensor([sigma * 1000.0], device=self.device, dtype=torch.float32).to(self.dtype)
-        velocity = self._velocity(x_model, timestep, self.positive)
+        velocity = self._velocity(x_model, timestep, self.positive, "positive")
         if self.negative is not None:
-            negative = self._velocity(x_model, timestep, self.negative)
+            negative = self._velocity(x_model, timestep, self.negative, "negative")
             guided = negative + self.cfg * (velocity - negative)
             velocity = rescale_guidance(guided, velocity, self.rs) if self.rs > 0 else guided
         x0 = x.to(device=self.device, dtype=torch.float32) - velocity * sigma

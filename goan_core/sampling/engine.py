@@ -18,6 +18,7 @@ from .denoiser import Denoiser, SectionInputs
 from .samplers import sampler_result, sampler_step
 from .schedule import sigma_schedule
 from .state import JobState, SamplerState
+from .teacache import supports
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class StepEvent:
     total_steps: int
     denoised: torch.Tensor  # current data prediction of the section (float32 CPU), for previews
     section_finished: bool
+    skipped: int = 0  # model calls TeaCache skipped over the whole job so far
 
 
 StepCallback = Callable[[StepEvent], None]
@@ -91,7 +93,9 @@ class Engine:
         self.transformer = transformer
         self.device = device
         self.dtype = dtype
-        self.model_calls = 0
+        self.model_calls = 0  # transformer calls made (skipped ones included)
+        self.skipped_calls = 0  # of those, calls whose block stack TeaCache skipped
+        self.teacache_supported = supports(transformer)
         self._cache_key: SectionKey | None = None
         self._cache = None
 
@@ -127,9 +131,16 @@ class Engine:
         if sampler is None:
             noise, generator_state = draw_section_noise(state.plan.noise_shape(), generator_state)
             sampler = SamplerState(noise, 0, [])
-        calls_before = denoiser.calls
-        sampler = sampler_step(state.params.sampler, denoiser, sampler, sigmas)
+        params = state.params
+        # TeaCache starts afresh with each section; a section begun without it goes on without it
+        use_cache = params.teacache and self.teacache_supported
+        denoiser.teacache = (({} if sampler.step == 0 else state.teacache) if use_cache else None)
+        denoiser.teacache_steps, denoiser.teacache_threshold = params.steps, params.teacache_threshold
+        calls_before, skipped_before = denoiser.calls, denoiser.skipped
+        sampler = sampler_step(params.sampler, denoiser, sampler, sigmas)
         self.model_calls += denoiser.calls - calls_before
+        skipped = denoiser.skipped - skipped_before
+        self.skipped_calls += skipped
 
         section, steps = state.section, state.params.steps
         denoised = sampler.model_outputs[-1] if sampler.model_outputs else sampler.x
@@ -142,12 +153,13 @@ class Engine:
             history = state.plan.append(state.history_latents, clean, state.start_latent, section)
         # every check passed: only now does the state change
         state.generator_state = generator_state
+        state.skipped_calls += skipped
         if finished:
-            state.history_latents, state.section, state.sampler = history, section + 1, None
+            state.history_latents, state.section, state.sampler, state.teacache = history, section + 1, None, None
         else:
-            state.sampler = sampler
+            state.sampler, state.teacache = sampler, denoiser.teacache
         return StepEvent(section, sampler.step, steps, state.plan.total_sections,
-                         section * steps + sampler.step, state.total_steps, denoised, finished)
+                         section * steps + sampler.step, state.total_steps, denoised, finished, state.skipped_calls)
 
     def run(self, state: JobState, callback: StepCallback | None = None,
             should_stop: Callable[[JobState], bool] | None = None) -> JobState:

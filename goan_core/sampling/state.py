@@ -63,6 +63,7 @@ class JobState:
     `section` is the index (in generation order) of the section in progress or next to start;
     `sampler` is None exactly when no section is in progress (a section boundary).
     `history_latents` is the whole buffer FramePack keeps, zero padding included.
+    `teacache` holds TeaCache's caches mid-section (see `teacache`).
     `generator_state` is the job's one CPU torch.Generator, which is consumed once per section when
     the section's noise is drawn. `conditioning` is None for a state read from a file saved without
     embeddings, until the prompt and image are encoded again.
@@ -78,6 +79,10 @@ class JobState:
     section: int = 0
     sampler: SamplerState | None = None
     model_identity: dict = field(default_factory=dict)
+    # TeaCache's per-pass caches ("positive", "negative": teacache.PassCache) mid-section; None when
+    # TeaCache is off or at a section boundary. `skipped_calls`: model calls it skipped over the job.
+    teacache: dict | None = None
+    skipped_calls: int = 0
 
     @property
     def done(self) -> bool:
@@ -96,6 +101,11 @@ class JobState:
     def total_steps(self) -> int:
         return self.plan.total_sections * self.params.steps
 
+    def release_device(self) -> None:
+        """Move what a run kept on the compute device (TeaCache's caches) back to the CPU."""
+        if self.teacache is not None:
+            self.teacache = {name: cache.on_host() for name, cache in self.teacache.items()}
+
     def snapshot(self) -> "JobState":
         """An independent copy, made in microseconds: safe to hand to a writer thread or to advance.
 
@@ -111,4 +121,5 @@ class JobState:
             sampler=None if self.sampler is None else replace(self.sampler, model_outputs=list(self.sampler.model_outputs)),
             params=replace(self.params),
             model_identity=dict(self.model_identity),
+            teacache=None if self.teacache is None else dict(self.teacache),
         )
