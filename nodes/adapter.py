@@ -268,7 +268,7 @@ class ComfyHost:
             try:
                 if model.device == target:
                     loaded += int(model.model_loaded_memory())
-            except Exception:  # a dead or foreign entry: count nothing for it
+            except (AttributeError, ReferenceError):  # an entry whose model is gone: it holds nothing
                 continue
         return free + loaded
 

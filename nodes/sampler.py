@@ -17,7 +17,8 @@ import torch
 from ..goan_core.errors import InputError
 from ..goan_core.jobs import (AutosavePolicy, Encoders, Job, RunResult, RunSettings, continue_job, create_job,
                               render_frames, run_job)
-from ..goan_core.models import VAE, ImageEncoder, SwapPlan, TextEncoders, Transformer, plan_swap, section_tokens
+from ..goan_core.models import (VAE, ImageEncoder, SwapPlan, TextEncoders, Transformer, is_on, plan_swap,
+                                section_tokens)
 from ..goan_core.params import FPS, LIMITS, MODES, SAMPLERS, JobParams
 from ..goan_core.vocabulary import FileKind, Status
 from . import types as T
@@ -105,8 +106,7 @@ def claim_memory(transformer: Transformer, state, settings: RunSettings) -> tupl
     device = torch.device(transformer.device)
     accelerator = settings.accelerator or HOST.accelerator_for(device)
     model = transformer.model
-    first = next(model.parameters(), None)
-    if accelerator is None and (device.type == "cpu" or (first is not None and first.device.type == device.type)):
+    if accelerator is None and (device.type == "cpu" or is_on(model, device)):
         return settings, None  # the runner moves nothing: on the CPU, or a model kept on the device already
     options = dict(compute_dtype=transformer.dtype,
                    tokens=section_tokens(state.plan, getattr(getattr(model, "config", None), "patch_size", 2)))

@@ -1,4 +1,4 @@
-"""Which device and dtypes a job computes on (from the names users type: "auto", "cuda:1", "bf16"), and moving models there.
+"""Which device and dtypes a job computes on, from the names users type: "auto", "cuda:1", "bf16".
 
 Each model role has its own compute dtype, as in FramePack: on CUDA the transformer computes in
 bfloat16 and the VAE, text and image encoders in float16; elsewhere (CPU, MPS, ...) everything is
@@ -7,9 +7,7 @@ float32. `model_dtypes` resolves all four from the device and the user's choices
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -131,27 +129,10 @@ def model_dtypes(device: torch.device | str, *, transformer: str | None = None, 
                        role_dtype("text", device, encoder), role_dtype("image", device, encoder))
 
 
-def _is_on(module: torch.nn.Module, device: torch.device) -> bool:
+def is_on(module: torch.nn.Module, device: torch.device | str) -> bool:
     """Whether the module's first parameter is on `device` (an index-less device matches any index)."""
+    device = torch.device(device)
     first = next(module.parameters(), None)
     if first is None or first.device.type != device.type:
         return False
     return device.index is None or first.device.index == device.index
-
-
-@contextmanager
-def on_device(module: torch.nn.Module, device: torch.device | str) -> Iterator[torch.nn.Module]:
-    """Run a block with `module` on `device`, moving it back to the CPU afterwards, even on error.
-
-    Models live on the CPU between uses; on a CPU device nothing moves. Nested use is cheap: a
-    module already on `device` stays put and the outermost block moves it back.
-    """
-    target = torch.device(device)
-    if target.type == "cpu" or _is_on(module, target):
-        yield module
-        return
-    try:
-        module.to(device)
-        yield module
-    finally:
-        module.to("cpu")

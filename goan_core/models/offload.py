@@ -39,6 +39,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .devices import is_on
 from .swap_plan import (ACTIVATION_FACTOR, BLOCK_LISTS, CONTEXT_TOKENS, DEFAULT_GPU_MEMORY_PRESERVATION, GIB,
                         SwapPlan, activation_reserve, plan_swap, section_tokens, swap_blocks, transformer_blocks)
 
@@ -167,13 +168,10 @@ class Placement:
         self._placed = True  # from here on restore() has something to undo
         for slot, copy in zip(self._resident, copies):
             _put(slot, copy)
-        self._hosts = {}
         for slots in self._streamed:  # pinned once, one tensor at a time, and kept pinned (no second copy)
             for slot in slots:
-                self._hosts[id(slot)] = self._originals[id(slot)] = self.accelerator.host(self._originals[id(slot)])
-        for slots in self._streamed:
-            for slot in slots:
-                _put(slot, self._hosts[id(slot)])
+                self._originals[id(slot)] = self.accelerator.host(self._originals[id(slot)])
+                _put(slot, self._originals[id(slot)])
         if self._streamed:
             named = dict(swap_blocks(self.model, self.plan.containers))
             self._handles.append(self.model.register_forward_pre_hook(self._before_model))
@@ -185,13 +183,13 @@ class Placement:
 
     def _fetch(self, index: int, background: bool) -> None:
         if index < len(self._streamed) and index not in self._live:
-            hosts = [self._hosts[id(slot)] for slot in self._streamed[index]]
+            hosts = [self._originals[id(slot)] for slot in self._streamed[index]]
             self._live[index] = self.accelerator.upload(hosts, background)
 
     def _drop(self, index: int) -> None:
         copies, _ = self._live.pop(index)
         for slot in self._streamed[index]:
-            _put(slot, self._hosts[id(slot)])
+            _put(slot, self._originals[id(slot)])
         self.accelerator.release(copies)
 
     def _before_model(self, module, args):
@@ -228,14 +226,8 @@ class Placement:
         for slot in self._resident + [s for slots in self._streamed for s in slots]:
             _put(slot, self._originals[id(slot)])
         self.accelerator.release(self._resident_copies)
-        self._resident_copies, self._hosts = [], {}
+        self._resident_copies = []
         self._placed = False
-
-
-def _is_on(model: nn.Module, device: torch.device) -> bool:
-    first = next(model.parameters(), None)
-    return first is not None and first.device.type == device.type and (
-        device.index is None or first.device.index == device.index)
 
 
 _ACTIVE: dict[int, Placement] = {}  # id(model) -> the placement holding it now (nested `placed` reuses it)
@@ -258,7 +250,7 @@ def placed(model: nn.Module, device: torch.device | str,
     if id(model) in _ACTIVE:
         yield _ACTIVE[id(model)]
         return
-    if accelerator is None and (target.type == "cpu" or _is_on(model, target)):
+    if accelerator is None and (target.type == "cpu" or is_on(model, target)):
         yield None
         return
     accelerator = accelerator or Accelerator(target)
