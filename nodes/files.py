@@ -3,6 +3,7 @@ and validating each version of a file once (`VALIDATED`)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -13,7 +14,8 @@ import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 
-from ..goan_core.resumefile import RESUME_SUFFIX, RETENTION_DIR, ResumeData, read_resume_file
+from ..goan_core.resumefile import (RESUME_SUFFIX, RETENTION_DIR, ResumeData, ResumeSummary, read_resume_file,
+                                   read_resume_summary, summary_of)
 from ..goan_core.errors import InputError
 from .adapter import HOST
 
@@ -133,6 +135,14 @@ def file_version(path) -> FileVersion:
                        digest.hexdigest())
 
 
+def _version_or_none(path) -> FileVersion | None:
+    """The file's version, or None when it cannot be read (the reader then says why)."""
+    try:
+        return file_version(path)
+    except OSError:
+        return None
+
+
 def _private_copy(data: ResumeData) -> ResumeData:
     """A copy a caller may change without changing the cached one (tensors are never changed in place)."""
     return dataclasses.replace(data, state=data.state.snapshot(), source_image=data.source_image.copy(),
@@ -143,16 +153,19 @@ def _private_copy(data: ResumeData) -> ResumeData:
 class ValidatedFiles:
     """The last few resume files that passed `read_resume_file`'s full validation, by file version.
 
-    Upload, `/goan/resume_info` and Load Resume all read through `read`, so a dropped file is read
-    and hashed once; a file that changed in any way is a new version and is validated again. Only
+    Upload and Load Resume read through `read`, so a dropped file is read and hashed once; a file
+    that changed in any way is a new version and is validated again. `/goan/resume_info` asks for
+    a `summary`: the cached result when there is one, else only the file's small members. Only
     files that passed are kept, and at most `max_files` of them (`max_bytes` by file size, though
     the newest is kept whatever its size). Thread-safe: the routes read in executor threads,
-    ComfyUI's nodes in its prompt thread.
+    ComfyUI's nodes in its prompt thread, and readers of one path validate it one at a time, so
+    two first reads of a file validate it once.
     """
 
     def __init__(self, max_files: int = MAX_VALIDATED_FILES, max_bytes: int = MAX_VALIDATED_BYTES):
         self.max_files, self.max_bytes = max_files, max_bytes
         self._entries: OrderedDict[str, tuple[FileVersion, ResumeData]] = OrderedDict()  # by path, oldest first
+        self._busy: dict[str, list] = {}  # path -> [lock, readers]; only while some reader holds the path
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -164,33 +177,55 @@ class ValidatedFiles:
 
     def validate(self, path) -> tuple[ResumeData, FileVersion | None]:
         """Fully validate `path` (no cache) and say which version passed: None if it changed meanwhile."""
-        try:
-            before = file_version(path)
-        except OSError:
-            before = None
+        before = _version_or_none(path)
         data = read_resume_file(path)  # raises ResumeFileError for a missing or unreadable file too
-        try:
-            after = file_version(path)
-        except OSError:
-            after = None
+        after = _version_or_none(path)
         return data, (before if before is not None and before == after else None)
 
     def read(self, path) -> ResumeData:
         """`read_resume_file(path)`, validated once per version of the file; the caller's own copy."""
+        version = _version_or_none(path)
+        with self._one_reader(version.path if version else os.path.realpath(path)):
+            cached = self._cached(version)  # a reader that held the path before may have just validated it
+            if cached is not None:
+                return _private_copy(cached)
+            data, validated = self.validate(path)
+            if validated is not None:
+                self._store(validated, data)
+            return _private_copy(data)
+
+    def summary(self, path) -> ResumeSummary:
+        """What `path` says about its job: from the validated file when this version is cached, else
+        from its small members only (`read_resume_summary`, which never reads the tensors)."""
+        cached = self._cached(_version_or_none(path))
+        if cached is not None:
+            return summary_of(cached, validated=True)
+        return read_resume_summary(path)
+
+    def _cached(self, version: FileVersion | None) -> ResumeData | None:
+        if version is None:
+            return None
+        with self._lock:
+            entry = self._entries.get(version.path)
+            if entry is None or entry[0] != version:
+                return None
+            self._entries.move_to_end(version.path)
+            return entry[1]
+
+    @contextlib.contextmanager
+    def _one_reader(self, key: str):
+        """Held while `key` is looked up and validated: a second reader of the path waits for the first."""
+        with self._lock:
+            busy = self._busy.setdefault(key, [threading.Lock(), 0])
+            busy[1] += 1
         try:
-            version = file_version(path)
-        except OSError:
-            version = None
-        if version is not None:
+            with busy[0]:
+                yield
+        finally:
             with self._lock:
-                entry = self._entries.get(version.path)
-                if entry is not None and entry[0] == version:
-                    self._entries.move_to_end(version.path)
-                    return _private_copy(entry[1])
-        data, validated = self.validate(path)
-        if validated is not None:
-            self._store(validated, data)
-        return _private_copy(data)
+                busy[1] -= 1
+                if busy[1] == 0:
+                    del self._busy[key]
 
     def remember_moved(self, path, data: ResumeData, validated: FileVersion | None) -> bool:
         """Keep `data`, validated as `validated`, for the file now at `path` if it is that same file renamed."""

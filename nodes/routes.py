@@ -6,7 +6,7 @@ POST /goan/upload/{upload_id}?offset=&total=&filename=  raw chunk bytes (<= 16 M
                                                      -> {received} | {done, name, filename, subfolder, type}
                                                         | 507 {error} (no room: refused at the start, or the
                                                         disk filled up; the upload is dropped, start again)
-GET  /goan/resume_info?name=goan_resume/NAME.goan_resume -> {workflow, job_info, params, exact, notes}
+GET  /goan/resume_info?name=goan_resume/NAME.goan_resume -> {workflow, job_info, params, exact, notes, validated}
 GET  /goan/workflows                                 -> {workflows: [names]}
 GET  /goan/workflows/{name}.json                     -> the example workflow
 """
@@ -346,13 +346,13 @@ async def resume_info(request: web.Request) -> web.Response:
     if not path.is_file():
         return _error(404, f"{name}: no such resume file in the input folder")
     try:
-        data = await _in_thread(VALIDATED.read, path)  # validated once per version of the file
+        summary = await _in_thread(VALIDATED.summary, path)  # the cached validation, or the small members only
     except ResumeFileError as error:
         return _error(400, f"{name}: {error.problem}")
     except GoanError as error:
         return _error(400, f"{name}: {error}")
-    answer = {"workflow": data.workflow, "job_info": data.job_info, "params": data.state.params.to_dict(),
-              "exact": data.exact, "notes": data.notes}
+    answer = {"workflow": summary.workflow, "job_info": summary.job_info, "params": summary.params,
+              "exact": summary.exact, "notes": summary.notes, "validated": summary.validated}
     try:  # the reader depth-limits the workflow; this keeps any other surprise a 4xx, never a 500
         text = json.dumps(answer, allow_nan=False)
     except (TypeError, ValueError, RecursionError):

@@ -687,7 +687,7 @@ def test_upload_resume_info_and_load_resume_validate_a_file_once(host, valid_fil
     name = body["name"]
     info_status, info = _info(name)
     job, image, params = GoanLoadResume().execute(name)
-    assert info_status == 200 and info["params"]["seed"] == 1234
+    assert info_status == 200 and info["params"]["seed"] == 1234 and info["validated"] is True
     assert job.state.job_id == "job-1" and json.loads(params)["seed"] == 1234
     assert len(validations) == 1  # the upload's; resume_info and Load Resume reused it
 
@@ -699,17 +699,89 @@ def test_upload_resume_info_and_load_resume_validate_a_file_once(host, valid_fil
     path.write_bytes(bytes(damaged))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
-    info_status, info = _info(name)
-    assert info_status == 400 and info["error"].startswith(f"{name}: "), info
+    info_status, info = _info(name)  # a new version: only its small members are read, and they are intact
+    assert info_status == 200 and info["validated"] is False, info
+    with pytest.raises(ResumeFileError):
+        GoanLoadResume().execute(name)
     with pytest.raises(ResumeFileError):
         GoanLoadResume().execute(name)
     assert len(validations) == 3  # a refused file is never remembered
 
-    # replaced by another valid job: validated once more, then reused
+    # replaced by another valid job: validated once more (by Load Resume), then reused
     path.write_bytes(write_valid(tmp_path / "other.goan_resume", job_id="job-2").read_bytes())
     assert _info(name)[0] == 200
     job, _, _ = GoanLoadResume().execute(name)
     assert job.state.job_id == "job-2" and len(validations) == 4
+    info_status, info = _info(name)
+    assert info_status == 200 and info["validated"] is True and info["job_info"]["job_id"] == "job-2"
+    assert len(validations) == 4
+
+
+def test_resume_info_of_an_unvalidated_file_reads_only_its_small_members(host, validations, tmp_path, monkeypatch):
+    """A large file nobody validated yet: resume_info answers from job_info, params and workflow
+    without reading the state member; a damaged small member is still a 400."""
+    from bench.common import synthetic_state
+    from goan_core.sampling.plan import SectionPlan
+    from goan_core.resumefile import write_resume_file
+    from goan_pack.goan_core.resumefile import archive as archive_module
+    from hostile_corpus import source_image
+
+    folder = host.directory("input") / "goan_resume"
+    folder.mkdir(parents=True)
+    state = synthetic_state(SectionPlan("backward", 9, 3, 544, 704), 2)
+    big = write_resume_file(state, folder / "big.goan_resume", source_image=source_image(),
+                            workflow={"nodes": [], "extra": {"marker": 7}})
+    read_members = []
+    real_read = archive_module.SafeArchive.read
+
+    def spy(self, name, *args, **kwargs):
+        read_members.append(name)
+        return real_read(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(archive_module.SafeArchive, "read", spy)
+    status, info = _info("goan_resume/big.goan_resume")
+    assert status == 200 and info["validated"] is False and info["workflow"]["extra"]["marker"] == 7
+    assert info["job_info"]["next_section"] == 2 and validations == []
+    assert set(read_members) == {"job_info.json", "params.json", "workflow.json"}
+
+    damaged = bytearray(big.read_bytes())
+    at = damaged.find(b'"seed"')
+    damaged[at + 1] = ord("z")  # params.json no longer matches its checksum
+    big.write_bytes(bytes(damaged))
+    status, info = _info("goan_resume/big.goan_resume")
+    assert status == 400 and "params.json" in info["error"], info
+
+
+def test_two_first_reads_of_one_file_validate_it_once(host, valid_file, validations, monkeypatch):
+    import threading
+    import time
+
+    from goan_pack.goan_core.resumefile import reader
+    from goan_pack.nodes.files import VALIDATED
+
+    folder = host.directory("input") / "goan_resume"
+    folder.mkdir(parents=True)
+    path = folder / "twice.goan_resume"
+    path.write_bytes(valid_file)
+    inside = threading.Event()
+    counted = reader._read_v1  # the `validations` spy
+
+    def slow(archive):
+        inside.set()
+        time.sleep(0.3)  # the second reader arrives while the first is validating
+        return counted(archive)
+
+    monkeypatch.setattr(reader, "_read_v1", slow)
+    results = []
+    first = threading.Thread(target=lambda: results.append(VALIDATED.read(path)))
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=lambda: results.append(VALIDATED.read(path)))
+    second.start()
+    first.join(10)
+    second.join(10)
+    assert len(results) == 2 and all(r.state.job_id == "job-1" for r in results)
+    assert len(validations) == 1 and VALIDATED._busy == {}
 
 
 def test_an_upload_copied_across_file_systems_is_validated_again_once(host, valid_file, validations, monkeypatch):
@@ -725,7 +797,11 @@ def test_an_upload_copied_across_file_systems_is_validated_again_once(host, vali
         patch.setattr(routes.os, "replace", no_rename)
         status, body = serve(lambda client: upload(client, valid_file, "copied.goan_resume"))
     assert status == 200 and (host.directory("input") / body["name"]).read_bytes() == valid_file
-    assert _info(body["name"])[0] == 200 and _info(body["name"])[0] == 200
+    from goan_pack.nodes.resume_nodes import GoanLoadResume
+
+    assert _info(body["name"])[0] == 200  # the small members only
+    for _ in range(2):
+        assert GoanLoadResume().execute(body["name"])[0].state.job_id == "job-1"
     assert len(validations) == 2 and leftovers(host) == []
 
 

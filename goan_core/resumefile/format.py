@@ -109,3 +109,18 @@ class ResumeData:
     exact: bool = True
     notes: list[str] = field(default_factory=list)
     needs_start_latent: bool = False
+
+
+@dataclass
+class ResumeSummary:
+    """What a resume file says about its job, read without its tensors and image: for showing a
+    file (its settings and workflow), never for continuing it. `validated` is True when the whole
+    file passed `read_resume_file`, False when only these members and the zip structure were checked.
+    """
+
+    job_info: dict
+    params: dict
+    workflow: dict | None
+    exact: bool
+    notes: list[str]
+    validated: bool

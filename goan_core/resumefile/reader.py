@@ -13,6 +13,7 @@ image's declared size is checked against the plan's frame before a pixel is deco
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from datetime import datetime
@@ -31,7 +32,7 @@ from .checks import (Position, Where, check_identity, check_image_size, check_pl
 from .format import (COND_PREFIX, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, IMAGE_AREA_FACTOR, JOB_INFO,
                      MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_SAMPLER_OUTPUTS, MAX_TEXT,
                      MAX_WORKFLOW_BYTES, OPTIONAL_MEMBERS, PARAMS, REQUIRED_MEMBERS, SAMPLER_OUTPUTS, SAMPLER_X,
-                     SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, TORCH_DTYPES, WORKFLOW, ResumeData)
+                     SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, TORCH_DTYPES, WORKFLOW, ResumeData, ResumeSummary)
 from .legacy import read_legacy
 
 # What goan writes (datetime.isoformat, seconds) and what other tools commonly write (Z, fractions).
@@ -97,6 +98,37 @@ def inspect_resume_file(path: str | Path) -> dict:
             "checked": list(CHECKED_LEGACY if not data.exact else CHECKED_V1)}
 
 
+def read_resume_summary(path: str | Path) -> ResumeSummary:
+    """The job_info, params and workflow of a resume file, each checked as `read_resume_file` checks
+    them (zip structure, checksums, fields, plan against params), without reading the state, the
+    tensors or the image: the cost of showing a file does not grow with its size. A file of the
+    original goan app is read whole (its settings are derived from its latents).
+    """
+    path = Path(path)
+    with SafeArchive(path) as archive:
+        if archive.is_legacy:
+            return summary_of(read_legacy(archive), validated=True)
+        job_info, plan, position = _read_job_info(archive)
+        params = _read_params(archive, job_info, plan, position)
+        workflow = _read_workflow(archive, job_info)
+    return ResumeSummary(job_info, params.to_dict(), workflow, exact=True, notes=[], validated=False)
+
+
+def summary_of(data: ResumeData, *, validated: bool) -> ResumeSummary:
+    """The summary of a file already read (its own copies of the dicts)."""
+    return ResumeSummary(copy.deepcopy(data.job_info), data.state.params.to_dict(), copy.deepcopy(data.workflow),
+                         data.exact, list(data.notes), validated)
+
+
+def _read_workflow(archive: "SafeArchive", job_info: dict) -> dict | None:
+    if WORKFLOW not in archive.names:
+        return None
+    workflow = load_json(archive.read_checked(WORKFLOW, MAX_WORKFLOW_BYTES, job_info), WORKFLOW, archive.path)
+    if not isinstance(workflow, dict):
+        raise ResumeFileError(archive.path, f"{WORKFLOW} must hold a JSON object (the ComfyUI graph)")
+    return workflow
+
+
 def _read_v1(archive: "SafeArchive") -> ResumeData:
     path = archive.path
     job_info, plan, position = _read_job_info(archive)
@@ -109,11 +141,7 @@ def _read_v1(archive: "SafeArchive") -> ResumeData:
 
     source = decode_png(archive.read_checked(SOURCE_IMAGE, image_bytes_limit(plan), job_info), SOURCE_IMAGE, path,
                         fits)
-    workflow = None
-    if WORKFLOW in archive.names:
-        workflow = load_json(archive.read_checked(WORKFLOW, MAX_WORKFLOW_BYTES, job_info), WORKFLOW, path)
-        if not isinstance(workflow, dict):
-            raise ResumeFileError(path, f"{WORKFLOW} must hold a JSON object (the ComfyUI graph)")
+    workflow = _read_workflow(archive, job_info)
 
     sampler = None
     if position.in_section:
