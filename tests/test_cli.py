@@ -51,7 +51,8 @@ def test_pause_at_then_resume_gives_the_same_video(cli_env, tmp_path, capsys):
     import av
 
     whole = tmp_path / "whole.mp4"
-    assert run_main(fast(cli_env, whole, "--autosave-every", "0"), capsys)[0] == 0
+    # libx264's threads make decoded frames differ between runs; the deterministic encode does not
+    assert run_main(fast(cli_env, whole, "--autosave-every", "0", "--deterministic-video"), capsys)[0] == 0
     paused_out = tmp_path / "resumed.mp4"
     code, stdout, _ = run_main(fast(cli_env, paused_out, "--pause-at", "1:2", "--resume-dir", str(tmp_path / "r")),
                                capsys)
@@ -62,7 +63,8 @@ def test_pause_at_then_resume_gives_the_same_video(cli_env, tmp_path, capsys):
     code, stdout, _ = run_main(["inspect", str(resume_file)], capsys)
     assert code == 0 and '"next_section": 1' in stdout and '"step_in_section": 2' in stdout
 
-    code, stdout, _ = run_main(["resume", str(resume_file), "--tiny", "--out", str(paused_out)], capsys)
+    code, stdout, _ = run_main(["resume", str(resume_file), "--tiny", "--out", str(paused_out), "--deterministic-video"],
+                               capsys)
     assert code == 0 and "resuming job" in stdout
 
     def frames(path):

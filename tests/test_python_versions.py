@@ -139,25 +139,29 @@ def test_add_note_uses_the_native_method_where_there_is_one():
     assert error.__notes__ == ["a note"] and notes_of(ValueError()) == []
 
 
-# -- dependency floors: what the code calls must exist in the lowest versions allowed ---------------------
-# (the lowest versions themselves are not installed and run here: too slow for this suite)
-NEEDED = {"diffusers": (0, 40), "transformers": (4, 56)}  # from_pretrained(dtype=...)
+# -- dependency floors: `make test` runs the whole suite again on the lowest versions allowed -----------
 
-
-def _floors(lines) -> dict[str, tuple[int, ...]]:
+def _pyproject_floors() -> dict[str, str]:
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     found = {}
-    for line in lines:
-        match = re.fullmatch(r'\s*"?([A-Za-z0-9_.-]+)>=([0-9.]+)"?,?\s*(#.*)?', line)
-        if match:
-            found[match[1].lower()] = tuple(int(part) for part in match[2].split("."))
+    for match in re.finditer(r'^\s*"([A-Za-z0-9_.-]+)>=([0-9][0-9A-Za-z.]*)",', text, flags=re.MULTILINE):
+        found[match[1]] = match[2]
     return found
 
 
-def test_requirement_floors_allow_only_versions_the_code_runs_on():
-    requirements = _floors((ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
-    pyproject = _floors((ROOT / "pyproject.toml").read_text(encoding="utf-8").splitlines())
-    for name, needed in NEEDED.items():
-        assert requirements[name] >= needed and pyproject[name] == requirements[name], name
+def test_pyproject_declares_the_floors_requirements_txt_tests():
+    from dependency_floors import REQUIREMENTS, floors
+
+    declared = floors(REQUIREMENTS.read_text(encoding="utf-8"))
+    assert declared and declared == _pyproject_floors()
+    assert {"diffusers", "transformers"} <= set(declared)
+
+
+def test_make_test_runs_the_suite_on_the_floors():
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "-m pytest" in recipe and "$(FLOORS_PY) -m pytest" in recipe
+    assert "dependency_floors.py" in makefile
 
 
 def test_requirements_lines_carry_no_inline_comments():
@@ -169,6 +173,10 @@ def test_requirements_lines_carry_no_inline_comments():
 def test_installed_versions_meet_the_floors():
     from importlib.metadata import version
 
-    for name, needed in NEEDED.items():
-        installed = tuple(int(part) for part in re.findall(r"\d+", version(name))[:2])
-        assert installed >= needed, f"{name} {version(name)} is older than the code needs"
+    from dependency_floors import REQUIREMENTS, floors
+
+    def numbers(text):
+        return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+    for name, lowest in floors(REQUIREMENTS.read_text(encoding="utf-8")).items():
+        assert numbers(version(name)) >= numbers(lowest), f"{name} {version(name)} is older than {lowest}"

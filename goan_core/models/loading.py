@@ -73,6 +73,11 @@ PART_ROLES = {"transformer": "transformer", "vae": "vae", **{name: "text" for na
               **{name: "image" for name in IMAGE_PARTS}}
 
 
+# The keyword each library's from_pretrained reads the dtype from: diffusers reads `torch_dtype` in every
+# version (`dtype` only from 0.40); transformers reads `dtype` from 4.56 (and warns on `torch_dtype` from 5).
+DTYPE_KEYWORD = {"diffusers": "torch_dtype", "transformers": "dtype"}
+
+
 def _dtypes(dtype: torch.dtype | ModelDtypes) -> ModelDtypes:
     return dtype if isinstance(dtype, ModelDtypes) else ModelDtypes.uniform(dtype)
 
@@ -163,7 +168,8 @@ def load_part(folder: Path, name: str, dtype: torch.dtype) -> Any:
         if part.kind in ("tokenizer", "processor"):
             return part.loader.from_pretrained(str(folder), local_files_only=True)
         model, info = part.loader.from_pretrained(
-            str(folder), local_files_only=True, use_safetensors=True, dtype=dtype, output_loading_info=True
+            str(folder), local_files_only=True, use_safetensors=True, output_loading_info=True,
+            **{DTYPE_KEYWORD[part.kind]: dtype},
         )
     except torch.OutOfMemoryError:
         raise

@@ -215,12 +215,16 @@ def build_clip_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_feature_extractor():
-    """The SigLIP image processor at the tiny image size (torchvision backend when installed)."""
-    if is_torchvision_available():
-        from transformers import SiglipImageProcessor as processor_class
-    else:
-        from transformers import SiglipImageProcessorPil as processor_class
-    return processor_class(**TINY_PROCESSOR_CONFIG)
+    """The SigLIP image processor at the tiny image size (torchvision backend when installed).
+
+    transformers 5 gives the PIL backend its own class, SiglipImageProcessorPil; in 4.x the plain
+    SiglipImageProcessor is that PIL backend.
+    """
+    import transformers
+
+    if is_torchvision_available() or not hasattr(transformers, "SiglipImageProcessorPil"):
+        return transformers.SiglipImageProcessor(**TINY_PROCESSOR_CONFIG)
+    return transformers.SiglipImageProcessorPil(**TINY_PROCESSOR_CONFIG)
 
 
 def build_tiny_models(seed: int = 0) -> ModelSet:
