@@ -9,7 +9,10 @@ from bench import MEASURES
 from bench.common import Row, markdown_table
 
 
-@pytest.mark.parametrize("name", [m for m in MEASURES if m != "gpu"])
+CUDA_ONLY = ("gpu", "gpu_memory")  # each has its own tiny CPU test below
+
+
+@pytest.mark.parametrize("name", [m for m in MEASURES if m not in CUDA_ONLY])
 def test_measure_runs(name, tmp_path):
     import importlib
 
@@ -27,6 +30,20 @@ def test_gpu_measure_on_tiny_config(tmp_path):
 
     rows = run(quick=True, base_dir=tmp_path, repeats=1, device="cpu", config=TINY_TRANSFORMER_CONFIG)
     assert len(rows) == 2 and all(r.value and r.value > 0 for r in rows)
+    if not torch.cuda.is_available():
+        assert all(r.skipped for r in run(quick=True))
+
+
+def test_gpu_memory_measure_on_tiny_config(tmp_path):
+    """The card loop on the CPU: a fake card too small for both blocks streams them, a large one keeps them."""
+    from bench.gpu_memory import run
+    from goan_core.models.tiny import TINY_TRANSFORMER_CONFIG
+
+    rows = run(quick=True, base_dir=tmp_path, repeats=1, device="cpu", config=TINY_TRANSFORMER_CONFIG,
+               cards=(0.0005, 1.0), preservation=0)
+    small, large = (r.details["goan"] for r in rows)
+    assert all(r.value and r.value > 0 and r.baseline and r.baseline > 0 for r in rows)
+    assert small["resident_blocks"] == 0 and large["resident_blocks"] == large["blocks"] > 0
     if not torch.cuda.is_available():
         assert all(r.skipped for r in run(quick=True))
 
