@@ -8,6 +8,11 @@ from dataclasses import asdict, dataclass, fields
 from .errors import InputError
 
 MODES = ("backward", "f1")
+# Where the prompt embeddings came from: "text", the prompt and negative prompt recorded here (goan's
+# text encoders or ComfyUI's CLIP encoded them), or "native": ComfyUI CONDITIONING made elsewhere in
+# the graph, whose text goan never sees (the texts are then recorded empty, and the embeddings in the
+# resume file are the only record of what conditioned the video).
+PROMPT_SOURCES = ("text", "native")
 SAMPLERS = ("unipc", "euler")
 FPS = 30
 
@@ -38,7 +43,8 @@ class JobParams:
     each section samples. `cfg` is real classifier-free guidance (1 = off, negative pass skipped),
     `gs` the distilled guidance fed to the model, `rs` the guidance rescale. `teacache` skips the
     transformer blocks while their input barely changes (FramePack's TeaCache, on by default like
-    there), up to an accumulated rescaled change of `teacache_threshold`.
+    there), up to an accumulated rescaled change of `teacache_threshold`. `prompt_source` says
+    whether `prompt` and `negative_prompt` are the texts that were encoded (`PROMPT_SOURCES`).
     """
 
     prompt: str
@@ -56,13 +62,14 @@ class JobParams:
     crf: int = 16
     teacache: bool = True
     teacache_threshold: float = 0.15
+    prompt_source: str = "text"
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise InputError naming the first setting that is out of range or of the wrong type."""
-        for name in ("prompt", "negative_prompt", "mode", "sampler"):
+        for name in ("prompt", "negative_prompt", "mode", "sampler", "prompt_source"):
             if not isinstance(getattr(self, name), str):
                 raise InputError(f"{name} must be text, got {type(getattr(self, name)).__name__}")
         for name in ("seed", "lws", "steps", "resolution", "crf"):
@@ -78,6 +85,10 @@ class JobParams:
             setattr(self, name, float(value))
         if self.mode not in MODES:
             raise InputError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.prompt_source not in PROMPT_SOURCES:
+            raise InputError(f"unknown prompt_source {self.prompt_source!r}: use one of {', '.join(PROMPT_SOURCES)}")
+        if self.prompt_source == "native" and (self.prompt or self.negative_prompt):
+            raise InputError("prompt_source 'native' records no prompt text: the texts must be empty")
         if self.sampler not in SAMPLERS:
             raise InputError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
         if self.seconds <= 0:

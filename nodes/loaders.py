@@ -4,7 +4,8 @@ Files and folders are found through ComfyUI's model folders (`folder_paths`):
 - transformer: a single .safetensors in `diffusion_models` (bf16 or fp8), or a diffusers folder in
   `diffusers` (shown as "[diffusers] NAME"), either the transformer folder itself or a root
   holding `transformer/`;
-- VAE: a diffusers AutoencoderKLHunyuanVideo folder (or a root holding `vae/`) in `diffusers` or `vae`;
+- VAE: the single file hunyuan_video_vae_bf16.safetensors in `vae` (either naming), or a diffusers
+  AutoencoderKLHunyuanVideo folder (or a root holding `vae/`) in `diffusers` or `vae`;
 - text encoders: a root holding text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/
   (hunyuanvideo-community/HunyuanVideo) in `diffusers` or `text_encoders`;
 - image encoder: a root holding image_encoder/ and feature_extractor/ (lllyasviel/flux_redux_bfl)
@@ -22,7 +23,7 @@ from ..goan_core.errors import ModelFolderError
 from ..goan_core.models import (CONV_FP32_POLICIES, IMAGE_PARTS, PARTS, TEXT_PARTS, TRANSFORMER_CLASS_NAMES,
                                 WEIGHT_DTYPE_CHOICES, ImageEncoder, TextEncoders, Transformer, apply_fp32_output,
                                 apply_weight_dtype, configure_precision, load_part, load_parts, load_transformer_file,
-                                role_dtype)
+                                load_vae_file, role_dtype)
 from ..goan_core.models import VAE as VAEModel
 from .adapter import HOST
 from .types import CATEGORY, IMAGE_ENCODER, TEXT_ENCODERS, TRANSFORMER, VAE
@@ -125,28 +126,38 @@ def _part_folder(root: Path, name: str) -> Path:
     return root if accepts and _class_of(root) in accepts else root / name
 
 
-def transformer_choices() -> list[str]:
+WEIGHT_SUFFIXES = (".safetensors", ".sft")
+
+
+def list_files(folder_kind: str) -> list[str]:
+    """Names (relative, '/'-separated) of the .safetensors files in ComfyUI's `folder_kind` model folders."""
     files = []
-    for base in HOST.folder_paths("diffusion_models"):
+    for base in HOST.folder_paths(folder_kind):
         base = Path(base)
         if base.is_dir():
             for path in sorted(base.rglob("*")):
-                if path.suffix.lower() in (".safetensors", ".sft") and path.is_file():
+                if path.suffix.lower() in WEIGHT_SUFFIXES and path.is_file():
                     name = path.relative_to(base).as_posix()
                     if name not in files:
                         files.append(name)
-    return sorted(files) + [DIFFUSERS_PREFIX + name for name in list_folders("transformer")]
+    return sorted(files)
 
 
-def find_transformer_file(name: str) -> Path:
+def transformer_choices() -> list[str]:
+    return list_files("diffusion_models") + [DIFFUSERS_PREFIX + name for name in list_folders("transformer")]
+
+
+def find_file(folder_kind: str, name: str, what: str) -> Path:
+    """The file a combo value names in ComfyUI's `folder_kind` folders; ModelFolderError saying where goan looked."""
     looked = []
-    for base in HOST.folder_paths("diffusion_models"):
+    for base in HOST.folder_paths(folder_kind):
         looked.append(base)
         target = _inside(Path(base), name)
         if target is not None and target.is_file():
             return target
-    raise ModelFolderError(f"{name!r}: no such transformer file in {', '.join(looked) or 'diffusion_models'}; "
-                           "put the FramePack .safetensors file there and refresh (press R)")
+    raise ModelFolderError(f"{name!r}: no such {what} file in {', '.join(looked) or folder_kind}; "
+                           "put it there and refresh (press R)")
+
 
 
 def _dtype(name: str, device, role: str):
@@ -193,7 +204,8 @@ class GoanTransformerLoader:
             folder = _part_folder(root, "transformer")
             loaded = apply_weight_dtype(load_part(folder, "transformer", torch_dtype), weight_dtype, torch_dtype)
         else:
-            loaded = load_transformer_file(find_transformer_file(model), torch_dtype, weight_dtype)
+            loaded = load_transformer_file(find_file("diffusion_models", model, "FramePack transformer"), torch_dtype,
+                                           weight_dtype)
         applied = configure_precision(loaded, conv_fp32, device, torch_dtype)
         if fp32_output:
             apply_fp32_output(loaded)
@@ -201,7 +213,9 @@ class GoanTransformerLoader:
 
 
 class GoanVAELoader:
-    DESCRIPTION = "Loads the HunyuanVideo VAE (diffusers folder) from models/diffusers or models/vae."
+    DESCRIPTION = ("Loads the HunyuanVideo VAE: hunyuan_video_vae_bf16.safetensors from models/vae (Comfy-Org's or "
+                   "Kijai's), or a diffusers folder from models/diffusers or models/vae. Decodes as FramePack does "
+                   "(diffusers' VAE).")
     CATEGORY = CATEGORY
     FUNCTION = "execute"
     RETURN_TYPES = (VAE,)
@@ -209,13 +223,17 @@ class GoanVAELoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"folder": (_or_none(list_folders("vae")),),
+        return {"required": {"folder": (_or_none(list_files("vae") + list_folders("vae")),
+                                        {"tooltip": "a .safetensors file in models/vae or a diffusers folder"}),
                              "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": ENCODER_DTYPE_TOOLTIP})}}
 
     def execute(self, folder, dtype="auto"):
         device = HOST.torch_device()
         torch_dtype = _dtype(dtype, device, "vae")
-        vae = load_part(_part_folder(find_folder("vae", folder), "vae"), "vae", torch_dtype)
+        if folder.lower().endswith(WEIGHT_SUFFIXES):
+            vae = load_vae_file(find_file("vae", folder, "HunyuanVideo VAE"), torch_dtype)
+        else:
+            vae = load_part(_part_folder(find_folder("vae", folder), "vae"), "vae", torch_dtype)
         return (VAEModel(vae, device, torch_dtype, folder),)
 
 

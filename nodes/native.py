@@ -1,5 +1,8 @@
-"""ComfyUI's own encoder outputs and VAE, turned into what goan_core takes.
+"""ComfyUI's own encoders, their outputs and its VAE, turned into what goan_core takes.
 
+- CLIP from DualCLIPLoader(type hunyuan_video) and CLIP_VISION from CLIPVisionLoader (SigLIP): goan
+  encodes with them itself, the sampler's prompt texts and the bucketed, cropped start image the job
+  uses (as FramePack does: SigLIP sees the crop, resized to its input size without a second crop).
 - CONDITIONING from DualCLIPLoader(type hunyuan_video) + CLIPTextEncode: a list of
   [cond, {"pooled_output": ..., optional "attention_mask": ...}], where cond is the Llama hidden
   state of the user tokens only (template removed), (1, L, 4096), and pooled_output the CLIP-L
@@ -75,8 +78,46 @@ def image_embeds_from_clip_vision(output) -> torch.Tensor:
     return _tensor(hidden, "clip_vision_output last_hidden_state", 3)[:1].float().cpu()
 
 
+class ComfyTextEncoder:
+    """ComfyUI's CLIP (DualCLIPLoader type hunyuan_video) as a goan prompt encoder: encodes the text it is given.
+
+    The same calls as ComfyUI's CLIPTextEncode (tokenize, encode_from_tokens_scheduled), then the
+    same crop and padding as a CONDITIONING input.
+    """
+
+    def __init__(self, clip):
+        if not (hasattr(clip, "tokenize") and hasattr(clip, "encode_from_tokens_scheduled")):
+            raise InputError(f"clip: expected ComfyUI's CLIP (DualCLIPLoader with type hunyuan_video), got "
+                             f"{type(clip).__name__}")
+        self.clip = clip
+
+    def encode_prompt(self, text: str):
+        conditioning = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+        return prompt_from_conditioning(conditioning, "clip")
+
+
+class ComfyImageEncoder:
+    """ComfyUI's CLIP_VISION (CLIPVisionLoader with SigLIP) as a goan image encoder: encodes the image it is given."""
+
+    def __init__(self, clip_vision):
+        if not hasattr(clip_vision, "encode_image"):
+            raise InputError(f"clip_vision: expected ComfyUI's CLIP_VISION (CLIPVisionLoader with "
+                             f"sigclip_vision_patch14_384), got {type(clip_vision).__name__}")
+        self.clip_vision = clip_vision
+
+    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+        """SigLIP last_hidden_state of a uint8 HxWx3 image, resized whole to the encoder's input size (no crop)."""
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).float().div(255.0)[None]
+        return image_embeds_from_clip_vision(self.clip_vision.encode_image(pixels, crop=False))
+
+
 class NativePrompt:
-    """A ComfyUI CONDITIONING as a goan prompt encoder: the text was encoded by ComfyUI already."""
+    """A ComfyUI CONDITIONING as a goan prompt encoder: the text was encoded by ComfyUI already.
+
+    goan never sees that text (`encodes_text` False): the job records "native" conditioning.
+    """
+
+    encodes_text = False
 
     def __init__(self, conditioning, which: str):
         self.conditioning, self.which = conditioning, which
@@ -86,12 +127,19 @@ class NativePrompt:
 
 
 class NativeImageEmbeds:
-    """A ComfyUI CLIP_VISION_OUTPUT as a goan image encoder: the image was encoded by ComfyUI already."""
+    """A ComfyUI CLIP_VISION_OUTPUT as a goan image encoder: ComfyUI encoded some image already.
+
+    Which image is up to the graph: FramePack's conditioning is the bucketed, cropped start image, which
+    only goan knows, so a warning suggests the clip_vision input instead.
+    """
 
     def __init__(self, output):
         self.output = output
 
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
+        log.warning("goan: clip_vision_output encodes whatever image CLIPVisionEncode got, not the %dx%d crop the job "
+                    "uses; connect CLIPVisionLoader to the sampler's clip_vision input to encode that crop, as "
+                    "FramePack does", image.shape[1], image.shape[0])
         return image_embeds_from_clip_vision(self.output)
 
 

@@ -24,7 +24,7 @@ from ..goan_core.vocabulary import FileKind, Status
 from . import types as T
 from .adapter import HOST, output_relative
 from .jobs import REGISTRY, JobEntry
-from .native import ComfyVAE, NativeImageEmbeds, NativePrompt
+from .native import ComfyImageEncoder, ComfyTextEncoder, ComfyVAE, NativeImageEmbeds, NativePrompt
 from .types import CATEGORY, GoanJob, image_to_uint8, uint8_to_image
 
 log = logging.getLogger("goan")
@@ -34,14 +34,18 @@ LENGTH_LABEL = "Video Length (s)"
 
 # How a user supplies each piece a job may lack, in the sampler's own words.
 HINTS = {
-    "prompt": "text encoders: connect text_encoders (goan Text Encoder Loader) or positive (ComfyUI CONDITIONING "
-              "from DualCLIPLoader hunyuan_video)",
-    "negative_prompt": "text encoders: connect text_encoders (goan Text Encoder Loader) or negative (ComfyUI "
-                       "CONDITIONING from DualCLIPLoader hunyuan_video)",
-    "image": "an image encoder: connect image_encoder (goan Image Encoder Loader) or clip_vision_output (ComfyUI "
-             "CLIPVisionEncode with SigLIP)",
-    "vae": "a VAE: connect goan_vae (goan VAE Loader) or vae (ComfyUI's VAELoader)",
+    "prompt": "text encoders: connect clip (DualCLIPLoader with clip_l + llava_llama3, type hunyuan_video), "
+              "text_encoders (goan Text Encoder Loader) or positive (CONDITIONING)",
+    "negative_prompt": "text encoders: connect clip (DualCLIPLoader, type hunyuan_video), text_encoders (goan "
+                       "Text Encoder Loader) or negative (CONDITIONING)",
+    "image": "an image encoder: connect clip_vision (CLIPVisionLoader with sigclip_vision_patch14_384), "
+             "image_encoder (goan Image Encoder Loader) or clip_vision_output",
+    "vae": "a VAE: connect vae (VAELoader with hunyuan_video_vae_bf16) or goan_vae (goan VAE Loader)",
 }
+# Each piece's inputs, the first connected one wins: encodings made elsewhere, then ComfyUI's
+# encoders (goan encodes with them), then goan's own loaders.
+SOURCES = {"prompt": ("positive", "clip", "text_encoders"), "negative_prompt": ("negative", "clip", "text_encoders"),
+           "image": ("clip_vision_output", "clip_vision", "image_encoder")}
 
 
 def _expect(value, kind: type, name: str, what: str):
@@ -50,19 +54,29 @@ def _expect(value, kind: type, name: str, what: str):
     return value
 
 
+def _wrapped(value, wrap):
+    return None if value is None else wrap(value)
+
+
 def node_encoders(*, text_encoders=None, image_encoder=None, goan_vae=None, vae=None, positive=None, negative=None,
-                  clip_vision_output=None) -> Encoders:
-    """The sampler's inputs as goan_core Encoders; ComfyUI's own outputs win over goan's loaders."""
+                  clip_vision_output=None, clip=None, clip_vision=None) -> Encoders:
+    """The sampler's inputs as goan_core Encoders, each piece from its first connected input (`SOURCES`).
+
+    goan's VAE wins over ComfyUI's when both are connected.
+    """
     text = _expect(text_encoders, TextEncoders, "text_encoders", "goan's Text Encoder Loader")
     image = _expect(image_encoder, ImageEncoder, "image_encoder", "goan's Image Encoder Loader")
     codec = _expect(goan_vae, VAE, "goan_vae", "goan's VAE loader")
-    if codec is None and vae is not None:
-        codec = ComfyVAE(vae)
+    comfy_text = _wrapped(clip, ComfyTextEncoder)
+
+    def first(*candidates):
+        return next((c for c in candidates if c is not None), None)
+
     return Encoders(
-        prompt=NativePrompt(positive, "positive") if positive is not None else text,
-        negative_prompt=NativePrompt(negative, "negative") if negative is not None else text,
-        image=NativeImageEmbeds(clip_vision_output) if clip_vision_output is not None else image,
-        vae=codec,
+        prompt=first(_wrapped(positive, lambda c: NativePrompt(c, "positive")), comfy_text, text),
+        negative_prompt=first(_wrapped(negative, lambda c: NativePrompt(c, "negative")), comfy_text, text),
+        image=first(_wrapped(clip_vision_output, NativeImageEmbeds), _wrapped(clip_vision, ComfyImageEncoder), image),
+        vae=codec if codec is not None else _wrapped(vae, ComfyVAE),
         hints=HINTS,
     )
 
@@ -184,11 +198,19 @@ class GoanSegmentSampler:
                 "image_encoder": (T.IMAGE_ENCODER, {"lazy": True}),
                 "goan_vae": (T.VAE,),
                 "vae": ("VAE", {"tooltip": "ComfyUI's HunyuanVideo VAE (alternative to goan_vae)"}),
-                "positive": ("CONDITIONING", {"lazy": True, "tooltip": "DualCLIPLoader(hunyuan_video) + "
-                                                                       "CLIPTextEncode (alternative to text_encoders)"}),
+                "positive": ("CONDITIONING", {"lazy": True, "tooltip": "a prompt encoded elsewhere (CLIPTextEncode "
+                                              "with DualCLIPLoader hunyuan_video): wins over clip; goan then records "
+                                              "native conditioning, no prompt text, in the resume file"}),
                 "negative": ("CONDITIONING", {"lazy": True, "tooltip": "used when cfg > 1"}),
-                "clip_vision_output": ("CLIP_VISION_OUTPUT", {"lazy": True, "tooltip": "CLIPVisionEncode with "
-                                                              "SigLIP (alternative to image_encoder)"}),
+                "clip_vision_output": ("CLIP_VISION_OUTPUT", {"lazy": True, "tooltip": "an image encoded elsewhere "
+                                       "(CLIPVisionEncode): wins over clip_vision, but FramePack encodes the "
+                                       "bucketed crop of the start image, which clip_vision does"}),
+                # Last, so saved workflows keep their input slots.
+                "clip": ("CLIP", {"lazy": True, "tooltip": "DualCLIPLoader (clip_l + llava_llama3, type hunyuan_video): "
+                                  "goan encodes the prompt widgets with it"}),
+                "clip_vision": ("CLIP_VISION", {"lazy": True, "tooltip": "CLIPVisionLoader "
+                                                "(sigclip_vision_patch14_384): goan encodes the bucketed, cropped "
+                                                "start image with it, as FramePack does"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
@@ -197,14 +219,17 @@ class GoanSegmentSampler:
         """The lazy inputs this run needs and ComfyUI has not evaluated yet (linked ones arrive as None).
 
         A new job needs the image and its encoders; a continued job needs encoders only when its
-        state lacks embeddings. ComfyUI's own CONDITIONING/CLIP_VISION_OUTPUT win over goan's encoders
-        when both are connected, as in node_encoders.
+        state lacks embeddings. Of each piece's inputs only the first connected one is needed
+        (`SOURCES`), as in node_encoders.
         """
         needed = []
 
         def want(name):
             if name in inputs and inputs[name] is None and name not in needed:
                 needed.append(name)
+
+        def want_source(piece):
+            want(next((name for name in SOURCES[piece] if name in inputs), SOURCES[piece][-1]))
 
         job = inputs.get("resume_state")
         if job is None:
@@ -214,10 +239,10 @@ class GoanSegmentSampler:
             cfg = job.state.params.cfg
         else:
             return needed
-        want("positive" if "positive" in inputs else "text_encoders")
+        want_source("prompt")
         if cfg != 1:
-            want("negative" if "negative" in inputs else "text_encoders")
-        want("clip_vision_output" if "clip_vision_output" in inputs else "image_encoder")
+            want_source("negative_prompt")
+        want_source("image")
         return needed
 
     @classmethod
@@ -230,7 +255,8 @@ class GoanSegmentSampler:
                 resolution, sampler, autosave_every, keep_last, gpu_memory_preservation=6.0, teacache=True,
                 teacache_threshold=0.15, image=None,
                 resume_state=None, text_encoders=None, image_encoder=None, goan_vae=None, vae=None, positive=None,
-                negative=None, clip_vision_output=None, unique_id=None, extra_pnginfo=None):
+                negative=None, clip_vision_output=None, clip=None, clip_vision=None, unique_id=None,
+                extra_pnginfo=None):
         if not isinstance(transformer, Transformer):
             raise InputError("transformer: connect goan's Transformer Loader")
         if autosave_every < 0 or keep_last < 1:
@@ -240,7 +266,11 @@ class GoanSegmentSampler:
         workflow = extra_pnginfo.get("workflow") if isinstance(extra_pnginfo, dict) else None
         workflow = workflow if isinstance(workflow, dict) else None
         encoders = node_encoders(text_encoders=text_encoders, image_encoder=image_encoder, goan_vae=goan_vae, vae=vae,
-                                 positive=positive, negative=negative, clip_vision_output=clip_vision_output)
+                                 positive=positive, negative=negative, clip_vision_output=clip_vision_output,
+                                 clip=clip, clip_vision=clip_vision)
+        if positive is not None and (prompt.strip() or negative_prompt.strip()):
+            log.warning("goan: the prompt widgets are not used: the positive/negative CONDITIONING inputs condition "
+                        "the video (the resume file records native conditioning, no text)")
         encoders.require("vae", "the job")  # checked before any work is done
         if resume_state is not None:
             job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow)

@@ -1,11 +1,13 @@
 """Start and stop a real ComfyUI with this pack linked in, for end-to-end tests.
 
 Shared by the end-to-end tests (browser and API). Everything lives under one temp base folder:
-custom_nodes/ (a link to this pack), input/, output/, temp/, user/ and models/ (the tiny set),
-all registered through one --extra-model-paths-config YAML. The first-run template dialog is
-switched off through the settings file before start (and can be through POST /settings).
+custom_nodes/ (a link to this pack, and to the test-only stub `comfy_stub/goan_tiny_loaders` that lets
+ComfyUI's own loaders load goan's tiny files of the usual names), input/, output/, temp/, user/ and
+models/ (`tiny_model_folders`: the tiny set as the usual single files and as diffusers folders), all
+registered through one --extra-model-paths-config YAML. The first-run template dialog is switched
+off through the settings file before start (and can be through POST /settings).
 
-    server = ComfyServer(comfy_dir, python, base)
+    server = ComfyServer(comfy_dir, python, base, folders=tiny_model_folders(base / "models", tiny_root))
     server.start(front_end_root=None)
     ...  server.url, server.get_json("/queue")
     server.stop()
@@ -25,6 +27,10 @@ from pathlib import Path
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 PACK_NAME = "goan"
+STUB_DIR = Path(__file__).resolve().parent / "comfy_stub" / "goan_tiny_loaders"
+# ComfyUI's HunyuanVideo VAE code builds 32-group norms: the e2e VAE is tiny, but that wide.
+COMFY_SIZED_VAE = {"latent_channels": 16, "block_out_channels": (32, 32, 64, 64), "norm_num_groups": 32,
+                   "layers_per_block": 1}
 
 
 def free_port() -> int:
@@ -45,6 +51,28 @@ def comfy_env() -> tuple[Path, str] | None:
 MODEL_FOLDERS = ("diffusers", "diffusion_models", "vae", "text_encoders", "clip_vision")
 
 
+def tiny_model_folders(models: Path, tiny_root: Path) -> dict[str, Path]:
+    """ComfyUI model folders under `models`: the usual files of goan's tiny set (marked for the stub, the VAE
+    at COMFY_SIZED_VAE) and diffusers/goan_tiny (the tiny folders) with FramePackI2V_tiny.safetensors."""
+    import torch
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from goan_core.models.tiny import TINY_TRANSFORMER_FILE, build_tiny_models
+    from goan_core.models.tiny_files import write_usual_files
+
+    folders = {name: models / name for name in MODEL_FOLDERS}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    (folders["diffusers"] / "goan_tiny").symlink_to(Path(tiny_root).resolve(), target_is_directory=True)
+    (folders["diffusion_models"] / TINY_TRANSFORMER_FILE).symlink_to(Path(tiny_root).resolve() / TINY_TRANSFORMER_FILE)
+    tiny = build_tiny_models(seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        tiny.vae = AutoencoderKLHunyuanVideo(**COMFY_SIZED_VAE).eval()
+    write_usual_files(models, metadata={"goan_tiny": "1"}, models=tiny)
+    return folders
+
+
 class ComfyServer:
     """One ComfyUI process over a temp base folder. `folders` maps ComfyUI model folder names to
     paths; by default every name in MODEL_FOLDERS points at `models_dir`."""
@@ -61,9 +89,10 @@ class ComfyServer:
         self.log_path = self.base / "comfyui.log"
         for sub in ("custom_nodes", "input", "output", "temp", "user/default", "models"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
-        link = self.base / "custom_nodes" / PACK_NAME
-        if not link.exists():
-            link.symlink_to(PACK_DIR, target_is_directory=True)
+        for name, target in ((PACK_NAME, PACK_DIR), (STUB_DIR.name, STUB_DIR)):
+            link = self.base / "custom_nodes" / name
+            if not link.exists():
+                link.symlink_to(target, target_is_directory=True)
         settings = self.base / "user" / "default" / "comfy.settings.json"
         if not settings.exists():
             settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))

@@ -9,7 +9,9 @@ registry itself (`pip download`, cached under GOAN_CACHE_DIR or ~/.cache/goan/fr
 (a wheel is a zip). GOAN_NEW_FRONTEND_ROOT may name an unpacked frontend's static folder instead.
 When no newer frontend can be had, the "newest" case fails with the reason: it is never skipped.
 GOAN_E2E_WORKFLOW may name another UI-format workflow to start from (default: the example
-workflows/goan_image_to_video.json). Screenshots and per-phase results go to tests/browser/artifacts/.
+workflows/goan_image_to_video.json, run on goan's tiny set written as the usual files; see
+tests/test_comfyui_e2e.py for the stub that lets ComfyUI's loaders load them). Screenshots and per-phase
+results go to tests/browser/artifacts/.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_server import ComfyServer, comfy_env
+from comfy_server import ComfyServer, comfy_env, tiny_model_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "browser" / "e2e.mjs"
@@ -64,10 +66,11 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
 
 @pytest.fixture(scope="module")
 def tiny_models_dir(tmp_path_factory):
-    models = tmp_path_factory.mktemp("e2e_models")
-    subprocess.run([sys.executable, "-m", "goan_core", "make-tiny", str(models / TINY)], cwd=ROOT, check=True,
+    """The tiny set's folders (for diffusers/goan_tiny)."""
+    root = tmp_path_factory.mktemp("e2e_tiny") / TINY
+    subprocess.run([sys.executable, "-m", "goan_core", "make-tiny", str(root)], cwd=ROOT, check=True,
                    capture_output=True, timeout=600)
-    return models
+    return root
 
 
 def _wheel_version(wheel: Path) -> tuple:
@@ -167,7 +170,7 @@ def test_pause_download_restart_drop_resume(frontend, tiny_models_dir, tmp_path,
     comfy_dir, python = comfy_env()
     root = request.getfixturevalue("newest_frontend_root") if frontend == "newest" else None
     base = tmp_path / "comfy"
-    server = ComfyServer(comfy_dir, python, base, models_dir=tiny_models_dir)
+    server = ComfyServer(comfy_dir, python, base, folders=tiny_model_folders(base / "models", tiny_models_dir))
     _start_image(base / "input" / IMAGE_NAME)
     tag = f"fe-{frontend}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -177,7 +180,7 @@ def test_pause_download_restart_drop_resume(frontend, tiny_models_dir, tmp_path,
     try:
         server.dismiss_first_run()
         first = _run_phase({**common, "url": server.url, "phase": "pause", "workflow": str(WORKFLOW),
-                            "prefer": TINY, "widgets": {"GoanSegmentSampler": SAMPLER, "LoadImage": {"image": IMAGE_NAME}},
+                            "prefer": None, "widgets": {"GoanSegmentSampler": SAMPLER, "LoadImage": {"image": IMAGE_NAME}},
                             "download_dir": str(tmp_path / "downloads")}, base)
     finally:
         server.stop()

@@ -190,3 +190,55 @@ def test_a_run_that_goes_nan_fails_clearly_and_says_where_the_last_good_file_is(
     assert "goan: error:" in stderr and "NaN or Inf" in stderr and "progress saved to" in stderr
     saved = stderr.split("progress saved to ")[1].split(";")[0]
     assert Path(saved).is_file()
+
+
+@pytest.fixture(scope="module")
+def usual_files(tmp_path_factory):
+    from goan_core.models.tiny_files import write_usual_files
+
+    return write_usual_files(tmp_path_factory.mktemp("comfyui_models"))
+
+
+def file_args(usual, tokenizers):
+    return ["--transformer", str(usual["transformer"]), "--vae", str(usual["vae"]),
+            "--text-encoder", str(usual["text_encoder"]), "--text-encoder-2", str(usual["text_encoder_2"]),
+            "--image-encoder", str(usual["image_encoder"]),
+            "--tokenizer", str(tokenizers / "tokenizer"), "--tokenizer-2", str(tokenizers / "tokenizer_2")]
+
+
+def test_generate_and_resume_from_the_usual_files_alone(cli_env, usual_files, tiny_models_root, tmp_path, capsys):
+    """No models folder: the four usual files (plus the fp8 transformer file) and the two tokenizer folders."""
+    argv = fast(cli_env, tmp_path / "files.mp4", "--pause-at", "1:1", "--resume-dir", str(tmp_path / "r"))
+    argv.remove("--tiny")
+    code, stdout, err = run_main(argv + file_args(usual_files, tiny_models_root), capsys)
+    assert code == 0, err
+    resume_file = stdout.split("resume file: ")[1].split()[0]
+    code, stdout, err = run_main(["resume", resume_file, "--out", str(tmp_path / "files.mp4"),
+                                  "--transformer", str(usual_files["transformer"]), "--vae", str(usual_files["vae"])],
+                                 capsys)  # the file carries the embeddings: no text or image encoder
+    assert code == 0, err
+    assert count_frames(tmp_path / "files.mp4") == 25
+
+
+def test_without_models_every_missing_piece_is_named_with_its_option(cli_env, tmp_path, capsys):
+    argv = fast(cli_env, tmp_path / "o.mp4")
+    argv.remove("--tiny")
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    for option in ("--transformer FILE", "--vae FILE", "--text-encoder FILE", "--text-encoder-2 FILE",
+                   "--tokenizer DIR", "--tokenizer-2 DIR", "--image-encoder FILE"):
+        assert option in err
+
+
+def test_the_cli_finds_comfyuis_tokenizers_when_installed_as_a_custom_node(tmp_path):
+    from goan_core.cli.commands import comfyui_tokenizers
+
+    comfy = tmp_path / "ComfyUI"
+    pack = comfy / "custom_nodes" / "goan"
+    pack.mkdir(parents=True)
+    assert comfyui_tokenizers(pack) == {}
+    for parts in (("comfy", "text_encoders", "llama_tokenizer"), ("comfy", "sd1_tokenizer")):
+        comfy.joinpath(*parts).mkdir(parents=True)
+    assert comfyui_tokenizers(pack) == {"tokenizer": comfy / "comfy" / "text_encoders" / "llama_tokenizer",
+                                        "tokenizer_2": comfy / "comfy" / "sd1_tokenizer"}
+    assert comfyui_tokenizers(tmp_path / "elsewhere" / "goan") == {}

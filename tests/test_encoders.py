@@ -151,7 +151,8 @@ def test_decode_undoes_the_scaling_factor(tiny_models):
 def test_conditioning_without_cfg_has_no_negative(tiny_models):
     params = JobParams(prompt="a cat", cfg=1.0)
     encoders = goan_encoders(tiny_models, CPU, F32)
-    conditioning = build_conditioning(params, image(), encoders)
+    conditioning, recorded = build_conditioning(params, image(), encoders)
+    assert recorded == params  # goan encoded the texts it records
     assert conditioning.negative_prompt_embeds is None
     assert conditioning.negative_prompt_mask is None and conditioning.negative_pooled is None
     assert conditioning.prompt_embeds.shape == (1, 512, 32)
@@ -161,7 +162,7 @@ def test_conditioning_without_cfg_has_no_negative(tiny_models):
 
 def test_conditioning_with_cfg_encodes_the_negative_prompt(tiny_models):
     params = JobParams(prompt="a cat", negative_prompt="blurry, low quality", cfg=3.0)
-    conditioning = build_conditioning(params, image(), goan_encoders(tiny_models, CPU, F32))
+    conditioning, _ = build_conditioning(params, image(), goan_encoders(tiny_models, CPU, F32))
     negative = encode_prompt(tiny_models, "blurry, low quality", CPU, F32)
     assert torch.equal(conditioning.negative_prompt_embeds, negative[0])
     assert torch.equal(conditioning.negative_prompt_mask, negative[1])

@@ -73,6 +73,24 @@ def test_loaders_load_file_and_folder(host, loaded):
     assert vae.model is not None and text.models.tokenizer is not None and image.models.feature_extractor is not None
 
 
+def test_vae_loader_reads_the_single_file_in_models_vae(host, tmp_path):
+    from goan_pack.nodes import NODE_CLASS_MAPPINGS as M
+    from goan_pack.nodes import adapter
+
+    from goan_core.models.tiny import build_tiny_models
+    from goan_core.models.tiny_files import write_vae_file
+    from goan_core.models.vae_file import load_vae_file
+
+    write_vae_file(build_tiny_models().vae, tmp_path / "models" / "vae" / "hunyuan_video_vae_bf16.safetensors")
+    adapter.configure(models_dir=tmp_path / "models")
+    assert M["GoanVAELoader"].INPUT_TYPES()["required"]["folder"][0] == ["hunyuan_video_vae_bf16.safetensors"]
+    (vae,) = N("GoanVAELoader").execute("hunyuan_video_vae_bf16.safetensors", "float32")
+    direct = load_vae_file(tmp_path / "models" / "vae" / "hunyuan_video_vae_bf16.safetensors")
+    latents = torch.randn(1, 16, 1, 4, 4)
+    with torch.no_grad():  # goan's VAE takes scaled latents
+        assert torch.equal(vae.decode(latents), direct.decode(latents / direct.config.scaling_factor).sample)
+
+
 @pytest.mark.parametrize("name", ["missing.safetensors", "../diffusers/goan_tiny/FramePackI2V_tiny.safetensors",
                                   "/etc/passwd", "[diffusers] ../diffusers/goan_tiny", "[diffusers] nothing"])
 def test_loader_refuses_unknown_or_escaping_names(host, name):

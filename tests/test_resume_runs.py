@@ -99,8 +99,8 @@ def test_resume_without_embeddings_reencodes_to_the_same_result(tiny_models, ref
     result = sample_job(Engine(tiny_models.transformer, CPU, F32), state, job_saver, pause_at=(1, 1))
     loaded = read_resume_file(result.resume_file)
     assert loaded.state.conditioning is None
-    loaded.state.conditioning = build_conditioning(loaded.state.params, loaded.source_image,
-                                                 goan_encoders(tiny_models, CPU, F32))
+    loaded.state.conditioning, _ = build_conditioning(loaded.state.params, loaded.source_image,
+                                                    goan_encoders(tiny_models, CPU, F32))
     Engine(tiny_models.transformer, CPU, F32).run(loaded.state)
     assert torch.equal(loaded.state.history_latents, references["backward"].history_latents)
 

@@ -1,4 +1,6 @@
-"""The example workflows against the node definitions: types exist, widget values valid, links type-check."""
+"""The example workflows against the node definitions: types exist, widget values valid, links type-check;
+the model files each expects are named in its note, in workflows/README.md and in ComfyUI's missing-model
+entries (`properties.models`), all from goan_core's table of the usual files."""
 
 from __future__ import annotations
 
@@ -13,7 +15,11 @@ from comfy_workflow import check_workflow, node_info, set_widget, to_api, widget
 from nodes_helpers import pack  # noqa: F401  (fixture)
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
-NAMES = ["goan_image_to_video.json", "goan_resume.json", "goan_native_encoders.json"]
+NAMES = ["goan_image_to_video.json", "goan_resume.json", "goan_diffusers_folders.json"]
+# The widgets of ComfyUI's loaders (and goan's transformer loader) that name a model file, and its folder.
+FILE_WIDGETS = {"GoanTransformerLoader": {"model": "diffusion_models"},
+                "DualCLIPLoader": {"clip_name1": "text_encoders", "clip_name2": "text_encoders"},
+                "CLIPVisionLoader": {"clip_name": "clip_vision"}, "VAELoader": {"vae_name": "vae"}}
 
 
 @pytest.fixture(scope="module")
@@ -54,32 +60,91 @@ def test_workflow_converts_to_a_runnable_prompt(infos, name):
                 assert value[0] in prompt  # links point at nodes that run
 
 
+def by_type(prompt):
+    return {node["class_type"]: (node_id, node) for node_id, node in prompt.items()}
+
+
 def test_the_three_graphs_are_wired_as_documented(infos):
-    flow = to_api(load("goan_image_to_video.json"), infos)
-    by_type = {node["class_type"]: (node_id, node) for node_id, node in flow.items()}
-    sampler_id, sampler = by_type["GoanSegmentSampler"]
-    gate_id, gate = by_type["GoanPauseGate"]
-    assert sampler["inputs"]["image"][0] == by_type["LoadImage"][0]
+    from goan_core.models import usual_file
+
+    flow = by_type(to_api(load("goan_image_to_video.json"), infos))
+    sampler_id, sampler = flow["GoanSegmentSampler"]
+    gate_id, gate = flow["GoanPauseGate"]
+    assert sampler["inputs"]["image"][0] == flow["LoadImage"][0]
     assert gate["inputs"]["state"] == [sampler_id, 0] and gate["inputs"]["fps"] == [sampler_id, 2]
-    assert by_type["CreateVideo"][1]["inputs"]["images"] == [gate_id, 0]
-    assert by_type["CreateVideo"][1]["inputs"]["fps"] == [gate_id, 1]
-    assert by_type["GoanSaveResume"][1]["inputs"]["state"] == [gate_id, 2]
+    assert flow["CreateVideo"][1]["inputs"]["images"] == [gate_id, 0]
+    assert flow["CreateVideo"][1]["inputs"]["fps"] == [gate_id, 1]
+    assert flow["GoanSaveResume"][1]["inputs"]["state"] == [gate_id, 2]
     assert sampler["inputs"]["seconds"] == 5.0 and sampler["inputs"]["seed"] == 31337
 
-    resume = to_api(load("goan_resume.json"), infos)
-    by_type = {node["class_type"]: (node_id, node) for node_id, node in resume.items()}
-    assert by_type["GoanSegmentSampler"][1]["inputs"]["resume_state"] == [by_type["GoanLoadResume"][0], 0]
-    assert "image" not in by_type["GoanSegmentSampler"][1]["inputs"]
-    assert by_type["GoanSegmentSampler"][1]["inputs"]["seconds"] == 0.0  # additional seconds: just finish
+    for name in ("goan_image_to_video.json", "goan_resume.json"):  # the usual files, through ComfyUI's own loaders
+        graph = by_type(to_api(load(name), infos))
+        inputs = graph["GoanSegmentSampler"][1]["inputs"]
+        clip = graph["DualCLIPLoader"][1]["inputs"]
+        assert (clip["clip_name1"], clip["clip_name2"], clip["type"]) == (
+            usual_file("text_encoder_2").name, usual_file("text_encoder").name, "hunyuan_video")
+        assert graph["CLIPVisionLoader"][1]["inputs"]["clip_name"] == usual_file("image_encoder").name
+        assert graph["VAELoader"][1]["inputs"]["vae_name"] == usual_file("vae").name
+        assert graph["GoanTransformerLoader"][1]["inputs"]["model"] == usual_file("transformer").name
+        assert inputs["clip"] == [graph["DualCLIPLoader"][0], 0]
+        assert inputs["clip_vision"] == [graph["CLIPVisionLoader"][0], 0]  # goan encodes the bucketed crop
+        assert inputs["vae"] == [graph["VAELoader"][0], 0]
+        assert not {"positive", "clip_vision_output", "text_encoders", "image_encoder", "goan_vae"} & set(inputs)
+        assert not {"CLIPTextEncode", "CLIPVisionEncode"} & set(graph)  # one prompt: the sampler's
 
-    native = to_api(load("goan_native_encoders.json"), infos)
-    by_type = {node["class_type"]: (node_id, node) for node_id, node in native.items()}
-    assert by_type["DualCLIPLoader"][1]["inputs"]["type"] == "hunyuan_video"
-    inputs = by_type["GoanSegmentSampler"][1]["inputs"]
-    assert inputs["positive"] == [by_type["CLIPTextEncode"][0], 0]
-    assert inputs["clip_vision_output"] == [by_type["CLIPVisionEncode"][0], 0]
-    assert inputs["vae"] == [by_type["VAELoader"][0], 0]
-    assert "text_encoders" not in inputs and "goan_vae" not in inputs
+    resume = by_type(to_api(load("goan_resume.json"), infos))
+    assert resume["GoanSegmentSampler"][1]["inputs"]["resume_state"] == [resume["GoanLoadResume"][0], 0]
+    assert "image" not in resume["GoanSegmentSampler"][1]["inputs"]
+    assert resume["GoanSegmentSampler"][1]["inputs"]["seconds"] == 0.0  # additional seconds: just finish
+
+    folders = by_type(to_api(load("goan_diffusers_folders.json"), infos))
+    inputs = folders["GoanSegmentSampler"][1]["inputs"]
+    for loader, name in (("GoanVAELoader", "goan_vae"), ("GoanTextEncoderLoader", "text_encoders"),
+                         ("GoanImageEncoderLoader", "image_encoder"), ("GoanTransformerLoader", "transformer")):
+        assert inputs[name] == [folders[loader][0], 0]
+
+
+def file_widgets(workflow, infos):
+    """[(node, folder, file name)] of every model file a workflow's loaders name."""
+    found = []
+    for node in workflow["nodes"]:
+        names = widget_names(infos[node["type"]]) if node["type"] in infos else []
+        for widget, folder in FILE_WIDGETS.get(node["type"], {}).items():
+            value = node["widgets_values"][names.index(widget)]
+            if not value.startswith("[diffusers] "):
+                found.append((node, folder, value))
+    return found
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_expected_file_is_named_in_the_note_the_readme_and_the_missing_model_list(infos, name):
+    from goan_core.models import ALTERNATIVE_FILES, USUAL_FILES
+
+    workflow = load(name)
+    note = "\n".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "MarkdownNote")
+    readme = (WORKFLOWS / "README.md").read_text(encoding="utf-8")
+    known = {(f.folder, f.name): f for f in ALTERNATIVE_FILES + USUAL_FILES}  # the usual file wins a shared name
+    for node, folder, file_name in file_widgets(workflow, infos):
+        assert f"models/{folder}/{file_name}" in note, (name, file_name)
+        assert f"models/{folder}/{file_name}" in readme, file_name
+        usual = known[(folder, file_name)]
+        assert usual.url in readme
+        entries = {entry["name"]: entry for entry in node["properties"].get("models", [])}
+        # ComfyUI's frontend: an entry whose name is a widget value, a huggingface.co .safetensors URL
+        assert entries[file_name] == {"name": file_name, "url": usual.url, "directory": folder}, node["type"]
+        assert usual.url.startswith("https://huggingface.co/") and usual.url.endswith(".safetensors")
+    for folder in ("FramePackI2V_HY", "HunyuanVideo", "flux_redux_bfl"):
+        if name == "goan_diffusers_folders.json":
+            assert f"models/diffusers/{folder}/" in note and f"models/diffusers/{folder}/" in readme
+
+
+def test_the_usual_files_are_the_ones_the_issue_names():
+    from goan_core.models import USUAL_FILES
+
+    assert {(f.folder, f.name) for f in USUAL_FILES} == {
+        ("diffusion_models", "FramePackI2V_HY_fp8_e4m3fn.safetensors"), ("text_encoders", "clip_l.safetensors"),
+        ("text_encoders", "llava_llama3_fp16.safetensors"), ("vae", "hunyuan_video_vae_bf16.safetensors"),
+        ("clip_vision", "sigclip_vision_patch14_384.safetensors")}
 
 
 def test_sampler_widgets_follow_the_contract(infos):

@@ -1,7 +1,7 @@
 """What each CLI command does, over the job lifecycle. Imported only after the arguments parsed (it pulls in torch).
 
-The CLI differs from the ComfyUI node only in how it gets its models (a models folder, or the tiny
-set) and how it reports progress (a tqdm bar; Ctrl-C pauses).
+The CLI differs from the ComfyUI node only in how it gets its models (a models folder, the usual
+single files, or the tiny set) and how it reports progress (a tqdm bar; Ctrl-C pauses).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from ..errors import InputError, ModelFolderError
 from ..jobs import (AutosavePolicy, Encoders, Job, JobControl, RunResult, RunSettings, continue_job, create_job,
                     goan_encoders, render_frames, run_job)
 from ..media import load_image, write_mp4
-from ..models import (ModelSet, Transformer, apply_fp32_output, configure_precision, default_tiny_root, load_model_set,
-                      model_dtypes, resolve_device, write_tiny_models)
+from ..models import (ModelFiles, ModelSet, Transformer, apply_fp32_output, configure_precision, default_tiny_root,
+                      load_model_set, model_dtypes, resolve_device, write_tiny_models)
 from ..resumefile import inspect_resume_file, read_resume_file
 from ..vocabulary import FileKind, Status
 from .parser import params_from_args
@@ -34,6 +34,32 @@ class Runtime:
     encoders: Encoders
 
 
+# ComfyUI ships the two tokenizers the single-file text encoders lack; goan finds them when it is
+# installed as a custom node (<ComfyUI>/custom_nodes/<goan>/goan_core/cli/commands.py).
+COMFYUI_TOKENIZERS = {"tokenizer": ("comfy", "text_encoders", "llama_tokenizer"), "tokenizer_2": ("comfy", "sd1_tokenizer")}
+
+
+def comfyui_tokenizers(pack: Path = Path(__file__).resolve().parents[2]) -> dict[str, Path]:
+    """{"tokenizer", "tokenizer_2": folder} of the ComfyUI whose custom_nodes hold `pack` (those present)."""
+    if pack.parent.name != "custom_nodes":
+        return {}
+    comfy = pack.parent.parent
+    found = {name: comfy.joinpath(*parts) for name, parts in COMFYUI_TOKENIZERS.items()}
+    return {name: folder for name, folder in found.items() if folder.is_dir()}
+
+
+def model_files(args, root: Path | None, need_text: bool) -> ModelFiles:
+    """The single files given on the command line; when text is encoded, each tokenizer from --tokenizer(-2),
+    else the models root's, else the enclosing ComfyUI's (said on stderr)."""
+    tokenizers = {"tokenizer": args.tokenizer, "tokenizer_2": args.tokenizer_2}
+    for name, folder in comfyui_tokenizers().items() if need_text else ():
+        if tokenizers[name] is None and (root is None or not (Path(root) / name).is_dir()):
+            tokenizers[name] = folder
+            print(f"goan: using ComfyUI's tokenizer {folder}", file=sys.stderr)
+    return ModelFiles(vae=args.vae, text_encoder=args.text_encoder, text_encoder_2=args.text_encoder_2,
+                      image_encoder=args.image_encoder, **tokenizers)
+
+
 def load_runtime(args, *, need_text: bool, need_image: bool) -> Runtime:
     """Models, device and each model's dtype from the CLI's model options; the encoders and the VAE run under
     --gpu-memory-preservation like the transformer."""
@@ -42,8 +68,9 @@ def load_runtime(args, *, need_text: bool, need_image: bool) -> Runtime:
     root = write_tiny_models(default_tiny_root()) if args.tiny else args.models
     if args.transformer is not None and not args.transformer.is_file():
         raise ModelFolderError(f"{args.transformer}: no such transformer file")
-    models: ModelSet = load_model_set(root, transformer_file=args.transformer, dtype=dtypes,
-                                      need_text=need_text, need_image=need_image, weight_dtype=args.weight_dtype)
+    models: ModelSet = load_model_set(root, transformer_file=args.transformer, files=model_files(args, root, need_text),
+                                      dtype=dtypes, need_text=need_text, need_image=need_image,
+                                      weight_dtype=args.weight_dtype)
     conv_fp32 = configure_precision(models.transformer, args.conv_fp32, device, dtypes.transformer)
     if not args.no_fp32_output:
         apply_fp32_output(models.transformer)

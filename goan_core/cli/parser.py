@@ -38,10 +38,24 @@ def _pause_point(text: str) -> tuple[int, int]:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--models", type=Path, help="models root holding the diffusers/transformers folders")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--models", type=Path, help="models root holding the diffusers/transformers folders "
+                                                    "(not needed for the parts given as files below)")
     source.add_argument("--tiny", action="store_true", help="use the built-in tiny random-weight models")
-    p.add_argument("--transformer", type=Path, help="FramePack transformer as one .safetensors file")
+    files = p.add_argument_group("single files, as ComfyUI keeps them (each replaces its folder in --models)")
+    files.add_argument("--transformer", type=Path, metavar="FILE",
+                       help="FramePack transformer: FramePackI2V_HY_fp8_e4m3fn.safetensors or _bf16")
+    files.add_argument("--vae", type=Path, metavar="FILE", help="hunyuan_video_vae_bf16.safetensors (Comfy-Org or Kijai)")
+    files.add_argument("--text-encoder", type=Path, metavar="FILE",
+                       help="llava_llama3_fp16.safetensors or llava_llama3_fp8_scaled.safetensors")
+    files.add_argument("--text-encoder-2", type=Path, metavar="FILE", help="clip_l.safetensors")
+    files.add_argument("--image-encoder", type=Path, metavar="FILE", help="sigclip_vision_patch14_384.safetensors")
+    files.add_argument("--tokenizer", type=Path, metavar="DIR",
+                       help="the Llama tokenizer folder (default: --models' tokenizer/, else the one of the ComfyUI "
+                            "goan is installed in: comfy/text_encoders/llama_tokenizer)")
+    files.add_argument("--tokenizer-2", type=Path, metavar="DIR",
+                       help="the CLIP tokenizer folder (default: --models' tokenizer_2/, else ComfyUI's "
+                            "comfy/sd1_tokenizer)")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when present)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="the transformer's compute dtype (default: bf16 on cuda)")

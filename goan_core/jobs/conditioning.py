@@ -7,7 +7,7 @@ ComfyUI its CONDITIONING, CLIP_VISION_OUTPUT and VAE (see `nodes/native.py`). Ei
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ContextManager, Protocol
 
 import numpy as np
@@ -22,6 +22,9 @@ PromptTriple = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # embeds (1,512,
 
 
 class PromptEncoder(Protocol):
+    """Encodes a prompt text. One whose `encodes_text` is False (ComfyUI CONDITIONING made elsewhere)
+    returns the same embeddings whatever the text: goan never sees the text that made them."""
+
     def encode_prompt(self, text: str) -> PromptTriple: ...
 
 
@@ -101,15 +104,35 @@ def goan_encoders(models: ModelSet, device: torch.device, dtype: torch.dtype | M
     )
 
 
-def build_conditioning(params: JobParams, image: np.ndarray, encoders: Encoders) -> Conditioning:
-    """Prompt and image embeddings for a job; `image` is the bucketed, cropped start image.
+def _encodes_text(encoder: PromptEncoder) -> bool:
+    return getattr(encoder, "encodes_text", True)
 
-    The negative prompt is encoded only when real CFG is on (cfg != 1); otherwise its fields stay None.
+
+def build_conditioning(params: JobParams, image: np.ndarray, encoders: Encoders) -> tuple[Conditioning, JobParams]:
+    """Prompt and image embeddings for a job, and its params as they must be recorded.
+
+    `image` is the bucketed, cropped start image. The negative prompt is encoded only when real CFG
+    is on (cfg != 1); otherwise its fields stay None. When the prompt encoders do not see the text
+    (ComfyUI CONDITIONING), the recorded params say so (`prompt_source` "native", texts empty)
+    instead of keeping texts that did not make the video. A job recorded that way cannot have its
+    text encoded again; positive and negative must come from the same kind of encoder.
     """
-    embeds, mask, pooled = encoders.require("prompt", "the prompt").encode_prompt(params.prompt)
-    negative = (None, None, None)
+    encoder = encoders.require("prompt", "the prompt")
+    negative_encoder = None
     if params.cfg != 1:
-        negative = encoders.require("negative_prompt", f"real CFG (cfg {params.cfg})").encode_prompt(
-            params.negative_prompt)
+        negative_encoder = encoders.require("negative_prompt", f"real CFG (cfg {params.cfg})")
+        if _encodes_text(encoder) != _encodes_text(negative_encoder):
+            raise InputError("the prompt and the negative prompt must both come from CONDITIONING inputs or both "
+                             "from text encoders; connect both positive and negative, or neither")
+    native = not _encodes_text(encoder)
+    if params.prompt_source == "native" and not native:
+        raise InputError("this job was conditioned by ComfyUI CONDITIONING (native conditioning) whose text goan "
+                         "never saw, so it cannot be encoded again from text; connect the positive (and negative) "
+                         "CONDITIONING, or continue from a resume file that carries the embeddings")
+    embeds, mask, pooled = encoder.encode_prompt(params.prompt)
+    negative = (None, None, None)
+    if negative_encoder is not None:
+        negative = negative_encoder.encode_prompt(params.negative_prompt)
     image_embeds = encoders.require("image", "the start image").encode_image(image)
-    return Conditioning(embeds, mask, pooled, image_embeds, *negative)
+    recorded = replace(params, prompt="", negative_prompt="", prompt_source="native") if native else params
+    return Conditioning(embeds, mask, pooled, image_embeds, *negative), recorded

@@ -70,13 +70,14 @@ def create_job(params: JobParams, image: np.ndarray, encoders: Encoders, *, iden
     """A new job at section 0 from an uint8 HxWx3 image: bucketed and cropped, encoded, seeded.
 
     `identity` is the transformer's (`Transformer.identity()`); with the encoders' dtypes
-    (`Encoders.identity()`) it is recorded in every resume file.
+    (`Encoders.identity()`) it is recorded in every resume file. The job's params are `params` as
+    `build_conditioning` records them (native conditioning: no prompt text).
     """
     height, width = nearest_bucket(image.shape[0], image.shape[1], params.resolution)
     source = resize_and_center_crop(image, width, height)
     plan = SectionPlan(params.mode, params.lws, section_count(params.seconds, params.lws), height, width)
     check_job(params, plan)  # refuse at once what a resume file of this job could not hold
-    conditioning = build_conditioning(params, source, encoders)
+    conditioning, params = build_conditioning(params, source, encoders)
     start_latent = encoders.require("vae", "encoding the start image").encode_start_latent(source).float()
     state = JobState(
         job_id=job_id or new_job_id(),
@@ -114,7 +115,7 @@ def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, 
     extend_job(state, additional_seconds)
     reencoded = state.conditioning is None
     if reencoded:
-        state.conditioning = build_conditioning(state.params, source_image, encoders)
+        state.conditioning, state.params = build_conditioning(state.params, source_image, encoders)
     if needs_start_latent:
         state.start_latent = encoders.require("vae", "encoding the start image").encode_start_latent(
             source_image).float()
@@ -138,7 +139,9 @@ def run_job(job: Job, transformer: Transformer, settings: RunSettings, *, contro
     if state.done:
         return RunResult(state, Status.FINISHED)
     folder = RetentionFolder(settings.output_dir, state.job_id, settings.keep_last)
-    saver = JobSaver(folder, job.source_image, job.workflow, include_embeddings=settings.include_embeddings)
+    # Natively conditioned jobs keep their embeddings whatever the settings: nothing else records them.
+    embeddings = settings.include_embeddings or state.params.prompt_source == "native"
+    saver = JobSaver(folder, job.source_image, job.workflow, include_embeddings=embeddings)
     engine = Engine(transformer.model, transformer.device, transformer.dtype)
     return sample_job(engine, state, saver, control=control, autosave=settings.autosave, callback=on_step,
                       pause_at=settings.pause_at, on_saved=on_saved,

@@ -1,4 +1,4 @@
-"""The FramePack model set: loading it from local folders and files, and moving it between devices.
+"""The FramePack model set: loading it from local folders and single files.
 
 Everything is read from the local disk (`local_files_only=True`, safetensors only); nothing here
 ever reaches the network or unpickles a file. A models root holds diffusers/transformers folders in
@@ -7,6 +7,10 @@ the layout of the public repositories:
     transformer/        lllyasviel/FramePackI2V_HY (or give one .safetensors file instead)
     vae/ text_encoder/ text_encoder_2/ tokenizer/ tokenizer_2/     hunyuanvideo-community/HunyuanVideo
     image_encoder/ feature_extractor/                               lllyasviel/flux_redux_bfl
+
+Each model may come from the single file ComfyUI users keep instead (`ModelFiles`: the VAE, Llama,
+CLIP-L and SigLIP files; see `vae_file` and `encoder_files`); then no root is needed for it. Those
+files hold no tokenizer: the two tokenizer folders come from the root or are named in `ModelFiles`.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, Llama
 
 from ..errors import ModelFolderError, some_names
 from .devices import ModelDtypes
+from .encoder_files import load_clip_file, load_llama_file, load_siglip_file, siglip_processor
 from .single_file import TRANSFORMER_CLASS_NAMES, load_transformer_file
 from .storage import apply_weight_dtype
+from .vae_file import load_vae_file
 
 
 @dataclass
@@ -39,6 +45,27 @@ class ModelSet:
     tokenizer_2: Any = None
     image_encoder: Any = None
     feature_extractor: Any = None
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Single files standing in for parts of a models root, and the tokenizer folders they lack.
+
+    `vae`: hunyuan_video_vae_bf16.safetensors; `text_encoder`: llava_llama3_fp16 (or _fp8_scaled);
+    `text_encoder_2`: clip_l; `image_encoder`: sigclip_vision_patch14_384 (its image processor is
+    built from it); `tokenizer` / `tokenizer_2`: folders holding the Llama and CLIP tokenizers.
+    """
+
+    vae: Path | None = None
+    text_encoder: Path | None = None
+    text_encoder_2: Path | None = None
+    image_encoder: Path | None = None
+    tokenizer: Path | None = None
+    tokenizer_2: Path | None = None
+
+    def given(self) -> dict[str, Path]:
+        """{part name: path} of what was given."""
+        return {name: Path(value) for name, value in vars(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -199,33 +226,96 @@ def load_parts(root: str | Path, names, dtype: torch.dtype | ModelDtypes) -> Mod
     return ModelSet(**{name: load_part(root / name, name, dtypes.of(PART_ROLES[name])) for name in names})
 
 
+# How each part is given when no models root holds it (the CLI's options).
+FILE_HINTS = {
+    "transformer": "--transformer FILE (FramePackI2V_HY_fp8_e4m3fn.safetensors or _bf16)",
+    "vae": "--vae FILE (hunyuan_video_vae_bf16.safetensors)",
+    "text_encoder": "--text-encoder FILE (llava_llama3_fp16.safetensors or _fp8_scaled)",
+    "text_encoder_2": "--text-encoder-2 FILE (clip_l.safetensors)",
+    "tokenizer": "--tokenizer DIR (the Llama tokenizer: ComfyUI's comfy/text_encoders/llama_tokenizer, or "
+                 "hunyuanvideo-community/HunyuanVideo's tokenizer/)",
+    "tokenizer_2": "--tokenizer-2 DIR (the CLIP tokenizer: ComfyUI's comfy/sd1_tokenizer, or "
+                   "hunyuanvideo-community/HunyuanVideo's tokenizer_2/)",
+    "image_encoder": "--image-encoder FILE (sigclip_vision_patch14_384.safetensors)",
+    "feature_extractor": "--image-encoder FILE (sigclip_vision_patch14_384.safetensors)",
+}
+_FILE_LOADERS = {"vae": load_vae_file, "text_encoder": load_llama_file, "text_encoder_2": load_clip_file,
+                 "image_encoder": load_siglip_file}
+
+
+def _covered(files: ModelFiles) -> set[str]:
+    """The parts `files` provides (the SigLIP file brings its image processor too)."""
+    covered = set(files.given())
+    return covered | {"feature_extractor"} if "image_encoder" in covered else covered
+
+
+def _check_files(files: ModelFiles, names: list[str]) -> None:
+    """Raise ModelFolderError naming every given file or tokenizer folder of `names` that is absent or incomplete."""
+    given = {name: path for name, path in files.given().items() if name in names}
+    problems = [f"{path} ({name}): not found" for name, path in given.items() if not path.exists()]
+    for name in ("tokenizer", "tokenizer_2"):
+        if name in given and given[name].exists():
+            lacking = _missing_in_part(given[name], "tokenizer")
+            if lacking:
+                problems.append(f"{given[name]}: not a tokenizer folder (lacks {', '.join(lacking)}); "
+                                f"give {FILE_HINTS[name]}")
+    if problems:
+        raise ModelFolderError("; ".join(problems))
+
+
+def _load_from_files(files: ModelFiles, names: list[str], dtypes: ModelDtypes) -> dict:
+    """{part: model} of the parts of `names` that `files` provides, each in its role's dtype."""
+    given = files.given()
+    loaded = {}
+    for name in names:
+        if name in _FILE_LOADERS and name in given:
+            loaded[name] = _FILE_LOADERS[name](given[name], dtypes.of(PART_ROLES[name]))
+        elif name in ("tokenizer", "tokenizer_2") and name in given:
+            loaded[name] = load_part(given[name], name, dtypes.text)
+    if "feature_extractor" in names and "image_encoder" in given:
+        loaded["feature_extractor"] = siglip_processor(loaded["image_encoder"].config.image_size)
+    return loaded
+
+
 def load_model_set(
-    root: str | Path,
+    root: str | Path | None,
     *,
     transformer_file: str | Path | None = None,
+    files: ModelFiles = ModelFiles(),
     dtype: torch.dtype | ModelDtypes = torch.float32,
     need_text: bool = True,
     need_image: bool = True,
     weight_dtype: str | torch.dtype | None = "auto",
 ) -> ModelSet:
-    """Load a models root (layout in the module docstring) onto the CPU, each model in its role's dtype.
+    """Load the models a job needs onto the CPU, each in its role's dtype.
 
     `dtype` is a ModelDtypes (`devices.model_dtypes`: transformer, VAE, text and image encoders each
     in their own) or one torch.dtype for every model.
 
-    The transformer comes from `root/transformer`, or from `transformer_file` when given; its matmul
-    weights are stored as `weight_dtype` says (`storage`: "auto" keeps an fp8 file's fp8). Text and
-    image encoders are skipped (left None) when not needed. Raises ModelFolderError listing every
-    missing piece before anything is loaded.
+    Each part comes from its single file when given (`transformer_file`, `files`), else from its
+    folder in the models `root` (layout in the module docstring; None when the files cover every
+    part). The transformer's matmul weights are stored as `weight_dtype` says (`storage`: "auto"
+    keeps an fp8 file's fp8). Text and image encoders are skipped (left None) when not needed.
+    Raises ModelFolderError listing every missing piece before anything is loaded.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ModelFolderError(f"{root}: models folder not found or not a folder; {LAYOUT_HELP}")
     names = needed_parts(
         transformer_folder=transformer_file is None, need_text=need_text, need_image=need_image
     )
+    from_root = [name for name in names if name not in _covered(files)]
+    if from_root and root is None:
+        raise ModelFolderError("no models folder given, and nothing provides "
+                               + "; ".join(f"{name}: give {FILE_HINTS[name]}" for name in from_root)
+                               + " (or --models with the diffusers folders)")
+    if from_root and not Path(root).is_dir():
+        raise ModelFolderError(f"{root}: models folder not found or not a folder; {LAYOUT_HELP}")
+    missing = missing_parts(root, from_root) if from_root else []
+    if missing:
+        raise ModelFolderError(f"{root}: models folder is incomplete, missing {', '.join(missing)}; {LAYOUT_HELP}")
+    _check_files(files, names)
     dtypes = _dtypes(dtype)
-    models = load_parts(root, names, dtypes)
+    models = load_parts(root, from_root, dtypes) if from_root else ModelSet()
+    for name, model in _load_from_files(files, names, dtypes).items():
+        setattr(models, name, model)
     if transformer_file is not None:
         models.transformer = load_transformer_file(transformer_file, dtypes.transformer, weight_dtype)
     else:

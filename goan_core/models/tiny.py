@@ -31,9 +31,9 @@ from transformers import (
     SiglipVisionConfig,
     SiglipVisionModel,
 )
-from transformers.utils import is_torchvision_available
 
 from ..errors import InputError
+from .encoder_files import siglip_processor
 from .encoders import PROMPT_TEMPLATE
 from .identity import canonical_json, public_config
 from .loading import PARTS, ModelSet, missing_parts, needed_parts
@@ -132,16 +132,6 @@ TINY_SIGLIP_CONFIG = {
     "image_size": 32,
     "patch_size": 8,  # 16 image tokens
 }
-TINY_PROCESSOR_CONFIG = {
-    "do_resize": True,
-    "size": {"height": 32, "width": 32},
-    "resample": 3,  # bicubic, as SigLIP's own
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-}
 
 # Training text for the tiny tokenizers: the template's words plus common prompt words.
 _PROMPT_WORDS = """
@@ -215,16 +205,8 @@ def build_clip_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_feature_extractor():
-    """The SigLIP image processor at the tiny image size (torchvision backend when installed).
-
-    transformers 5 gives the PIL backend its own class, SiglipImageProcessorPil; in 4.x the plain
-    SiglipImageProcessor is that PIL backend.
-    """
-    import transformers
-
-    if is_torchvision_available() or not hasattr(transformers, "SiglipImageProcessorPil"):
-        return transformers.SiglipImageProcessor(**TINY_PROCESSOR_CONFIG)
-    return transformers.SiglipImageProcessorPil(**TINY_PROCESSOR_CONFIG)
+    """FramePack's SigLIP image processor at the tiny image size."""
+    return siglip_processor(TINY_SIGLIP_CONFIG["image_size"])
 
 
 def build_tiny_models(seed: int = 0) -> ModelSet:
@@ -272,9 +254,12 @@ def _file_tensor(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor.to(dtype).contiguous()
 
 
-def write_transformer_file(transformer, path: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+def write_transformer_file(transformer, path: str | Path, dtype: torch.dtype = torch.bfloat16, *,
+                           with_config: bool = True, metadata: dict | None = None) -> Path:
     """Save the transformer as one .safetensors file (float32, bf16 or fp8 e4m3fn), config in metadata.
 
+    Without `with_config` the config is left out, as FramePack's own and kijai's files carry none;
+    `metadata` is added as given.
     Deterministic (same model, same bytes) and atomic: a temporary file replaced into place.
     """
     if dtype not in FILE_DTYPES:
@@ -283,8 +268,9 @@ def write_transformer_file(transformer, path: str | Path, dtype: torch.dtype = t
         )
     path = Path(path)
     tensors = {key: _file_tensor(t, dtype) for key, t in sorted(transformer.state_dict().items())}
-    # One metadata entry only: safetensors writes the metadata map in no fixed order.
-    metadata = {CONFIG_METADATA_KEY: canonical_json(public_config(transformer))}
+    # One metadata entry only (unless more are asked for): safetensors writes the map in no fixed order.
+    if with_config:
+        metadata = {**(metadata or {}), CONFIG_METADATA_KEY: canonical_json(public_config(transformer))}
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata=metadata)
     os.replace(partial, path)
