@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import ModelFolderError
 from .identity import model_identity
 from .lora import Lora, LoraTerm
-from .lora_names import LoraKey, ModuleIndex, Piece, Source, guess_kind, parse_key
+from .lora_names import LoraKey, ModuleIndex, Piece, Source, guess_kind, other_kind, parse_key
 
 FLAG_KEYS = ("use_rslora_flag", "use_dora_flag")
 METADATA_KEY = "lora_adapter_metadata"
@@ -202,10 +202,11 @@ def _read(handle, path: Path, model: nn.Module, dtype, pin: bool, refuse) -> Lor
         raise refuse("it is a DoRA (use_dora_flag); goan applies plain LoRAs only")
     parsed = {key: parse_key(key) for key in keys if key not in FLAG_KEYS}
     unknown = [key for key, p in parsed.items() if p is None]
-    if unknown or not parsed:
-        found = guess_kind(unknown) if unknown else "no tensors"
+    other = other_kind(parsed)
+    if other or unknown or not parsed:
+        found = other or (guess_kind(unknown) if unknown else "no tensors")
         raise refuse(f"not a HunyuanVideo/FramePack LoRA goan can read: found {found} (first keys: "
-                     f"{_shown(unknown or keys) or 'none'}). goan reads diffusers/PEFT "
+                     f"{_shown(unknown or list(parsed)) or 'none'}). goan reads diffusers/PEFT "
                      "(...lora_A.weight/lora_B.weight) and musubi-tuner/kohya (lora_unet_...lora_down.weight/"
                      "lora_up.weight) LoRAs")
     index = ModuleIndex(model)

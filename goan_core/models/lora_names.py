@@ -218,24 +218,28 @@ class ModuleIndex:
 
 # -- naming what a file is when it is not one goan reads -------------------------------------------------
 
-_OTHER_KINDS = (
-    ("hada_w", "a LyCORIS LoHa"),
-    ("lokr_w", "a LyCORIS LoKr"),
-    ("dora_scale", "a DoRA (its magnitude vectors)"),
-    ("lora_magnitude_vector", "a DoRA (its magnitude vectors)"),
-    (".diff", "a full weight difference (.diff), not a LoRA"),
-    ("lora_te", "a text-encoder LoRA"),
-    ("text_encoder.", "a text-encoder LoRA"),
-    ("lora_B.bias", "a LoRA with biases (lora_B.bias)"),
-    ("lora_up.bias", "a LoRA with biases (lora_up.bias)"),
+_OTHER_KINDS = (  # (pattern searched in each key, what a file with such keys is)
+    (r"hada_w", "a LyCORIS LoHa"),
+    (r"lokr_w", "a LyCORIS LoKr"),
+    (r"dora_scale|lora_magnitude_vector", "a DoRA (its magnitude vectors)"),
+    (r"\.diff(_b)?$", "a full weight difference (.diff), not a LoRA"),
+    (r"^lora_te|^text_encoder", "a text-encoder LoRA"),
+    (r"\.lora_(B|up)\.bias$", "a LoRA with biases"),
 )
+
+
+def other_kind(keys) -> str | None:
+    """What a file is when some key shows a kind goan does not apply (LyCORIS, DoRA, text encoder...), else None."""
+    for pattern, kind in _OTHER_KINDS:
+        if any(re.search(pattern, key) for key in keys):
+            return kind
+    return None
 
 
 def guess_kind(keys: list[str]) -> str:
     """A short guess of what a file with these (unreadable) keys is, for the refusal message."""
-    for needle, kind in _OTHER_KINDS:
-        if any(needle in key for key in keys):
-            return kind
-    if any(key.endswith((".weight", ".bias")) and ".lora" not in key and "lora_" not in key for key in keys):
+    if other_kind(keys):
+        return other_kind(keys)
+    if any(key.endswith((".weight", ".bias")) and "lora" not in key for key in keys):
         return "a full model or checkpoint, not a LoRA"
     return "keys of no LoRA format goan knows"
