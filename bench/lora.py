@@ -35,27 +35,35 @@ from .common import Row, bench_dir, rss_bytes
 
 COMPUTE = torch.bfloat16
 RANK, QUICK_RANK = 32, 2
-DOUBLE = ("img_attn_qkv", "img_attn_proj", "img_mlp.fc1", "img_mlp.fc2",
-          "txt_attn_qkv", "txt_attn_proj", "txt_mlp.fc1", "txt_mlp.fc2")
-SINGLE = ("linear1", "linear2")
+# original HunyuanVideo module -> the diffusers layers whose outputs it holds, one after the other
+DOUBLE = {"img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_attn_proj": ("attn.to_out.0",),
+          "img_mlp.fc1": ("ff.net.0.proj",), "img_mlp.fc2": ("ff.net.2",),
+          "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+          "txt_attn_proj": ("attn.to_add_out",), "txt_mlp.fc1": ("ff_context.net.0.proj",),
+          "txt_mlp.fc2": ("ff_context.net.2",)}
+SINGLE = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), "linear2": ("proj_out",)}
 TARGET = 0.05
 
 
-def musubi_names(config: dict) -> list[str]:
-    """The original HunyuanVideo modules musubi-tuner trains by default, for a config's block counts."""
-    names = [f"double_blocks.{i}.{m}" for i in range(config["num_layers"]) for m in DOUBLE]
-    return names + [f"single_blocks.{i}.{m}" for i in range(config["num_single_layers"]) for m in SINGLE]
+def musubi_shapes(model) -> dict[str, tuple[int, int]]:
+    """(in, out) features of every original module musubi-tuner trains by default, from `model`'s layers."""
+    layers, shapes = dict(model.named_modules()), {}
+    for blocks, original, table in (("transformer_blocks", "double_blocks", DOUBLE),
+                                    ("single_transformer_blocks", "single_blocks", SINGLE)):
+        for index in range(len(getattr(model, blocks))):
+            for name, parts in table.items():
+                fed = [layers[f"{blocks}.{index}.{part}"] for part in parts]
+                shapes[f"{original}.{index}.{name}"] = (fed[0].in_features, sum(m.out_features for m in fed))
+    return shapes
 
 
 def write_musubi_lora(model, path: Path, rank: int) -> Path:
-    """A random bf16 musubi-format LoRA of `rank` on `musubi_names`, shaped by goan's map of `model`."""
-    from goan_core.models.lora_names import ModuleIndex  # what the loader resolves; shapes only
-
-    index, generator, tensors = ModuleIndex(model), torch.Generator().manual_seed(0), {}
-    for name in musubi_names(FRAMEPACK_I2V_HY_CONFIG):
-        source, flat = index.sources[name], "lora_unet_" + name.replace(".", "_")
-        tensors[f"{flat}.lora_down.weight"] = (torch.randn(rank, source.in_features, generator=generator) * 0.01).to(COMPUTE)
-        tensors[f"{flat}.lora_up.weight"] = (torch.randn(source.out_features, rank, generator=generator) * 0.01).to(COMPUTE)
+    """A random bf16 musubi-format LoRA of `rank` on every module of `musubi_shapes`."""
+    generator, tensors = torch.Generator().manual_seed(0), {}
+    for name, (inputs, outputs) in musubi_shapes(model).items():
+        flat = "lora_unet_" + name.replace(".", "_")
+        tensors[f"{flat}.lora_down.weight"] = (torch.randn(rank, inputs, generator=generator) * 0.01).to(COMPUTE)
+        tensors[f"{flat}.lora_up.weight"] = (torch.randn(outputs, rank, generator=generator) * 0.01).to(COMPUTE)
         tensors[f"{flat}.alpha"] = torch.tensor(float(rank), dtype=COMPUTE)
     save_file(tensors, str(path))
     return path
