@@ -3,10 +3,11 @@ gives the same output, strength 0 is no LoRA, fp8 storage and block swapping giv
 on the shared model, and files goan cannot read are refused with a message naming the file and what was found."""
 
 import copy
+import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from goan_core.errors import InputError, ModelFolderError
 from goan_core.jobs import Job, RunSettings, run_job
@@ -102,6 +103,23 @@ def test_alpha_absent_means_scale_one(model, lora_dir):
     assert {t.scale for terms in lora.terms.values() for t in terms} == {1.0}
     zero = lf.musubi_original(lf.make_deltas(model), lora_dir / "alpha0.safetensors", alpha=0.0)  # musubi: 0 = rank
     assert {t.scale for terms in read_lora(zero, model, F32).terms.values() for t in terms} == {1.0}
+
+
+@pytest.mark.parametrize("metadata, expected", [
+    ({"transformer.lora_alpha": 8, "transformer.alpha_pattern": {"proj_out": 2}}, {"proj_out": 0.5, "other": 2.0}),
+    ({"lora_alpha": 8, "use_rslora": True}, {"proj_out": 4.0, "other": 4.0}),  # alpha / sqrt(rank)
+])
+def test_diffusers_adapter_metadata_sets_the_scale(model, tmp_path, metadata, expected):
+    path = lf.diffusers_peft(model, lf.make_deltas(model), tmp_path / "meta.safetensors", alpha=None)
+    tensors = load_file(str(path))
+    save_file(tensors, str(path), metadata={"lora_adapter_metadata": json.dumps(metadata)})
+    scales = {name: terms[0].scale for name, terms in read_lora(path, model, F32).terms.items()}
+    matched = {name: scales.pop(name) for name in list(scales) if name.split(".")[-1] == "proj_out"}  # as PEFT
+    assert len(matched) == 2 and set(matched.values()) == {expected["proj_out"]}
+    assert set(scales.values()) == {expected["other"]}
+    save_file(tensors, str(path), metadata={"lora_adapter_metadata": '{"lora_alpha": "eight"}'})
+    with pytest.raises(ModelFolderError, match="not numbers"):
+        read_lora(path, model, F32)
 
 
 def test_flat_names_resolve_both_ways(model):

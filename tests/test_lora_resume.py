@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from goan_core.errors import InputError
-from goan_core.jobs import Job, RunSettings, continue_job, create_job, goan_encoders, run_job
+from goan_core.jobs import RunSettings, continue_job, create_job, goan_encoders, run_job
 from goan_core.models import Transformer, read_lora
 from goan_core.resumefile import inspect_resume_file, read_resume_file
 from goan_core.vocabulary import Status

@@ -88,6 +88,11 @@ def _metadata_alpha(metadata: dict | None, refuse) -> dict:
         value = data.get(f"transformer.{name}", data.get(name))
         if value is not None:
             found[name] = value
+    number = (int, float)
+    if not (isinstance(found.get("lora_alpha", 0), number)
+            and isinstance(found.get("alpha_pattern", {}), dict)
+            and all(isinstance(v, number) for v in found.get("alpha_pattern", {}).values())):
+        raise refuse(f"its {METADATA_KEY} has a lora_alpha or alpha_pattern that is not numbers")
     if found.get("use_dora"):
         raise refuse("it is a DoRA (use_dora in its adapter metadata); goan applies plain LoRAs only")
     return found
@@ -101,7 +106,7 @@ def _alpha_for(module: str, alphas: dict[str, float], metadata: dict, refuse) ->
         try:
             if re.fullmatch(rf"(.*\.)?(?:{pattern})", module):
                 return float(value)
-        except (re.error, TypeError, ValueError):
+        except re.error:
             raise refuse(f"its adapter metadata has an unusable alpha_pattern entry {str(pattern)[:80]!r}") from None
     value = metadata.get("lora_alpha")
     return None if value is None else float(value)
