@@ -114,3 +114,60 @@ class JobParams:
         if "prompt" not in data:
             raise InputError("the setting 'prompt' is missing")
         return cls(**data)
+
+
+# -- LoRAs a job was made with -----------------------------------------------------------------------
+
+MAX_LORAS = 16  # per job: more is refused when chaining and when reading a resume file
+MAX_LORA_NAME = 255  # characters of a LoRA's file name (a file name, not a path)
+LORA_STRENGTH = (-100.0, 100.0)  # ComfyUI's LoraLoader range
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class LoraUse:
+    """One LoRA as a job records it: its file name (no folders), the file's sha256 and the strength used.
+
+    The sha256 identifies the weights; the name is what messages show a user who must find the file again.
+    """
+
+    name: str
+    sha256: str
+    strength: float
+
+    def __post_init__(self) -> None:
+        name, digest, strength = self.name, self.sha256, self.strength
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_LORA_NAME or any(
+                c in "/\\\x00" or not c.isprintable() for c in name) or name in (".", ".."):
+            raise InputError(f"a LoRA name must be a file name of 1 to {MAX_LORA_NAME} printable characters without "
+                             f"folders, got {str(name)[:80]!r}")
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
+            raise InputError(f"LoRA {name!r}: sha256 must be 64 lowercase hex digits, got {str(digest)[:80]!r}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
+                or not LORA_STRENGTH[0] <= strength <= LORA_STRENGTH[1]:
+            raise InputError(f"LoRA {name!r}: strength must be a finite number between {LORA_STRENGTH[0]:g} and "
+                             f"{LORA_STRENGTH[1]:g}, got {str(strength)[:40]!r}")
+        object.__setattr__(self, "strength", float(strength))
+
+    def describe(self) -> str:
+        """e.g. "'style.safetensors' (sha256 0123abcd..., strength 0.8)"."""
+        return f"{self.name!r} (sha256 {self.sha256[:12]}..., strength {self.strength:g})"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "sha256": self.sha256, "strength": self.strength}
+
+    @classmethod
+    def from_dict(cls, data) -> "LoraUse":
+        """From a resume file's entry: exactly the fields name, sha256 and strength (InputError otherwise)."""
+        if not isinstance(data, dict) or sorted(data) != ["name", "sha256", "strength"]:
+            raise InputError("a LoRA entry must have exactly the fields name, sha256 and strength")
+        return cls(data["name"], data["sha256"], data["strength"])
+
+
+def canonical_loras(uses) -> tuple[LoraUse, ...]:
+    """The LoRAs that change a job (strength 0 is the same as none) in the order goan applies them.
+
+    The order is by sha256 then strength, whatever order they were chained in, so that the same set
+    always sums its deltas in the same order (exact resume).
+    """
+    return tuple(sorted((use for use in uses if use.strength != 0), key=lambda u: (u.sha256, u.strength, u.name)))

@@ -2,6 +2,7 @@
 
 from .adapter import HOST
 from .loaders import GoanImageEncoderLoader, GoanTextEncoderLoader, GoanTransformerLoader, GoanVAELoader
+from .lora import GoanLora
 from .resume_nodes import GoanLoadResume, GoanPauseGate, GoanSaveResume
 from .sampler import GoanSegmentSampler
 
@@ -10,6 +11,7 @@ NODE_CLASS_MAPPINGS = {
     "GoanVAELoader": GoanVAELoader,
     "GoanTextEncoderLoader": GoanTextEncoderLoader,
     "GoanImageEncoderLoader": GoanImageEncoderLoader,
+    "GoanLora": GoanLora,
     "GoanSegmentSampler": GoanSegmentSampler,
     "GoanPauseGate": GoanPauseGate,
     "GoanSaveResume": GoanSaveResume,
@@ -21,6 +23,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "GoanVAELoader": "goan VAE Loader (HunyuanVideo)",
     "GoanTextEncoderLoader": "goan Text Encoder Loader (HunyuanVideo)",
     "GoanImageEncoderLoader": "goan Image Encoder Loader (SigLIP)",
+    "GoanLora": "goan LoRA",
     "GoanSegmentSampler": "goan Segment Sampler (FramePack I2V)",
     "GoanPauseGate": "goan Pause Gate",
     "GoanSaveResume": "goan Save Resume",

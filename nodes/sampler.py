@@ -188,6 +188,10 @@ class GoanSegmentSampler:
                 "teacache_threshold": ("FLOAT", {"default": 0.15, "min": 0.0, "max": LIMITS["teacache_threshold"][1],
                                                  "step": 0.01, "tooltip": "higher skips more (0.1: ~1.6x, "
                                                                           "0.15: ~2.1x faster in FramePack)"}),
+                # Last, so saved workflows keep their widget order (a missing value takes this default).
+                "accept_lora_difference": ("BOOLEAN", {"default": False, "tooltip": "continue a resume state even "
+                                           "though its LoRAs (goan LoRA nodes) differ from those connected now; "
+                                           "the result then differs from an uninterrupted run"}),
             },
             # Lazy inputs are evaluated only when needed (check_lazy_status): continuing a job whose
             # resume file carries its embeddings loads no text or image encoder.
@@ -253,7 +257,7 @@ class GoanSegmentSampler:
 
     def execute(self, transformer, prompt, negative_prompt, seed, seconds, steps, cfg, gs, rs, lws, mode,
                 resolution, sampler, autosave_every, keep_last, gpu_memory_preservation=6.0, teacache=True,
-                teacache_threshold=0.15, image=None,
+                teacache_threshold=0.15, accept_lora_difference=False, image=None,
                 resume_state=None, text_encoders=None, image_encoder=None, goan_vae=None, vae=None, positive=None,
                 negative=None, clip_vision_output=None, clip=None, clip_vision=None, unique_id=None,
                 extra_pnginfo=None):
@@ -273,7 +277,8 @@ class GoanSegmentSampler:
                         "the video (the resume file records native conditioning, no text)")
         encoders.require("vae", "the job")  # checked before any work is done
         if resume_state is not None:
-            job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow)
+            job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow,
+                                               bool(accept_lora_difference))
         else:
             if image is None:
                 raise InputError("connect an image (e.g. Load Image) to start a new job, or a resume_state to "
@@ -285,7 +290,7 @@ class GoanSegmentSampler:
                                resolution=int(resolution), sampler=sampler, teacache=bool(teacache),
                                teacache_threshold=float(teacache_threshold))
             job = create_job(params, image_to_uint8(image), encoders, identity=transformer.identity(),
-                             workflow=workflow)
+                             loras=transformer.lora_uses(), workflow=workflow)
             resumed_from = None
         settings = RunSettings(HOST.directory("output"), keep_last=int(keep_last),
                                autosave=AutosavePolicy(int(autosave_every), 0.0) if autosave_every > 0 else None,
@@ -293,11 +298,13 @@ class GoanSegmentSampler:
         return self._run(job, transformer, encoders, settings, unique_id, resumed_from)
 
     @staticmethod
-    def _continue(saved, transformer: Transformer, seconds: float, encoders: Encoders, workflow):
+    def _continue(saved, transformer: Transformer, seconds: float, encoders: Encoders, workflow,
+                  accept_lora_difference: bool = False):
         if not isinstance(saved, GoanJob):
             raise InputError(f"resume_state: expected a goan state (Load Resume or a sampler), got {type(saved).__name__}")
         try:
             job, warnings = continue_job(saved.state, saved.source_image, encoders, identity=transformer.identity(),
+                                         loras=transformer.lora_uses(), accept_lora_difference=accept_lora_difference,
                                          additional_seconds=seconds, needs_start_latent=saved.needs_start_latent,
                                          workflow=workflow or saved.workflow)
         except InputError as error:
@@ -329,10 +336,11 @@ class GoanSegmentSampler:
                 failsafe.append(path)
 
         try:
-            if not state.done:  # ComfyUI frees what this job's transformer will take, no more
-                settings, _ = claim_memory(transformer, state, settings)
-            result = run_job(job, transformer, settings, control=entry.control, on_saved=on_saved,
-                             on_step=self._progress(entry, state, node_id))
+            with transformer.applied():  # LoRA tensors count in the memory claim and move with their blocks
+                if not state.done:  # ComfyUI frees what this job's transformer will take, no more
+                    settings, _ = claim_memory(transformer, state, settings)
+                result = run_job(job, transformer, settings, control=entry.control, on_saved=on_saved,
+                                 on_step=self._progress(entry, state, node_id))
             if result.status is Status.FINISHED:
                 bar = HOST.progress_bar(max(state.plan.total_sections, 1), node_id)
                 frames = render_frames(result.state, encoders.require("vae", "decoding the video"),

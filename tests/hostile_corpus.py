@@ -523,6 +523,39 @@ def _(tmp):
     return edited(tmp, "identity", job_info=_set("model_identity", {"transformer": 5}))
 
 
+# job_info's optional "loras": name (a file name), sha256 and strength of each LoRA
+LORA = {"name": "style.safetensors", "sha256": "ab" * 32, "strength": 0.8}
+
+
+def _lora_case(name: str, phrase: str, loras) -> None:
+    case(name, phrase=phrase)(lambda tmp: edited(tmp, name, job_info=_set("loras", loras)))
+
+
+_lora_case("loras_not_a_list", "loras must be a list", LORA)
+_lora_case("loras_empty", "loras must be a list of 1 to 16", [])
+_lora_case("loras_too_many", "loras must be a list of 1 to 16", [dict(LORA, strength=0.1 * n) for n in range(1, 18)])
+_lora_case("lora_name_too_long", "LoRA name must be a file name of 1 to 255", [dict(LORA, name="a" * 300)])
+_lora_case("lora_name_is_a_path", "without folders", [dict(LORA, name="../../etc/passwd")])
+_lora_case("lora_name_terminal_escape", "printable", [dict(LORA, name="x\x1b[2Jy.safetensors")])
+_lora_case("lora_name_not_text", "LoRA name must be", [dict(LORA, name=["a"])])
+_lora_case("lora_sha256_not_hex", "sha256 must be 64 lowercase hex", [dict(LORA, sha256="zz" * 32)])
+
+
+@case("lora_strength_overflows_to_infinity", phrase="strength must be a finite number")
+def _(tmp):  # JSON has no Infinity, but 1e999 parses as one (job_info.json is not under a checksum)
+    path = edited(tmp, "lora_inf", job_info=_set("loras", [dict(LORA, strength=12345.5)]))
+    current = [(n, d.replace(b"12345.5", b"1e999") if n == JOB_INFO else d) for n, d in read_members(path)]
+    return write_zip(path, current, fix_checksums=False)
+
+
+_lora_case("lora_strength_huge", "strength must be a finite number between -100 and 100", [dict(LORA, strength=1e9)])
+_lora_case("lora_strength_text", "strength must be a finite number", [dict(LORA, strength="0.8")])
+_lora_case("lora_strength_bool", "strength must be a finite number", [dict(LORA, strength=True)])
+_lora_case("lora_strength_zero", "strength 0 is no LoRA", [dict(LORA, strength=0)])
+_lora_case("lora_extra_field", "exactly the fields name, sha256 and strength", [dict(LORA, path="/etc/passwd")])
+_lora_case("lora_entry_not_object", "exactly the fields name, sha256 and strength", ["style.safetensors"])
+
+
 @case("created_at_garbage", phrase="ISO 8601")
 def _(tmp):
     return edited(tmp, "created_at", job_info=_set("created_at", "yesterday"))

@@ -20,7 +20,7 @@ from ..jobs import (AutosavePolicy, Encoders, Job, JobControl, RunResult, RunSet
                     goan_encoders, render_frames, run_job)
 from ..media import load_image, write_mp4
 from ..models import (ModelFiles, ModelSet, Transformer, apply_fp32_output, configure_precision, default_tiny_root,
-                      load_model_set, model_dtypes, resolve_device, write_tiny_models)
+                      load_model_set, model_dtypes, read_lora, resolve_device, write_tiny_models)
 from ..resumefile import inspect_resume_file, read_resume_file
 from ..vocabulary import FileKind, Status
 from .parser import params_from_args
@@ -75,7 +75,12 @@ def load_runtime(args, *, need_text: bool, need_image: bool) -> Runtime:
     if not args.no_fp32_output:
         apply_fp32_output(models.transformer)
     name = str(args.transformer or Path(root) / "transformer")
-    return Runtime(Transformer(models.transformer, device, dtypes.transformer, conv_fp32, name),
+    transformer = Transformer(models.transformer, device, dtypes.transformer, conv_fp32, name)
+    for path, strength in args.lora:
+        lora = read_lora(path, models.transformer, dtypes.transformer, pin=device.type == "cuda")
+        print(f"goan: LoRA {lora.name} ({lora.format}, {len(lora.terms)} layers) at strength {strength:g}")
+        transformer = transformer.with_lora(lora, strength)
+    return Runtime(transformer,
                    goan_encoders(models, device, dtypes, gpu_memory_preservation=args.gpu_memory_preservation))
 
 
@@ -148,7 +153,8 @@ def finish(runtime: Runtime, result: RunResult, out: Path, crf: int, determinist
         print(f"goan: warning: {message}", file=sys.stderr)
     if result.status is not Status.FINISHED:
         print(f"goan: {result.status}; resume file: {result.resume_file}")
-        print(f"goan: continue with: python -m goan_core resume {result.resume_file} --out {out} ...")
+        loras = "".join(f" --lora {use.name}:{use.strength:g}" for use in result.state.loras)
+        print(f"goan: continue with: python -m goan_core resume {result.resume_file} --out {out}{loras} ...")
         return 0
     vae = runtime.encoders.require("vae", "writing the video")
     frames = render_frames(result.state, vae)
@@ -162,7 +168,8 @@ def generate(args) -> int:
     check_run_args(args)
     image = load_image(args.image)
     runtime = load_runtime(args, need_text=True, need_image=True)
-    job = create_job(params, image, runtime.encoders, identity=runtime.transformer.identity())
+    job = create_job(params, image, runtime.encoders, identity=runtime.transformer.identity(),
+                     loras=runtime.transformer.lora_uses())
     return finish(runtime, run_with_progress(runtime, job, args), args.out, params.crf, args.deterministic_video)
 
 
@@ -176,7 +183,9 @@ def resume(args) -> int:
     need_embeddings = data.state.conditioning is None
     runtime = load_runtime(args, need_text=need_embeddings, need_image=need_embeddings)
     job, warnings = continue_job(data.state, data.source_image, runtime.encoders,
-                                 identity=runtime.transformer.identity(), additional_seconds=args.additional_seconds,
+                                 identity=runtime.transformer.identity(), loras=runtime.transformer.lora_uses(),
+                                 accept_lora_difference=args.accept_lora_difference,
+                                 additional_seconds=args.additional_seconds,
                                  needs_start_latent=data.needs_start_latent, workflow=data.workflow)
     for warning in warnings:
         print(f"goan: warning: {warning}", file=sys.stderr)

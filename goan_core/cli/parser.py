@@ -37,6 +37,17 @@ def _pause_point(text: str) -> tuple[int, int]:
     return section, step
 
 
+def _lora(text: str) -> tuple[Path, float]:
+    """FILE[:STRENGTH] -> (file, strength); the strength is 1 when the text after the last ':' is not a number."""
+    name, colon, strength = text.rpartition(":")
+    if colon and name:
+        try:
+            return Path(name), float(strength)
+        except ValueError:
+            pass
+    return Path(text), 1.0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--models", type=Path, help="models root holding the diffusers/transformers folders "
@@ -69,6 +80,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "refused on GPUs without bf16 Conv3d)")
     p.add_argument("--encoder-dtype", choices=COMPUTE_DTYPE_CHOICES, default="auto",
                    help="the text and image encoders' compute dtype (auto: float16 on cuda, float32 elsewhere)")
+    p.add_argument("--lora", type=_lora, action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="apply a HunyuanVideo/FramePack LoRA (.safetensors: diffusers/PEFT, musubi-tuner or kohya "
+                        "names) at STRENGTH (default 1); repeat for several. A resumed job needs the same LoRAs")
     p.add_argument("--no-fp32-output", action="store_true",
                    help="compute the transformer's output head (final norm and projection) in --dtype instead "
                         "of fp32 (FramePack's high_quality_fp32_output_for_inference, on by default)")
@@ -123,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="continue a job from a .goan_resume file")
     res.add_argument("file", type=Path)
     res.add_argument("--additional-seconds", type=float, default=0.0, help="extend an f1 job by this much")
+    res.add_argument("--accept-lora-difference", action="store_true",
+                     help="continue even though the LoRAs given differ from those the job was made with (the "
+                          "result then differs from an uninterrupted run)")
     _add_model_args(res)
     _add_run_args(res)
 

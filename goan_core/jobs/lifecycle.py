@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from ..media import nearest_bucket, resize_and_center_crop
-from ..models import DEFAULT_GPU_MEMORY_PRESERVATION, Transformer, identity_mismatch
-from ..params import JobParams
+from ..errors import InputError
+from ..models import DEFAULT_GPU_MEMORY_PRESERVATION, Transformer, identity_mismatch, lora_difference
+from ..params import JobParams, LoraUse, canonical_loras
 from ..resumefile import RetentionFolder, check_job
 from ..sampling import Engine, JobState, SectionPlan, StepCallback, decode_history, section_count, to_uint8_frames
 from ..vocabulary import Status
@@ -66,12 +67,13 @@ def new_job_id() -> str:
 
 
 def create_job(params: JobParams, image: np.ndarray, encoders: Encoders, *, identity: dict,
-               job_id: str | None = None, workflow: dict | None = None) -> Job:
+               loras: tuple[LoraUse, ...] = (), job_id: str | None = None, workflow: dict | None = None) -> Job:
     """A new job at section 0 from an uint8 HxWx3 image: bucketed and cropped, encoded, seeded.
 
     `identity` is the transformer's (`Transformer.identity()`); with the encoders' dtypes
-    (`Encoders.identity()`) it is recorded in every resume file. The job's params are `params` as
-    `build_conditioning` records them (native conditioning: no prompt text).
+    (`Encoders.identity()`) it is recorded in every resume file, as are `loras`
+    (`Transformer.lora_uses()`: name, sha256 and strength of each LoRA). The job's params are
+    `params` as `build_conditioning` records them (native conditioning: no prompt text).
     """
     height, width = nearest_bucket(image.shape[0], image.shape[1], params.resolution)
     source = resize_and_center_crop(image, width, height)
@@ -88,6 +90,7 @@ def create_job(params: JobParams, image: np.ndarray, encoders: Encoders, *, iden
         history_latents=plan.initial_history(start_latent),
         generator_state=torch.Generator("cpu").manual_seed(params.seed).get_state(),
         model_identity={**identity, **encoders.identity()},
+        loras=canonical_loras(loras),
     )
     return Job(state, source, workflow)
 
@@ -102,16 +105,29 @@ def extend_job(state: JobState, additional_seconds: float) -> None:
 
 
 def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, *, identity: dict,
+                 loras: tuple[LoraUse, ...] = (), accept_lora_difference: bool = False,
                  additional_seconds: float = 0.0, needs_start_latent: bool = False,
                  workflow: dict | None = None) -> tuple[Job, list[str]]:
     """A saved job made ready to run on, and the warnings to show.
 
     Works on a snapshot, so `state` itself (perhaps cached by ComfyUI) never changes. In order: the
-    job grows by `additional_seconds` (f1 only: a refusal comes before any encoder runs), embeddings
-    a file was saved without are encoded again, a missing start latent (legacy files) is encoded,
-    and the models now loaded are compared with those that made the job.
+    LoRAs loaded now (`loras`) must be those the job was made with, or it is refused with an InputError
+    naming each missing file, unless `accept_lora_difference` (then it is a warning, and the job goes
+    on with the LoRAs loaded now); the job grows by `additional_seconds` (f1 only: a refusal comes
+    before any encoder runs), embeddings a file was saved without are encoded again, a missing start
+    latent (legacy files) is encoded, and the models now loaded are compared with those that made the job.
     """
+    warnings = []
+    difference = lora_difference(state.loras, loras)
+    if difference is not None and not accept_lora_difference:
+        raise InputError(f"this job's LoRAs differ from those loaded now: {difference}. Load the same LoRAs at the "
+                         "same strengths to continue it exactly, or accept the difference (--accept-lora-difference "
+                         "on the command line, accept_lora_difference on the sampler node)")
+    if difference is not None:
+        warnings.append(f"continuing with other LoRAs than the job was made with ({difference}); the result will not "
+                        "match an uninterrupted run")
     state = state.snapshot()
+    state.loras = canonical_loras(loras)
     extend_job(state, additional_seconds)
     reencoded = state.conditioning is None
     if reencoded:
@@ -125,7 +141,7 @@ def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, 
     kept = {key: state.model_identity[key] for key in ("text_dtype", "image_dtype")
             if not reencoded and key in state.model_identity}
     state.model_identity = {**kept, **loaded}
-    return Job(state, source_image, workflow), [warning] if warning else []
+    return Job(state, source_image, workflow), warnings + ([warning] if warning else [])
 
 
 def run_job(job: Job, transformer: Transformer, settings: RunSettings, *, control: JobControl | None = None,
@@ -138,14 +154,18 @@ def run_job(job: Job, transformer: Transformer, settings: RunSettings, *, contro
     state = job.state
     if state.done:
         return RunResult(state, Status.FINISHED)
+    if state.loras != transformer.lora_uses():
+        raise InputError("the job's LoRAs are not the transformer's: make or continue it with this transformer "
+                         "(create_job / continue_job with loras=transformer.lora_uses())")
     folder = RetentionFolder(settings.output_dir, state.job_id, settings.keep_last)
     # Natively conditioned jobs keep their embeddings whatever the settings: nothing else records them.
     embeddings = settings.include_embeddings or state.params.prompt_source == "native"
     saver = JobSaver(folder, job.source_image, job.workflow, include_embeddings=embeddings)
     engine = Engine(transformer.model, transformer.device, transformer.dtype)
-    return sample_job(engine, state, saver, control=control, autosave=settings.autosave, callback=on_step,
-                      pause_at=settings.pause_at, on_saved=on_saved,
-                      gpu_memory_preservation=settings.gpu_memory_preservation, accelerator=settings.accelerator)
+    with transformer.applied():  # before the model is placed, so block swapping moves the LoRA tensors too
+        return sample_job(engine, state, saver, control=control, autosave=settings.autosave, callback=on_step,
+                          pause_at=settings.pause_at, on_saved=on_saved,
+                          gpu_memory_preservation=settings.gpu_memory_preservation, accelerator=settings.accelerator)
 
 
 def render_frames(state: JobState, vae: LatentCodec,

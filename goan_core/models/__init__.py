@@ -7,7 +7,9 @@ dtype they compute in; the job lifecycle works with those.
 from .devices import ModelDtypes, dtype_name, is_on, model_dtypes, resolve_device, resolve_dtype, role_dtype
 from .encoders import PROMPT_EMBED_LENGTH, PROMPT_TOKENS, crop_or_pad
 from .handles import VAE, ImageEncoder, TextEncoders, Transformer
-from .identity import identity_mismatch, model_identity
+from .identity import identity_mismatch, lora_difference, model_identity
+from .lora import Lora, loras_applied
+from .lora_file import read_lora
 from .loading import IMAGE_PARTS, PARTS, TEXT_PARTS, ModelFiles, ModelSet, load_model_set, load_part, load_parts
 from .offload import (DEFAULT_GPU_MEMORY_PRESERVATION, GIB, Accelerator, CountingAccelerator, SwapPlan, placed,
                       plan_swap, section_tokens)
@@ -25,6 +27,7 @@ __all__ = ["DEFAULT_GPU_MEMORY_PRESERVATION", "GIB", "Accelerator", "CountingAcc
            "load_vae_file", "VAE", "WEIGHT_DTYPE_CHOICES", "ImageEncoder", "ModelSet", "TextEncoders",
            "Transformer", "ModelDtypes", "model_dtypes", "role_dtype", "dtype_name", "apply_fp32_output",
            "fp32_output_applied", "apply_weight_dtype", "configure_precision", "crop_or_pad", "default_tiny_root", "identity_mismatch", "is_on",
+           "Lora", "lora_difference", "loras_applied", "read_lora",
            "load_model_set", "load_part",
            "load_parts", "load_transformer_file", "model_identity", "resolve_device", "resolve_dtype",
            "resolve_weight_dtype", "storage_bytes", "weight_storage_name", "write_tiny_models", "write_transformer_file"]

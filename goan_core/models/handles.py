@@ -12,17 +12,20 @@ of tests). An encoder that does not fit streams its layers, the VAE tiles when s
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, ContextManager, Iterator
 
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..params import MAX_LORAS, LoraUse, canonical_loras
 from .devices import dtype_name
 from .encoder_offload import placed_vae
 from .encoders import decode_latents, encode_image_embeds, encode_prompt, encode_start_latent
 from .identity import model_identity
 from .loading import ModelSet
+from .lora import Lora, loras_applied
 from .offload import DEFAULT_GPU_MEMORY_PRESERVATION
 from .precision import fp32_output_applied
 from .storage import weight_storage_name
@@ -33,6 +36,8 @@ class Transformer:
     """The FramePack transformer, where it computes, and whether its patch embeds run in fp32.
 
     `dtype` is the compute dtype; the matmul weights may be stored narrower (fp8, see `storage`).
+    `loras` are (LoRA, strength) pairs applied per layer while a job runs (`applied()`, see `lora`);
+    `with_lora` makes a new handle sharing the same model, which no LoRA ever changes.
     """
 
     model: Any
@@ -40,6 +45,25 @@ class Transformer:
     dtype: torch.dtype
     conv_fp32: bool = False
     name: str = ""
+    loras: tuple[tuple[Lora, float], ...] = ()
+
+    def with_lora(self, lora: Lora, strength: float) -> "Transformer":
+        """A handle on the same model with `lora` added at `strength` (InputError: a LoRA read for another model,
+        a strength out of range, too many LoRAs)."""
+        use = lora.use(strength)  # validates the strength
+        if lora.model_config != model_identity(self.model)["config_sha256"]:
+            raise InputError(f"LoRA {lora.name!r} was read for another transformer; read it again for this one")
+        if len(self.loras) >= MAX_LORAS:
+            raise InputError(f"at most {MAX_LORAS} LoRAs can be chained on one transformer")
+        return replace(self, loras=self.loras + ((lora, use.strength),))
+
+    def lora_uses(self) -> tuple[LoraUse, ...]:
+        """What a resume file records of the LoRAs: name, sha256 and strength, those at strength 0 left out."""
+        return canonical_loras(lora.use(strength) for lora, strength in self.loras)
+
+    def applied(self) -> ContextManager[None]:
+        """The LoRAs applied to the model for the time of a `with` block (nothing to do without LoRAs)."""
+        return loras_applied(self.model, self.loras)
 
     def identity(self) -> dict:
         """What a resume file records about this model: class, config hash and precision choices.

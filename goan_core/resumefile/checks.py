@@ -15,7 +15,7 @@ import torch
 
 from ..errors import InputError, ResumeFileError
 from ..media import bucket_options
-from ..params import FPS, MAX_SECTIONS, JobParams
+from ..params import FPS, MAX_LORAS, MAX_SECTIONS, JobParams, LoraUse, canonical_loras
 from ..sampling import LATENT_CHANNELS, JobState, SectionPlan, section_count
 from ..sampling.plan import TEMPORAL_SCALE
 from ..sampling.teacache import MAX_WIDTH, PASSES, packed_tokens
@@ -56,6 +56,22 @@ def check_identity(job_id, model_identity, where: Where) -> None:
             isinstance(k, str) and isinstance(v, str) and len(k) <= MAX_TEXT and len(v) <= MAX_TEXT
             for k, v in model_identity.items()):
         where.fail(f"model_identity must map names to text (at most {MAX_IDENTITY_ENTRIES} entries)")
+
+
+def check_loras(entries, where: Where) -> tuple[LoraUse, ...]:
+    """job_info's optional "loras": 1 to MAX_LORAS entries of exactly name (a file name), sha256 and a finite,
+    non-zero strength; returned in the order goan applies them."""
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_LORAS:
+        where.fail(f"loras must be a list of 1 to {MAX_LORAS} LoRAs when present")
+    uses = []
+    for number, entry in enumerate(entries):
+        try:
+            uses.append(LoraUse.from_dict(entry))
+        except InputError as exc:
+            where.fail(f"loras[{number}]: {exc}")
+        if uses[-1].strength == 0:
+            where.fail(f"loras[{number}]: strength 0 is no LoRA; goan never records one")
+    return canonical_loras(uses)
 
 
 def section_bounds(params: JobParams) -> tuple[int, int]:

@@ -79,6 +79,8 @@ class JobState:
     section: int = 0
     sampler: SamplerState | None = None
     model_identity: dict = field(default_factory=dict)
+    # The LoRAs the job is made with (params.LoraUse, in params.canonical_loras order); () for none.
+    loras: tuple = ()
     # TeaCache's per-pass caches ("positive", "negative": teacache.PassCache) mid-section; None when
     # TeaCache is off or at a section boundary. `skipped_calls`: model calls it skipped over the job.
     teacache: dict | None = None

@@ -1,0 +1,66 @@
+"""GoanLora: adds a HunyuanVideo/FramePack LoRA from ComfyUI's `loras` folder to a goan transformer.
+
+Chainable: it takes a transformer and returns a NEW handle on the same model with one more LoRA
+(`Transformer.with_lora`); the transformer ComfyUI cached upstream is never changed, and the LoRA
+only acts while a sampler runs with that handle (goan_core.models.lora).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..goan_core.errors import InputError, ModelFolderError
+from ..goan_core.models import Transformer, read_lora
+from ..goan_core.params import LORA_STRENGTH
+from .adapter import HOST
+from .loaders import _inside, _or_none
+from .types import CATEGORY, TRANSFORMER
+
+FOLDER = "loras"
+SUFFIXES = (".safetensors", ".sft")
+
+
+def lora_choices() -> list[str]:
+    """The .safetensors files below ComfyUI's loras folders, '/'-separated names relative to their folder."""
+    found = set()
+    for base in map(Path, HOST.folder_paths(FOLDER)):
+        if base.is_dir():
+            found.update(p.relative_to(base).as_posix() for p in base.rglob("*")
+                         if p.suffix.lower() in SUFFIXES and p.is_file())
+    return sorted(found)
+
+
+def find_lora_file(name: str) -> Path:
+    looked = []
+    for base in HOST.folder_paths(FOLDER):
+        looked.append(base)
+        target = _inside(Path(base), name)
+        if target is not None and target.is_file():
+            return target
+    raise ModelFolderError(f"{name!r}: no such LoRA file in {', '.join(looked) or 'models/loras'}; put the "
+                           ".safetensors file there and refresh (press R)")
+
+
+class GoanLora:
+    DESCRIPTION = ("Adds a HunyuanVideo/FramePack LoRA (diffusers/PEFT, musubi-tuner or kohya .safetensors from "
+                   "models/loras) to a goan transformer. Chain several; strength 0 is no LoRA. Works with fp8 "
+                   "weights and block swapping; resume files record each LoRA (name, sha256, strength).")
+    CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    RETURN_TYPES = (TRANSFORMER,)
+    RETURN_NAMES = ("transformer",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "transformer": (TRANSFORMER,),
+            "lora_name": (_or_none(lora_choices()), {"tooltip": "a .safetensors LoRA in models/loras"}),
+            "strength": ("FLOAT", {"default": 1.0, "min": LORA_STRENGTH[0], "max": LORA_STRENGTH[1], "step": 0.01}),
+        }}
+
+    def execute(self, transformer, lora_name, strength=1.0):
+        if not isinstance(transformer, Transformer):
+            raise InputError("transformer: connect goan's Transformer Loader (or another goan LoRA node)")
+        lora = read_lora(find_lora_file(lora_name), transformer.model, transformer.dtype,
+                         pin=transformer.device.type == "cuda")
+        return (transformer.with_lora(lora, float(strength)),)
