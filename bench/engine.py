@@ -48,13 +48,15 @@ def configs(quick: bool) -> list[dict]:
     ]
 
 
-def build_pipeline(models):
+def build_pipeline(models, transformer=None):
+    """diffusers' pipeline of the tiny set's components, around `transformer` (default: the tiny one)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoFramepackPipeline
 
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     pipe = HunyuanVideoFramepackPipeline(
-        text_encoder=models.text_encoder, tokenizer=models.tokenizer, transformer=models.transformer,
+        text_encoder=models.text_encoder, tokenizer=models.tokenizer,
+        transformer=models.transformer if transformer is None else transformer,
         vae=models.vae, scheduler=scheduler, text_encoder_2=models.text_encoder_2, tokenizer_2=models.tokenizer_2,
         image_encoder=models.image_encoder, feature_extractor=models.feature_extractor)
     pipe.set_progress_bar_config(disable=True)

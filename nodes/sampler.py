@@ -16,9 +16,9 @@ import torch
 
 from ..goan_core.errors import InputError
 from ..goan_core.jobs import (AutosavePolicy, Encoders, Job, RunResult, RunSettings, continue_job, create_job,
-                              render_frames, run_job)
-from ..goan_core.models import (VAE, ImageEncoder, SwapPlan, TextEncoders, Transformer, is_on, plan_swap,
-                                section_tokens)
+                              render_frames, run_attention, run_job)
+from ..goan_core.models import (ATTENTION_CHOICES, VAE, ImageEncoder, SwapPlan, TextEncoders, Transformer, is_on,
+                                plan_swap, section_tokens)
 from ..goan_core.params import FPS, LIMITS, MODES, SAMPLERS, JobParams
 from ..goan_core.vocabulary import FileKind, Status
 from . import types as T
@@ -188,6 +188,11 @@ class GoanSegmentSampler:
                 "teacache_threshold": ("FLOAT", {"default": 0.15, "min": 0.0, "max": LIMITS["teacache_threshold"][1],
                                                  "step": 0.01, "tooltip": "higher skips more (0.1: ~1.6x, "
                                                                           "0.15: ~2.1x faster in FramePack)"}),
+                "attention": (list(ATTENTION_CHOICES), {"default": "auto", "tooltip": "attention kernel: auto takes the "
+                              "fastest installed one that suits the GPU (flash-attn, then sageattention, then xformers), "
+                              "else sdpa, which works everywhere"}),
+                "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile the transformer's blocks (needs "
+                            "triton): faster steps after a slow first one for each new size or prompt length"}),
                 # Last, so saved workflows keep their widget order (a missing value takes this default).
                 "accept_lora_difference": ("BOOLEAN", {"default": False, "tooltip": "continue a resume state even "
                                            "though its LoRAs (goan LoRA nodes) differ from those connected now; "
@@ -257,7 +262,7 @@ class GoanSegmentSampler:
 
     def execute(self, transformer, prompt, negative_prompt, seed, seconds, steps, cfg, gs, rs, lws, mode,
                 resolution, sampler, autosave_every, keep_last, gpu_memory_preservation=6.0, teacache=True,
-                teacache_threshold=0.15, accept_lora_difference=False, image=None,
+                teacache_threshold=0.15, attention="auto", compile=False, accept_lora_difference=False, image=None,
                 resume_state=None, text_encoders=None, image_encoder=None, goan_vae=None, vae=None, positive=None,
                 negative=None, clip_vision_output=None, clip=None, clip_vision=None, unique_id=None,
                 extra_pnginfo=None):
@@ -276,6 +281,11 @@ class GoanSegmentSampler:
             log.warning("goan: the prompt widgets are not used: the positive/negative CONDITIONING inputs condition "
                         "the video (the resume file records native conditioning, no text)")
         encoders.require("vae", "the job")  # checked before any work is done
+        settings = RunSettings(HOST.directory("output"), keep_last=int(keep_last),
+                               autosave=AutosavePolicy(int(autosave_every), 0.0) if autosave_every > 0 else None,
+                               gpu_memory_preservation=float(gpu_memory_preservation), attention=attention,
+                               compile=bool(compile))
+        run_attention(transformer, settings)  # an attention kernel or compiler missing here: said before any work
         if resume_state is not None:
             job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow,
                                                bool(accept_lora_difference))
@@ -292,9 +302,6 @@ class GoanSegmentSampler:
             job = create_job(params, image_to_uint8(image), encoders, identity=transformer.identity(),
                              loras=transformer.lora_uses(), workflow=workflow)
             resumed_from = None
-        settings = RunSettings(HOST.directory("output"), keep_last=int(keep_last),
-                               autosave=AutosavePolicy(int(autosave_every), 0.0) if autosave_every > 0 else None,
-                               gpu_memory_preservation=float(gpu_memory_preservation))
         return self._run(job, transformer, encoders, settings, unique_id, resumed_from)
 
     @staticmethod

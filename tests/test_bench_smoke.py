@@ -29,9 +29,15 @@ def test_gpu_measure_on_tiny_config(tmp_path):
     from goan_core.models.tiny import TINY_TRANSFORMER_CONFIG
 
     rows = run(quick=True, base_dir=tmp_path, repeats=1, device="cpu", config=TINY_TRANSFORMER_CONFIG)
-    assert len(rows) == 2 and all(r.value and r.value > 0 for r in rows)
+    assert all(r.value and r.value > 0 for r in rows)
+    measures = [r.measure for r in rows]
+    assert [m.split(" [")[0] for m in measures[1:4]] == [
+        "gpu: s/step, sdpa, TeaCache off", "gpu: s/step, sdpa, TeaCache on",
+        "gpu: goan / diffusers HunyuanVideoFramepackPipeline, s per model call"]  # on a CPU only sdpa applies
+    assert len(rows) == 5 and rows[2].details["skipped_calls"] > 0 and rows[1].details["skipped_calls"] == 0
     if not torch.cuda.is_available():
-        assert all(r.skipped for r in run(quick=True))
+        skipped = run(quick=True)
+        assert len(skipped) == 4 and all(r.skipped for r in skipped)
 
 
 def test_gpu_memory_measure_on_tiny_config(tmp_path):

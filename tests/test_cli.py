@@ -95,6 +95,8 @@ def test_resume_backward_with_additional_seconds_is_explained(cli_env, tmp_path,
     (("--pause-at", "x"), "SECTION:STEP"),
     (("--crf", "99"), "crf"),
     (("--keep-last", "0"), "keep-last"),
+    (("--attention", "flash2"), "invalid choice"),
+    (("--attention", "flash"), "attention 'flash' cannot run here: flash-attn runs on NVIDIA GPUs only, not on cpu"),
 ])
 def test_bad_inputs_end_with_one_clear_line_and_exit_2(cli_env, tmp_path, capsys, change, message):
     argv = fast(cli_env, tmp_path / "o.mp4")

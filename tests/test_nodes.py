@@ -125,6 +125,16 @@ def test_new_job_needs_an_image_and_a_length(host, loaded):
         run_sampler(loaded, torch.zeros(1, 64, 64, 3), text_encoders=None)
 
 
+def test_an_attention_kernel_that_cannot_run_here_is_refused_before_any_work(host, loaded, image):
+    from goan_pack.goan_core.errors import InputError
+    from goan_pack.nodes.jobs import REGISTRY
+
+    before = REGISTRY.generation, len(REGISTRY.jobs())
+    with pytest.raises(InputError, match="attention 'sage' cannot run here: sageattention runs on NVIDIA GPUs only"):
+        run_sampler(loaded, image, attention="sage")
+    assert (REGISTRY.generation, len(REGISTRY.jobs())) == before
+
+
 # -- pause, save, load, resume: identical frames -------------------------------------------------------
 
 def test_pause_save_load_resume_gives_identical_frames(host, loaded, image):

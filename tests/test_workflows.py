@@ -151,7 +151,7 @@ def test_sampler_widgets_follow_the_contract(infos):
     names = widget_names(infos["GoanSegmentSampler"])
     assert names == ["prompt", "negative_prompt", "seed", None, "seconds", "steps", "cfg", "gs", "rs", "lws", "mode",
                      "resolution", "sampler", "autosave_every", "keep_last", "gpu_memory_preservation",
-                     "teacache", "teacache_threshold", "accept_lora_difference"]
+                     "teacache", "teacache_threshold", "attention", "compile", "accept_lora_difference"]
 
 
 @pytest.mark.parametrize("damage, phrase", [

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..errors import InputError, ModelFolderError
 from ..jobs import (AutosavePolicy, Encoders, Job, JobControl, RunResult, RunSettings, continue_job, create_job,
-                    goan_encoders, render_frames, run_job)
+                    goan_encoders, render_frames, run_attention, run_job)
 from ..media import load_image, write_mp4
 from ..models import (ModelFiles, ModelSet, Transformer, apply_fp32_output, configure_precision, default_tiny_root,
                       load_model_set, model_dtypes, read_lora, resolve_device, write_tiny_models)
@@ -99,13 +99,17 @@ def check_run_args(args) -> None:
         raise InputError(f"--crf must be between 0 and 51, got {args.crf}")
 
 
-def run_settings(args) -> RunSettings:
-    """Where resume files go (--resume-dir, or beside --out) and how often autosaves happen."""
-    return RunSettings(args.resume_dir if args.resume_dir is not None else args.out.parent,
-                       keep_last=args.keep_last,
-                       autosave=AutosavePolicy(args.autosave_every, args.autosave_minutes),
-                       include_embeddings=not args.no_embeddings, pause_at=args.pause_at,
-                       gpu_memory_preservation=args.gpu_memory_preservation)
+def run_settings(args, runtime: Runtime) -> RunSettings:
+    """Where resume files go (--resume-dir, or beside --out), how often autosaves happen, and the attention and
+    compile options, checked against the transformer's device before any work is done."""
+    settings = RunSettings(args.resume_dir if args.resume_dir is not None else args.out.parent,
+                           keep_last=args.keep_last,
+                           autosave=AutosavePolicy(args.autosave_every, args.autosave_minutes),
+                           include_embeddings=not args.no_embeddings, pause_at=args.pause_at,
+                           gpu_memory_preservation=args.gpu_memory_preservation, attention=args.attention,
+                           compile=args.compile)
+    run_attention(runtime.transformer, settings)
+    return settings
 
 
 @contextmanager
@@ -123,7 +127,7 @@ def ctrl_c_pauses(control: JobControl):
         signal.signal(signal.SIGINT, previous)
 
 
-def run_with_progress(runtime: Runtime, job: Job, args) -> RunResult:
+def run_with_progress(runtime: Runtime, job: Job, settings: RunSettings) -> RunResult:
     """`run_job` with a tqdm bar over steps x sections; Ctrl-C pauses and saves."""
     state = job.state
     control = JobControl()
@@ -140,8 +144,7 @@ def run_with_progress(runtime: Runtime, job: Job, args) -> RunResult:
 
     try:
         with ctrl_c_pauses(control):
-            return run_job(job, runtime.transformer, run_settings(args), control=control, on_step=on_step,
-                           on_saved=on_saved)
+            return run_job(job, runtime.transformer, settings, control=control, on_step=on_step, on_saved=on_saved)
     finally:
         bar.close()
 
@@ -168,9 +171,10 @@ def generate(args) -> int:
     check_run_args(args)
     image = load_image(args.image)
     runtime = load_runtime(args, need_text=True, need_image=True)
+    settings = run_settings(args, runtime)
     job = create_job(params, image, runtime.encoders, identity=runtime.transformer.identity(),
                      loras=runtime.transformer.lora_uses())
-    return finish(runtime, run_with_progress(runtime, job, args), args.out, params.crf, args.deterministic_video)
+    return finish(runtime, run_with_progress(runtime, job, settings), args.out, params.crf, args.deterministic_video)
 
 
 def resume(args) -> int:
@@ -182,6 +186,7 @@ def resume(args) -> int:
         print(f"goan: note: {note}", file=sys.stderr)
     need_embeddings = data.state.conditioning is None
     runtime = load_runtime(args, need_text=need_embeddings, need_image=need_embeddings)
+    settings = run_settings(args, runtime)
     job, warnings = continue_job(data.state, data.source_image, runtime.encoders,
                                  identity=runtime.transformer.identity(), loras=runtime.transformer.lora_uses(),
                                  accept_lora_difference=args.accept_lora_difference,
@@ -192,7 +197,7 @@ def resume(args) -> int:
     state = job.state
     print(f"goan: resuming job {state.job_id} at section {state.section + 1}/{state.plan.total_sections}, "
           f"step {state.step_in_section}/{state.params.steps}")
-    result = run_with_progress(runtime, job, args)
+    result = run_with_progress(runtime, job, settings)
     return finish(runtime, result, args.out, args.crf if args.crf is not None else state.params.crf,
                   args.deterministic_video)
 

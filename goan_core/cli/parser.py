@@ -11,6 +11,7 @@ from ..params import MODES, SAMPLERS, JobParams
 # models.WEIGHT_DTYPE_CHOICES, spelled out: the parser must not import torch (tests/test_weight_storage.py compares).
 WEIGHT_DTYPE_CHOICES = ("auto", "fp8_e4m3fn", "bf16", "fp16", "fp32")
 COMPUTE_DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_CHOICES = ("auto", "sdpa", "flash", "sage", "xformers")  # models.ATTENTION_CHOICES, spelled out likewise
 
 EXIT_USAGE = 2
 
@@ -106,6 +107,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-memory-preservation", type=float, default=6.0, metavar="GB",
                    help="GB to keep free on the compute device (FramePack's setting, default 6); transformer "
                         "blocks that do not fit stream in per step. Raise it if you run out of memory")
+    p.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
+                   help="attention kernel of the transformer's blocks (auto: the fastest installed one that suits "
+                        "the GPU, else sdpa; flash needs flash-attn, sage sageattention, xformers xformers)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the transformer's blocks through torch.compile (needs triton on a GPU, a C++ compiler "
+                        "on the CPU); the first steps of each new shape take longer")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
     create_job(params, image, encoders)        a new job at section 0
     continue_job(state, source, encoders)      a saved job made ready to go on (optionally longer)
     run_job(job, transformer, settings)        sample with pause, stop, autosave and fail-safe saves
+                                               (attention and compile as `settings` say: run_attention)
     render_frames(state, vae)                  the video frames of what was generated
 
 The CLI and the ComfyUI sampler node call exactly these; they differ only in where the models and
@@ -22,7 +23,8 @@ import torch
 
 from ..media import nearest_bucket, resize_and_center_crop
 from ..errors import InputError
-from ..models import DEFAULT_GPU_MEMORY_PRESERVATION, Transformer, identity_mismatch, lora_difference
+from ..models import (COMPILE_BACKEND, DEFAULT_GPU_MEMORY_PRESERVATION, AttentionChoice, Transformer, attention_for,
+                      check_compiler, identity_mismatch, lora_difference)
 from ..params import JobParams, LoraUse, canonical_loras
 from ..resumefile import RetentionFolder, check_job
 from ..sampling import Engine, JobState, SectionPlan, StepCallback, decode_history, section_count, to_uint8_frames
@@ -50,6 +52,12 @@ class RunSettings:
     FramePack's: GB to keep free on the compute device; transformer blocks that do not fit in the
     rest stream per forward pass (`models.offload`). `accelerator` stands in for the device (the
     counting fake of tests and benches).
+
+    Speed: `attention` (models.ATTENTION_CHOICES) is resolved per run against the transformer's device
+    (`run_attention`); `compile` runs the transformer's blocks through torch.compile by
+    `compile_backend` (tests and benches use "eager": the wiring without inductor's compile time).
+    Neither is part of the job: a resume file notes them in job_info's informational "run" field, and
+    a resumed run uses its own (another backend there gives close, not bit-identical, results).
     """
 
     output_dir: Path
@@ -59,6 +67,17 @@ class RunSettings:
     pause_at: tuple[int, int] | None = None
     gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION
     accelerator: object | None = None
+    attention: str = "auto"
+    compile: bool = False
+    compile_backend: str = COMPILE_BACKEND
+
+
+def run_attention(transformer: Transformer, settings: RunSettings) -> AttentionChoice:
+    """The attention kernel a run of `transformer` under `settings` uses; InputError when the settings'
+    attention or compile cannot run on its device (front ends call this before any encoding, to fail fast)."""
+    if settings.compile:
+        check_compiler(transformer.device, settings.compile_backend)
+    return attention_for(settings.attention, transformer.device, transformer.dtype)
 
 
 def new_job_id() -> str:
@@ -157,15 +176,18 @@ def run_job(job: Job, transformer: Transformer, settings: RunSettings, *, contro
     if state.loras != transformer.lora_uses():
         raise InputError("the job's LoRAs are not the transformer's: make or continue it with this transformer "
                          "(create_job / continue_job with loras=transformer.lora_uses())")
+    attention = run_attention(transformer, settings)
     folder = RetentionFolder(settings.output_dir, state.job_id, settings.keep_last)
     # Natively conditioned jobs keep their embeddings whatever the settings: nothing else records them.
     embeddings = settings.include_embeddings or state.params.prompt_source == "native"
-    saver = JobSaver(folder, job.source_image, job.workflow, include_embeddings=embeddings)
+    saver = JobSaver(folder, job.source_image, job.workflow, include_embeddings=embeddings,
+                     run={**attention.record(), "compile": settings.compile})
     engine = Engine(transformer.model, transformer.device, transformer.dtype)
     with transformer.applied():  # before the model is placed, so block swapping moves the LoRA tensors too
         return sample_job(engine, state, saver, control=control, autosave=settings.autosave, callback=on_step,
                           pause_at=settings.pause_at, on_saved=on_saved,
-                          gpu_memory_preservation=settings.gpu_memory_preservation, accelerator=settings.accelerator)
+                          gpu_memory_preservation=settings.gpu_memory_preservation, accelerator=settings.accelerator,
+                          attention=attention, compile=settings.compile, compile_backend=settings.compile_backend)
 
 
 def render_frames(state: JobState, vae: LatentCodec,

@@ -18,7 +18,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from ..errors import add_note
-from ..models import DEFAULT_GPU_MEMORY_PRESERVATION, placed, section_tokens
+from ..models import (COMPILE_BACKEND, SDPA, AttentionChoice, DEFAULT_GPU_MEMORY_PRESERVATION, attention_applied,
+                      compiled_blocks, placed, section_tokens)
 from ..resumefile import RetentionFolder
 from ..sampling import Engine, JobState, StepCallback, StepEvent
 from ..vocabulary import FileKind, Status
@@ -37,16 +38,20 @@ class Saver(Protocol):
 
 @dataclass
 class JobSaver:
-    """The Saver of one job: its retention folder plus what every file of it carries."""
+    """The Saver of one job: its retention folder plus what every file of it carries.
+
+    `run` is job_info's informational "run" field: how this run computes (attention, compile).
+    """
 
     folder: RetentionFolder
     source_image: np.ndarray
     workflow: dict | None = None
     include_embeddings: bool = True
+    run: dict | None = None
 
     def save(self, snapshot: JobState, kind: FileKind) -> Path:
         return self.folder.save(snapshot, source_image=self.source_image, workflow=self.workflow,
-                                include_embeddings=self.include_embeddings, kind=kind)
+                                include_embeddings=self.include_embeddings, kind=kind, run=self.run)
 
 
 @dataclass
@@ -127,7 +132,8 @@ def sample_job(engine: Engine, state: JobState, saver: Saver, *, control: JobCon
                pause_at: tuple[int, int] | None = None, save_finished: bool = True,
                on_saved: SavedCallback | None = None,
                gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION,
-               accelerator=None) -> RunResult:
+               accelerator=None, attention: AttentionChoice = SDPA, compile: bool = False,
+               compile_backend: str = COMPILE_BACKEND) -> RunResult:
     """Step `state` to the end, or until a pause/stop request; write resume files as asked.
 
     `pause_at=(section, step)` requests a pause when the job reaches that point (for tests, demos
@@ -141,6 +147,9 @@ def sample_job(engine: Engine, state: JobState, saver: Saver, *, control: JobCon
     The transformer is placed on the engine's device under `gpu_memory_preservation` (GB kept free;
     blocks that do not fit stream per forward pass, see `models.offload`) and is back on the CPU
     afterwards, exceptions included; `accelerator` replaces the device (the counting fake of tests).
+    For the run, `attention` is diffusers' active attention backend (`models.attention`) and, with
+    `compile`, the transformer's blocks run compiled by `compile_backend` (`models.compilation`);
+    both are undone when it ends.
     """
     control = control or JobControl()
     result = RunResult(state, Status.FINISHED)
@@ -163,8 +172,10 @@ def sample_job(engine: Engine, state: JobState, saver: Saver, *, control: JobCon
     writer = BackgroundWriter(saver, autosaved, failed) if autosave is not None else None
     try:
         tokens = section_tokens(state.plan, getattr(engine.transformer.config, "patch_size", 2))
-        with placed(engine.transformer, engine.device, gpu_memory_preservation, compute_dtype=engine.dtype,
-                    tokens=tokens, accelerator=accelerator):  # back on the CPU afterwards, even after OOM
+        model = engine.transformer
+        with placed(model, engine.device, gpu_memory_preservation, compute_dtype=engine.dtype, tokens=tokens,
+                    accelerator=accelerator), attention_applied(model, attention), compiled_blocks(
+                        model, compile, engine.device, compile_backend):  # all undone afterwards, even after OOM
             return _step_until_done(engine, state, save, control, result, writer, autosave, callback,
                                     pause_at, save_finished)
     except BaseException as error:

@@ -1,9 +1,13 @@
 """The models a job uses: loading them from folders and files, devices and precision, identity, the tiny set.
 
 `Transformer`, `VAE`, `TextEncoders` and `ImageEncoder` are loaded models bound to the device and
-dtype they compute in; the job lifecycle works with those.
+dtype they compute in; the job lifecycle works with those. `attention` and `compilation` decide how
+the transformer's blocks compute during a run (the attention kernel, optional torch.compile).
 """
 
+from .attention import (ATTENTION_CHOICES, SDPA, AttentionChoice, AttentionTarget, attention_applied, attention_for,
+                        choose_attention, usable_backends)
+from .compilation import COMPILE_BACKEND, check_compiler, compiled_blocks
 from .devices import ModelDtypes, dtype_name, is_on, model_dtypes, resolve_device, resolve_dtype, role_dtype
 from .encoders import PROMPT_EMBED_LENGTH, PROMPT_TOKENS, crop_or_pad
 from .handles import VAE, ImageEncoder, TextEncoders, Transformer
@@ -21,7 +25,9 @@ from .vae_file import load_vae_file
 from .tiny import (FRAMEPACK_I2V_HY_CONFIG, TINY_TRANSFORMER_FILE, default_tiny_root, write_tiny_models,
                    write_transformer_file)
 
-__all__ = ["DEFAULT_GPU_MEMORY_PRESERVATION", "GIB", "Accelerator", "CountingAccelerator", "SwapPlan", "placed", "plan_swap",
+__all__ = ["ATTENTION_CHOICES", "SDPA", "AttentionChoice", "AttentionTarget", "attention_applied", "attention_for",
+           "choose_attention", "usable_backends", "COMPILE_BACKEND", "check_compiler", "compiled_blocks",
+           "DEFAULT_GPU_MEMORY_PRESERVATION", "GIB", "Accelerator", "CountingAccelerator", "SwapPlan", "placed", "plan_swap",
            "section_tokens", "CONV_FP32_POLICIES", "FRAMEPACK_I2V_HY_CONFIG", "IMAGE_PARTS", "PARTS", "PROMPT_EMBED_LENGTH", "PROMPT_TOKENS", "TEXT_PARTS", "TINY_TRANSFORMER_FILE",
            "TRANSFORMER_CLASS_NAMES", "USUAL_FILES", "ALTERNATIVE_FILES", "UsualFile", "usual_file", "ModelFiles",
            "load_vae_file", "VAE", "WEIGHT_DTYPE_CHOICES", "ImageEncoder", "ModelSet", "TextEncoders",

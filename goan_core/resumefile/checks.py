@@ -74,6 +74,21 @@ def check_loras(entries, where: Where) -> tuple[LoraUse, ...]:
     return canonical_loras(uses)
 
 
+RUN_FIELDS = {"attention": str, "attention_backend": str, "compile": bool}
+
+
+def check_run_info(run, where: Where) -> None:
+    """job_info's optional, informational "run" field: how the run that wrote the file computed.
+
+    {"attention": "sdpa", "attention_backend": "native", "compile": false}: the attention kernel (goan's
+    word and diffusers' backend name) and whether the blocks ran compiled; any subset of those fields.
+    """
+    if not isinstance(run, dict) or not set(run) <= set(RUN_FIELDS) or not all(
+            type(value) is RUN_FIELDS[key] and (key == "compile" or SAFE_NAME.fullmatch(value))
+            for key, value in run.items()):
+        where.fail("run must map attention and attention_backend to short names and compile to true or false")
+
+
 def section_bounds(params: JobParams) -> tuple[int, int]:
     """(fewest, most) sections a job of these settings may plan.
 

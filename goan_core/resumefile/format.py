@@ -2,7 +2,8 @@
 
 A zip archive with fixed member names (so other tools can read it):
   job_info.json      format, version, job id, plan, position (section, step), model identity,
-                     producer, created_at, kind, and the sha256 of every other member
+                     producer, created_at, kind, and the sha256 of every other member; optional:
+                     "run", how the run that wrote it computed (attention kernel, compile): informational
   params.json        JobParams.to_dict()
   source_image.png   the input image
   workflow.json      optional: the ComfyUI graph that made the job

@@ -28,7 +28,8 @@ from ..sampling.teacache import PassCache
 from ..vocabulary import FileKind
 from .archive import SafeArchive, decode_png, header_length, load_json, parse_header_table
 from .checks import (Position, Where, check_identity, check_image_size, check_loras, check_plan, check_position,
-                     check_teacache, check_tensor_table, check_values, expected_bytes, image_bytes_limit)
+                     check_run_info, check_teacache, check_tensor_table, check_values, expected_bytes,
+                     image_bytes_limit)
 from .format import (COND_PREFIX, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, IMAGE_AREA_FACTOR, JOB_INFO,
                      MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_SAMPLER_OUTPUTS, MAX_TEXT,
                      MAX_WORKFLOW_BYTES, OPTIONAL_MEMBERS, PARAMS, REQUIRED_MEMBERS, SAMPLER_OUTPUTS, SAMPLER_X,
@@ -210,10 +211,12 @@ def _check_job_info(info: dict, archive: "SafeArchive") -> tuple[SectionPlan, Po
              "has_embeddings", "kind", "sha256"}
     for key in sorted(known - set(info)):
         fail(f"the field {key!r} is missing")
-    for key in sorted(set(info) - known - {"teacache", "skipped_calls", "loras"}):  # those three are optional
+    for key in sorted(set(info) - known - {"teacache", "skipped_calls", "loras", "run"}):  # those four are optional
         fail(f"unknown field {key[:40]!r}")
     if "loras" in info:
         check_loras(info["loras"], Where(path, f"{JOB_INFO}: "))
+    if "run" in info:
+        check_run_info(info["run"], Where(path, f"{JOB_INFO}: "))
     if "teacache" in info and info["teacache"] is None:
         fail("teacache must be an object when present")
     if "skipped_calls" in info:

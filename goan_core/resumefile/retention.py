@@ -128,7 +128,7 @@ class RetentionFolder:
         return self.folder / f"{self.job_id}_{seq:06d}_s{section:04d}_t{step:03d}{RESUME_SUFFIX}"
 
     def save(self, state: JobState, *, source_image, workflow=None, include_embeddings: bool = True,
-             kind: FileKind | str = FileKind.AUTOSAVE) -> Path:
+             kind: FileKind | str = FileKind.AUTOSAVE, run: dict | None = None) -> Path:
         """Write `state` as the newest file, then delete the oldest beyond `keep_last`."""
         if state.job_id != self.job_id:
             raise InputError(f"state of job {state.job_id!r} cannot be saved in the folder of job {self.job_id!r}")
@@ -139,7 +139,7 @@ class RetentionFolder:
         self._remove_stale_partials()
         path = write_resume_file(state, self.next_path(state.section, state.step_in_section),
                                  source_image=source_image, workflow=workflow,
-                                 include_embeddings=include_embeddings, kind=kind)
+                                 include_embeddings=include_embeddings, kind=kind, run=run)
         self._prune()
         return path
 

@@ -24,7 +24,7 @@ from ..vocabulary import FileKind
 from ..sampling import SectionPlan
 from .archive import decode_png, json_too_deep
 from .atomic import atomic_writer, check_free_space, format_size
-from .checks import (Where, check_identity, check_image_size, check_loras, check_plan, check_position,
+from .checks import (Where, check_identity, check_image_size, check_loras, check_plan, check_position, check_run_info,
                      check_teacache, check_tensor_table, check_values, image_bytes_limit, position_of)
 from .format import (CHUNK_BYTES, COND_PREFIX, DTYPE_CODES, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, JOB_INFO,
                      MAX_IMAGE_SIDE, MAX_JSON_DEPTH, MAX_WORKFLOW_BYTES, PARAMS, SAMPLER_OUTPUTS, SAMPLER_X,
@@ -34,12 +34,14 @@ log = logging.getLogger("goan")
 
 
 def write_resume_file(state: JobState, path: str | Path, *, source_image, workflow=None,
-                      include_embeddings: bool = True, kind: FileKind | str = FileKind.PAUSE) -> Path:
+                      include_embeddings: bool = True, kind: FileKind | str = FileKind.PAUSE,
+                      run: dict | None = None) -> Path:
     """Save `state` as a format v1 resume file at `path`, crash-safely; returns `path`.
 
     `source_image`: an np.uint8 HxWx3 array or PNG bytes. `workflow`: the ComfyUI graph
     (a dict) or None; a graph the reader would refuse (too large, nested too deeply, not JSON) is
     left out with a logged warning rather than costing the job its resume file. Embeddings are stored when `include_embeddings` and the state has them.
+    `run` (optional, informational) notes how the run that writes the file computes (`checks.check_run_info`).
     The state is validated exactly as a reader would, so a file that is written can be read.
     Free space is checked before anything is written. The tensors are streamed from their own
     memory into the archive (no serialised copy), hashed on a second thread while zip computes
@@ -51,6 +53,8 @@ def write_resume_file(state: JobState, path: str | Path, *, source_image, workfl
     except ValueError:
         raise InputError(f"unknown resume file kind {kind!r}: use one of {', '.join(FileKind)}") from None
     with_embeddings = include_embeddings and state.conditioning is not None
+    if run is not None:
+        check_run_info(run, Where(path, "not saved: "))
     others, tensors = _encode_members(state, path, source_image, workflow, with_embeddings)
     header = _safetensors_header(tensors)
     state_size = len(header) + sum(t.numel() * t.element_size() for t in tensors.values())
@@ -65,7 +69,7 @@ def write_resume_file(state: JobState, path: str | Path, *, source_image, workfl
         with archive.open(entry, "w", force_zip64=state_size > 2**31) as member:
             checksums[STATE] = _write_hashed(member, [memoryview(header)] + [_raw_bytes(t) for t in tensors.values()],
                                              fh)
-        job_info = _job_info(state, with_embeddings, kind, checksums)
+        job_info = {**_job_info(state, with_embeddings, kind, checksums), **({} if run is None else {"run": run})}
         archive.writestr(_zip_entry(JOB_INFO, stamp), _json_bytes(job_info))
     return path
 

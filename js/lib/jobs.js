@@ -27,6 +27,7 @@ function blank(promptId) {
     total_sections: null,
     step: null,
     steps: null,
+    skipped: null,
     file: null,
     error: null,
     number: null,
@@ -111,7 +112,7 @@ export function applyServerJobs(state, payload) {
   for (const j of (payload && payload.jobs) || []) {
     if (!j || !j.prompt_id) continue;
     const patch = {};
-    for (const k of ["job_id", "node_id", "section", "total_sections", "step", "steps", "error"]) {
+    for (const k of ["job_id", "node_id", "section", "total_sections", "step", "steps", "skipped", "error"]) {
       if (j[k] !== undefined) patch[k] = j[k];
     }
     if (j.node_id !== undefined && j.node_id !== null) patch.node_id = String(j.node_id);
@@ -256,7 +257,14 @@ export function controlsFor(job) {
   ];
 }
 
-/** Human text for a job's status column. */
+/** "TeaCache skipped 12 calls": how many transformer calls TeaCache skipped so far; "" for none. */
+export function skippedText(skipped) {
+  const n = Number(skipped);
+  if (!Number.isInteger(n) || n <= 0) return "";
+  return `TeaCache skipped ${n} call${n === 1 ? "" : "s"}`;
+}
+
+/** Human text for a job's status column (the skipped calls last, also once the job has ended). */
 export function statusText(job) {
   const base = {
     [STATUS.QUEUED]: "Queued",
@@ -274,6 +282,8 @@ export function statusText(job) {
   if (job.progress && job.progress.max && !isTerminal(job.status)) {
     parts.push(`${Math.floor((100 * job.progress.value) / job.progress.max)}%`);
   }
+  const skipped = skippedText(job.skipped);
+  if (skipped) parts.push(skipped);
   return parts.join(" · ");
 }
 

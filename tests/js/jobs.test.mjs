@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   emptyState, applyQueue, applyServerJobs, applyEvent, markPausing, markCancelled, markDownloaded, removeJob,
-  controlsFor, statusText, listJobs, runningJob, promptHasSampler, samplerNodeId, STATUSES,
+  controlsFor, statusText, skippedText, listJobs, runningJob, promptHasSampler, samplerNodeId, STATUSES,
   shouldAutoDownload,
 } from "../../js/lib/jobs.js";
 import { isTerminal } from "../../js/lib/vocabulary.js";
@@ -156,4 +156,23 @@ test("only a pause downloads at once; fail-safe and stop files wait in the list"
   assert.equal(shouldAutoDownload({ filename: "a.goan_resume", kind: "stop" }), false);
   assert.equal(shouldAutoDownload({ kind: "pause" }), false);
   assert.equal(shouldAutoDownload(null), false);
+});
+
+test("TeaCache's skipped calls come from /goan/jobs and show last in the status text, also after the end", () => {
+  let s = applyServerJobs(emptyState(), { jobs: [{ prompt_id: "a", status: "running", section: 1, total_sections: 3, step: 4, steps: 25 }] });
+  assert.equal(s.jobs.a.skipped, null);
+  assert.equal(statusText(s.jobs.a), "Running · section 2/3 · step 4/25");
+  s = applyServerJobs(s, { jobs: [{ prompt_id: "a", status: "running", step: 5, steps: 25, skipped: 12 }] });
+  assert.equal(s.jobs.a.skipped, 12);
+  assert.equal(statusText(s.jobs.a), "Running · section 2/3 · step 5/25 · TeaCache skipped 12 calls");
+  s = applyServerJobs(s, { jobs: [{ prompt_id: "a", status: "running", step: 6, steps: 25 }] }); // a poll without the field keeps it
+  assert.equal(s.jobs.a.skipped, 12);
+  s = applyServerJobs(s, { jobs: [{ prompt_id: "a", status: "finished", section: 2, step: 25, skipped: 31 }] });
+  assert.match(statusText(s.jobs.a), /^Finished · .* · TeaCache skipped 31 calls$/);
+});
+
+test("skippedText: nothing for none or nonsense, singular for one", () => {
+  for (const v of [0, null, undefined, -3, 1.5, "x", NaN]) assert.equal(skippedText(v), "");
+  assert.equal(skippedText(1), "TeaCache skipped 1 call");
+  assert.equal(skippedText("7"), "TeaCache skipped 7 calls");
 });

@@ -89,3 +89,13 @@ test("listUpdates: rows are added and removed by id, the rest kept", () => {
   assert.deepEqual(listUpdates(new Map([["a", 1]]).keys(), ["a"]), { add: [], remove: [], order: ["a"] });
   assert.deepEqual(listUpdates([], []), { add: [], remove: [], order: [] });
 });
+
+test("more calls skipped by TeaCache: the row's detail text changes in place, no control is touched", () => {
+  const a = rowView({ ...running(3), skipped: 4 });
+  const b = rowView({ ...running(3), skipped: 9 });
+  assert.match(a.detail, /TeaCache skipped 4 calls$/);
+  const ups = rowUpdates(a, b);
+  assert.deepEqual(ups.map((u) => u.kind), ["status", "text"]);
+  assert.equal(ups[1].part, "detail");
+  assert.match(ups[1].text, /step 1\/10 · 10% · TeaCache skipped 9 calls$/);
+});
