@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..goan_core.models import Accelerator, resolve_device
+from ..goan_core.models import Accelerator, is_out_of_memory, resolve_device
 
 log = logging.getLogger("goan")
 
@@ -59,8 +59,9 @@ class MemoryBudget:
         return int(self.gpu_memory_preservation * GIB)
 
 
-class PlainInterrupt(Exception):
-    """Stands in for ComfyUI's InterruptProcessingException outside ComfyUI."""
+class PlainInterrupt(BaseException):
+    """Stands in for ComfyUI's InterruptProcessingException outside ComfyUI: a BaseException, as ComfyUI's
+    is now (older ComfyUI derived it from Exception; goan catches BaseException either way)."""
 
 
 class PlainBlocker:
@@ -173,7 +174,7 @@ class PlainHost:
         return isinstance(error, self.interrupt_types)
 
     def is_oom(self, error: BaseException) -> bool:
-        return isinstance(error, torch.OutOfMemoryError)
+        return is_out_of_memory(error)
 
     def blocker(self):
         return PlainBlocker(None)
@@ -298,8 +299,13 @@ class ComfyHost:
         return isinstance(error, self.interrupt_types)
 
     def is_oom(self, error: BaseException) -> bool:
+        """ComfyUI's own classifier where it has one (`is_oom`: OutOfMemoryError and AcceleratorError OOMs),
+        else its OOM_EXCEPTION and goan's check (which knows AcceleratorError too)."""
+        classify = getattr(self._mm, "is_oom", None)
+        if callable(classify):
+            return bool(classify(error))
         oom = getattr(self._mm, "OOM_EXCEPTION", torch.OutOfMemoryError)
-        return isinstance(error, torch.OutOfMemoryError) or (oom is not Exception and isinstance(error, oom))
+        return is_out_of_memory(error) or (oom is not Exception and isinstance(error, oom))
 
     def blocker(self):
         return self._blocker(None)

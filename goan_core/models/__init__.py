@@ -4,7 +4,8 @@
 dtype they compute in; the job lifecycle works with those.
 """
 
-from .devices import ModelDtypes, dtype_name, is_on, model_dtypes, resolve_device, resolve_dtype, role_dtype
+from .devices import (ModelDtypes, dtype_name, is_on, is_out_of_memory, model_dtypes, resolve_device, resolve_dtype,
+                      role_dtype)
 from .encoders import PROMPT_EMBED_LENGTH, PROMPT_TOKENS, crop_or_pad
 from .handles import VAE, ImageEncoder, TextEncoders, Transformer
 from .identity import identity_mismatch, model_identity
@@ -21,7 +22,7 @@ __all__ = ["DEFAULT_GPU_MEMORY_PRESERVATION", "GIB", "Accelerator", "CountingAcc
            "section_tokens", "CONV_FP32_POLICIES", "FRAMEPACK_I2V_HY_CONFIG", "IMAGE_PARTS", "PARTS", "PROMPT_EMBED_LENGTH", "PROMPT_TOKENS", "TEXT_PARTS", "TINY_TRANSFORMER_FILE",
            "TRANSFORMER_CLASS_NAMES", "VAE", "WEIGHT_DTYPE_CHOICES", "ImageEncoder", "ModelSet", "TextEncoders",
            "Transformer", "ModelDtypes", "model_dtypes", "role_dtype", "dtype_name", "apply_fp32_output",
-           "fp32_output_applied", "apply_weight_dtype", "configure_precision", "crop_or_pad", "default_tiny_root", "identity_mismatch", "is_on",
+           "fp32_output_applied", "apply_weight_dtype", "configure_precision", "crop_or_pad", "default_tiny_root", "identity_mismatch", "is_on", "is_out_of_memory",
            "load_model_set", "load_part",
            "load_parts", "load_transformer_file", "model_identity", "resolve_device", "resolve_dtype",
            "resolve_weight_dtype", "storage_bytes", "weight_storage_name", "write_tiny_models", "write_transformer_file"]

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
 
 from ..errors import ModelFolderError, some_names
-from .devices import ModelDtypes
+from .devices import ModelDtypes, is_out_of_memory
 from .single_file import TRANSFORMER_CLASS_NAMES, load_transformer_file
 from .storage import apply_weight_dtype
 
@@ -165,9 +165,9 @@ def load_part(folder: Path, name: str, dtype: torch.dtype) -> Any:
         model, info = part.loader.from_pretrained(
             str(folder), local_files_only=True, use_safetensors=True, dtype=dtype, output_loading_info=True
         )
-    except torch.OutOfMemoryError:
-        raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as e:
+        if is_out_of_memory(e):  # not a broken folder: the caller's memory handling decides
+            raise
         raise ModelFolderError(f"{folder}: cannot load {part.what} from it ({e})") from e
     mismatched = {k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]}
     broken = sorted(set(info["missing_keys"]) | mismatched)
