@@ -104,6 +104,7 @@ class PlainHost:
         self.progress_bars: list[PlainProgressBar] = []
         self.prompt_id = "local"
         self.running: dict[str, dict] = {}  # prompt_id -> API prompt, as ComfyUI's queue would know it
+        self.pending: dict[str, dict] = {}  # the same for prompts waiting in the queue
         self.previews = False
         self.on_progress = None  # called with the bar after every update (tests)
         self._interrupt = threading.Event()
@@ -189,6 +190,10 @@ class PlainHost:
     def running_prompts(self) -> dict[str, dict]:
         """prompt_id -> API-format prompt of every prompt running now."""
         return dict(self.running)
+
+    def pending_prompts(self) -> dict[str, dict]:
+        """prompt_id -> API-format prompt of every prompt waiting in the queue, in queue order."""
+        return dict(self.pending)
 
 
 class ComfyHost:
@@ -325,12 +330,19 @@ class ComfyHost:
             pass
         return getattr(self.server, "last_prompt_id", None)
 
-    def running_prompts(self) -> dict[str, dict]:
+    def _queue(self) -> tuple[list, list]:
+        """ComfyUI's (running, pending) queue items: (number, prompt_id, prompt, extra_data, outputs, ...)."""
         queue = getattr(self.server, "prompt_queue", None)
         if queue is None:
-            return {}
-        running, _ = queue.get_current_queue_volatile()
-        return {item[1]: item[2] for item in running}
+            return [], []
+        running, pending = queue.get_current_queue_volatile()
+        return list(running), sorted(pending, key=lambda item: item[0])
+
+    def running_prompts(self) -> dict[str, dict]:
+        return {item[1]: item[2] for item in self._queue()[0]}
+
+    def pending_prompts(self) -> dict[str, dict]:
+        return {item[1]: item[2] for item in self._queue()[1]}
 
 
 def _detect():

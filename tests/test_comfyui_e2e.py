@@ -264,7 +264,7 @@ def test_pack_loads_with_its_nodes_routes_and_web_files(comfy):
     assert infos(comfy)["GoanSegmentSampler"]["category"] == "goan"
     assert infos(comfy)["GoanTransformerLoader"]["input"]["required"]["model"][0] == [
         "FramePackI2V_tiny.safetensors", "[diffusers] goan_tiny"]
-    assert requests.get(f"{comfy['url']}/goan/jobs", timeout=10).json() == {"jobs": []}
+    assert requests.get(f"{comfy['url']}/goan/jobs", timeout=10).json() == {"jobs": [], "queue": []}
     assert requests.get(f"{comfy['url']}/api/goan/workflows", timeout=10).json()["workflows"]
     for path in sorted(WORKFLOWS.glob("*.json")):  # the example workflows against the live node definitions
         problems = check_workflow(json.loads(path.read_text()), infos(comfy), FILE_COMBOS | CORE_FILE_COMBOS)

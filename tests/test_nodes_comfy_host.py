@@ -62,7 +62,10 @@ class Stubs:
                 self.last_prompt_id = "prompt-last"
                 self.prompt_queue = types.SimpleNamespace(
                     get_current_queue_volatile=lambda: ([(1, "prompt-run", {"5": {"class_type": "GoanSegmentSampler"}},
-                                                          {}, [])], []))
+                                                          {}, [])],
+                                                        [(3, "prompt-later", {"2": {"class_type": "KSampler"}}, {}, []),
+                                                         (2, "prompt-next", {"8": {"class_type": "GoanSegmentSampler"}},
+                                                          {}, [])]))
                 Server.instance = self
 
             def send_sync(self, event, data, sid=None):
@@ -173,6 +176,10 @@ def test_the_comfyui_host_is_chosen_and_routes_registered(comfy):
     assert host.torch_device() == torch.device("cpu")
     assert host.current_prompt_id() == "prompt-ctx"
     assert host.running_prompts() == {"prompt-run": {"5": {"class_type": "GoanSegmentSampler"}}}
+    assert list(host.pending_prompts()) == ["prompt-next", "prompt-later"]  # queue order: by number
+    assert sys.modules[NAME + ".nodes.jobs"].queued_goan_prompts() == [
+        {"prompt_id": "prompt-run", "node_id": "5", "running": True},
+        {"prompt_id": "prompt-next", "node_id": "8", "running": False}]
 
 
 def test_comfyui_calls_go_through_the_host(comfy):
