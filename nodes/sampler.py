@@ -162,7 +162,9 @@ class GoanSegmentSampler:
                 "resolution": ("INT", {"default": 640, "min": 64, "max": 2048, "step": 16}),
                 "sampler": (list(SAMPLERS), {"default": "unipc"}),
                 "autosave_every": ("INT", {"default": 1, "min": 0, "max": 1000,
-                                           "tooltip": "save a resume file every N finished sections (0 = off)"}),
+                                           "tooltip": "save a resume file every N finished sections (0 = off); "
+                                                      "autosaves are hidden files (.<job>_...), out of "
+                                                      "ComfyUI's asset list"}),
                 "keep_last": ("INT", {"default": 3, "min": 1, "max": 100,
                                       "tooltip": "resume files kept per job in output/goan_resume/<job>/"}),
                 "gpu_memory_preservation": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 128.0, "step": 0.1,
@@ -259,7 +261,8 @@ class GoanSegmentSampler:
             resumed_from = None
         settings = RunSettings(HOST.directory("output"), keep_last=int(keep_last),
                                autosave=AutosavePolicy(int(autosave_every), 0.0) if autosave_every > 0 else None,
-                               gpu_memory_preservation=float(gpu_memory_preservation))
+                               gpu_memory_preservation=float(gpu_memory_preservation),
+                               hide_autosaves=True)  # out of ComfyUI's asset catalogue (resumefile.retention)
         return self._run(job, transformer, encoders, settings, unique_id, resumed_from)
 
     @staticmethod

@@ -44,7 +44,8 @@ class Job:
 class RunSettings:
     """Where a run writes its resume files and how often.
 
-    Files go to `output_dir/goan_resume/<job id>/`, the newest `keep_last` kept; `pause_at`
+    Files go to `output_dir/goan_resume/<job id>/`, the newest `keep_last` kept, autosaves as hidden
+    files with `hide_autosaves` (ComfyUI: see resumefile.retention); `pause_at`
     (section, step) pauses there (scripted runs, tests, the demo). `gpu_memory_preservation` is
     FramePack's: GB to keep free on the compute device; transformer blocks that do not fit in the
     rest stream per forward pass (`models.offload`). `accelerator` stands in for the device (the
@@ -58,6 +59,7 @@ class RunSettings:
     pause_at: tuple[int, int] | None = None
     gpu_memory_preservation: float = DEFAULT_GPU_MEMORY_PRESERVATION
     accelerator: object | None = None
+    hide_autosaves: bool = False
 
 
 def new_job_id() -> str:
@@ -137,7 +139,8 @@ def run_job(job: Job, transformer: Transformer, settings: RunSettings, *, contro
     state = job.state
     if state.done:
         return RunResult(state, Status.FINISHED)
-    folder = RetentionFolder(settings.output_dir, state.job_id, settings.keep_last)
+    folder = RetentionFolder(settings.output_dir, state.job_id, settings.keep_last,
+                             hide_autosaves=settings.hide_autosaves)
     saver = JobSaver(folder, job.source_image, job.workflow, include_embeddings=settings.include_embeddings)
     engine = Engine(transformer.model, transformer.device, transformer.dtype)
     return sample_job(engine, state, saver, control=control, autosave=settings.autosave, callback=on_step,
