@@ -6,7 +6,7 @@ import { api, toast, toastError, request, expectOk, downloadFile } from "./goan_
 import {
   emptyState, applyQueue, applyServerJobs, applyEvent, markPausing, markCancelled, markDownloaded, removeJob,
   runningJob, shouldAutoDownload, applyNativeQueue, applyNativeJob, jobsApiPresent, cancelRequest, cancelOutcome,
-  NATIVE_ACTIVE_JOBS,
+  cancelRouteMissing, NATIVE_ACTIVE_JOBS,
 } from "./lib/jobs.js";
 import { STATUS, isTerminal } from "./lib/vocabulary.js";
 
@@ -22,6 +22,7 @@ let refreshing = null;
 let pollTimer = null;
 let resumeLoader = null; // set by the resume module: (file record) => Promise
 let nativeJobs = null; // whether the server has ComfyUI's job API: null until an answer tells (lib/jobs.js jobsApiPresent)
+let nativeCancel = null; // whether it has POST /api/jobs/{id}/cancel too (false once that answered 404)
 
 export function getState() {
   return state;
@@ -160,7 +161,7 @@ export function install() {
   }
   api.addEventListener("status", () => refresh());
   api.addEventListener("reconnected", () => {
-    nativeJobs = null; // perhaps another ComfyUI now: ask again
+    nativeJobs = nativeCancel = null; // perhaps another ComfyUI now: ask again
     refresh();
   });
   schedulePoll();
@@ -190,9 +191,16 @@ export async function cancel(promptId) {
   const job = state.jobs[promptId];
   if (!job) return;
   try {
-    const native = nativeJobs === true;
-    const { path, json } = cancelRequest(job, native);
-    const answer = expectOk(await request(path, { method: "POST", json }), "Cancel failed");
+    let native = nativeJobs === true && nativeCancel !== false;
+    const send = ({ path, json }) => request(path, { method: "POST", json });
+    let res = await send(cancelRequest(job, native));
+    if (native && cancelRouteMissing(res)) { // a job list without the cancel route (ComfyUI 0.12-0.26)
+      nativeCancel = native = false;
+      res = await send(cancelRequest(job, false));
+    } else if (native) {
+      nativeCancel = true;
+    }
+    const answer = expectOk(res, "Cancel failed");
     if (cancelOutcome(answer, native) === "ended") {
       toast("info", "Nothing to cancel", "The task had already ended.");
     } else {

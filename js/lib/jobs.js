@@ -187,22 +187,29 @@ export function applyNativeJob(state, promptId, res) {
 
 /**
  * The request that cancels `job`: ComfyUI's POST /api/jobs/{id}/cancel (state-agnostic, and it
- * interrupts only if this very job still runs) where the server has the job API; else POST /queue
- * {delete} for a queued job and POST /interrupt {prompt_id} for a running one.
+ * interrupts only if this very job still runs) when `native`; else POST /queue {delete} for a queued
+ * job and POST /interrupt {prompt_id} for a running one. The job list came before the cancel route
+ * (ComfyUI 0.12 lists jobs, 0.27 cancels them): use `native` while the cancel route has not answered
+ * 404 (`cancelRouteMissing`).
  */
-export function cancelRequest(job, jobsApi) {
+export function cancelRequest(job, native) {
   const id = job.prompt_id;
-  if (jobsApi) return { path: `/jobs/${encodeURIComponent(id)}/cancel`, json: {} };
+  if (native) return { path: `/jobs/${encodeURIComponent(id)}/cancel`, json: {} };
   if (job.status === STATUS.QUEUED) return { path: "/queue", json: { delete: [id] } };
   return { path: "/interrupt", json: { prompt_id: id } };
+}
+
+/** True when an answer to POST /api/jobs/{id}/cancel says the server has no such route. */
+export function cancelRouteMissing(res) {
+  return !!res && (res.status === 404 || res.status === 405);
 }
 
 /**
  * What a successful cancel answer means: "cancelled", or "ended" when the job API says there was
  * nothing to cancel ({cancelled: false}: the job had already finished).
  */
-export function cancelOutcome(json, jobsApi) {
-  return jobsApi && json && json.cancelled === false ? "ended" : "cancelled";
+export function cancelOutcome(json, native) {
+  return native && json && json.cancelled === false ? "ended" : "cancelled";
 }
 
 /** Merge the server's GET /goan/jobs answer: the server is authoritative for the jobs it knows. */

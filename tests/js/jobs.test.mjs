@@ -4,6 +4,7 @@ import {
   emptyState, applyQueue, applyServerJobs, applyEvent, markPausing, markCancelled, markDownloaded, removeJob,
   controlsFor, statusText, listJobs, runningJob, promptHasSampler, samplerNodeId, STATUSES,
   shouldAutoDownload, applyNativeQueue, applyNativeJob, jobsApiPresent, cancelRequest, cancelOutcome, NATIVE_ACTIVE_JOBS,
+  cancelRouteMissing,
 } from "../../js/lib/jobs.js";
 import { isTerminal } from "../../js/lib/vocabulary.js";
 
@@ -221,4 +222,9 @@ test("Cancel uses POST /api/jobs/{id}/cancel where the server has the job API, e
   assert.equal(cancelOutcome({ cancelled: true }, true), "cancelled");
   assert.equal(cancelOutcome({ cancelled: false }, true), "ended"); // it had already finished
   assert.equal(cancelOutcome(null, false), "cancelled"); // /interrupt answers with no body
+  // ComfyUI 0.12-0.26 list jobs but have no cancel route: its 404 sends Cancel back to /queue and /interrupt
+  assert.equal(cancelRouteMissing({ ok: false, status: 404, json: null }), true);
+  assert.equal(cancelRouteMissing({ ok: false, status: 405, json: null }), true);
+  assert.equal(cancelRouteMissing({ ok: true, status: 200, json: { cancelled: true } }), false);
+  assert.equal(cancelRouteMissing({ ok: false, status: 500, json: { error: "x" } }), false);
 });
