@@ -1,10 +1,11 @@
 // goan: resumable FramePack image-to-video, the ComfyUI frontend extension.
 // Entry module; ComfyUI imports every .js under js/, only this one registers anything.
-import { app, nodesOfType, redraw } from "./goan_comfy.js";
-import { install as installJobs, onChange, getState, currentlyExecuting, pause, setResumeLoader } from "./goan_jobs.js";
+import { app, redraw, workflowGraph } from "./goan_comfy.js";
+import { install as installJobs, onChange, getState, currentlyExecuting, pause, setResumeLoader, jobsApi } from "./goan_jobs.js";
 import { registerTab } from "./goan_panel.js";
 import { installInterceptors, addUploadButton, refreshLengthLabel, refreshAllLabels, restoreFromOutput } from "./goan_resume.js";
 import { SAMPLER_TYPE, runningJob } from "./lib/jobs.js";
+import { nodesOfType } from "./lib/graph.js";
 import { STATUS } from "./lib/vocabulary.js";
 import { LOAD_RESUME_TYPE, displayNames, missingLabels } from "./lib/labels.js";
 
@@ -29,7 +30,11 @@ function applyDisplayNames(node) {
   if (changed) redraw();
 }
 
-/** The sampler's pause button: enabled only while this very node runs in a goan job. */
+/**
+ * The sampler's pause button: enabled only while this very node runs in a goan job. A button widget
+ * on the canvas, and a DOM button with Vue nodes (Comfy.VueNodes.Enabled), where the widget's label
+ * and disabled state are reactive and its callback runs on click.
+ */
 function addPauseButton(node) {
   if ((node.widgets || []).some((w) => w.name === "goan_pause")) return;
   const w = node.addWidget("button", "goan_pause", null, () => {
@@ -41,25 +46,36 @@ function addPauseButton(node) {
   w.disabled = true;
 }
 
-function nodeJob(node) {
+/** The sampler nodes with the ids ComfyUI runs them under ("12:5" inside subgraph node 12). */
+function samplers() {
+  return nodesOfType(workflowGraph(), SAMPLER_TYPE);
+}
+
+function executionIdsOf(node) {
+  const found = samplers().find((s) => s.node === node);
+  return found ? found.executionIds : [String(node.id)];
+}
+
+/** The running goan job of this sampler node (wherever it sits: `ids` are its execution ids), or null. */
+function nodeJob(node, ids = executionIdsOf(node)) {
   const ex = currentlyExecuting();
   const st = getState();
   const job = ex.prompt_id ? st.jobs[ex.prompt_id] : null;
   if (!job || job.status !== STATUS.RUNNING) return null;
-  if (String(ex.node) !== String(node.id) && String(job.node_id) !== String(node.id)) return null;
+  if (!ids.includes(String(ex.node)) && !ids.includes(String(job.node_id))) return null;
   return job;
 }
 
 function updatePauseButtons() {
-  for (const node of nodesOfType(SAMPLER_TYPE)) {
+  for (const { node, executionIds } of samplers()) {
     const w = (node.widgets || []).find((x) => x.name === "goan_pause");
     if (!w) continue;
-    const job = nodeJob(node);
+    const job = nodeJob(node, executionIds);
     const st = getState();
     const ex = currentlyExecuting();
     const pausing = ex.prompt_id && st.jobs[ex.prompt_id] && st.jobs[ex.prompt_id].status === STATUS.PAUSING;
     const disabled = !job;
-    const label = pausing && String(ex.node) === String(node.id) ? "Pausing task..." : PAUSE_LABEL;
+    const label = pausing && executionIds.includes(String(ex.node)) ? "Pausing task..." : PAUSE_LABEL;
     if (w.disabled !== disabled || w.label !== label) {
       w.disabled = disabled;
       w.label = label;
@@ -69,12 +85,20 @@ function updatePauseButtons() {
 }
 
 // Action bar (frontends >= 1.5x). The button cannot be disabled through the API, so it is greyed
-// out in the DOM while no goan job runs and answers with a toast when clicked then.
+// out in the DOM while no goan job runs and answers with a toast when clicked then. It is found by
+// the class it is registered with (current frontends put a button's `class` on it); frontends that
+// ignore `class` are matched by the tooltip they use as its aria-label.
 const ACTION_TOOLTIP = "Pause the running goan task";
+const ACTION_CLASS = "goan-action-pause";
+function actionButtons() {
+  const byClass = document.querySelectorAll(`button.${ACTION_CLASS}`);
+  return byClass.length ? byClass : document.querySelectorAll(`button[aria-label="${ACTION_TOOLTIP}"]`);
+}
+
 function updateActionButton() {
   const disabled = !runningJob(getState());
-  for (const b of document.querySelectorAll(`button[aria-label="${ACTION_TOOLTIP}"]`)) {
-    b.classList.add("goan-action-pause");
+  for (const b of actionButtons()) {
+    b.classList.add(ACTION_CLASS);
     b.style.opacity = disabled ? "0.4" : "";
     b.setAttribute("aria-disabled", disabled ? "true" : "false");
   }
@@ -88,6 +112,7 @@ app.registerExtension({
       icon: "pi pi-pause",
       label: "Pause",
       tooltip: ACTION_TOOLTIP,
+      class: ACTION_CLASS,
       onClick: () => pause(),
     },
   ],
@@ -105,7 +130,7 @@ app.registerExtension({
       updatePauseButtons();
       updateActionButton();
     }, 1000);
-    window.__goan = { ready: true, getState, refreshAllLabels };
+    window.__goan = { ready: true, getState, refreshAllLabels, samplers: () => samplers().map((s) => s.executionIds), jobsApi };
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {

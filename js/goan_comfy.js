@@ -1,9 +1,11 @@
-// Thin glue over ComfyUI's frontend: toasts, JSON requests, browser downloads.
-// Works with the frontend ComfyUI pins (1.27.x) and the newest one (1.58.x).
+// Thin glue over ComfyUI's frontend: toasts, JSON requests, browser downloads, the graph's nodes.
+// Works with the frontend ComfyUI 0.3.x pins (1.27.x) and the newest one (1.58.x); what differs is
+// feature-detected (lib/toasts.js sendToast, lib/graph.js rootGraph), never read from a version number.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { downloadName, viewUrl } from "./lib/files.js";
-import { ERROR_LIFE, toastLife, toastKey, toastDeduper, wrappable } from "./lib/toasts.js";
+import { allNodes, rootGraph } from "./lib/graph.js";
+import { ERROR_LIFE, sendToast, toastLife, toastKey, toastDeduper, wrappable } from "./lib/toasts.js";
 
 export { app, api };
 
@@ -24,8 +26,9 @@ function injectToastStyle() {
 const shownToasts = toastDeduper();
 
 /**
- * A toast through the workspace toast manager; an alert dialog on frontends without one. Every toast
- * leaves after its lifetime, and one still on screen is not stacked again.
+ * A toast through the workspace toast manager (toast.info/success/error, or toast.add on older
+ * frontends); an alert dialog on frontends without one. Every toast leaves after its lifetime, and
+ * one still on screen is not stacked again.
  */
 export function toast(severity, summary, detail = undefined, life = undefined) {
   const ms = toastLife(severity, life);
@@ -35,12 +38,8 @@ export function toast(severity, summary, detail = undefined, life = undefined) {
   if (!show) return;
   const entry = { severity, summary: wrappable(summary), detail: wrappable(detail), life: ms };
   try {
-    const t = app.extensionManager && app.extensionManager.toast;
-    if (t && typeof t.add === "function") {
-      injectToastStyle();
-      t.add(entry);
-      return;
-    }
+    injectToastStyle();
+    if (sendToast(app.extensionManager && app.extensionManager.toast, entry)) return;
   } catch (e) {
     console.warn("[goan] toast failed", e);
   }
@@ -98,11 +97,14 @@ export async function downloadFile(file) {
   return a.download;
 }
 
-/** All nodes of the current (root) graph. */
-export function graphNodes() {
-  const g = app.graph;
-  if (!g) return [];
-  return Array.from(g.nodes || g._nodes || []);
+/** The workflow's root graph (app.rootGraph where the frontend has it, else app.graph). */
+export function workflowGraph() {
+  return rootGraph(app);
+}
+
+/** Every node of the workflow, inside subgraphs too (each once). */
+function graphNodes() {
+  return Array.from(new Set(allNodes(workflowGraph()).map((x) => x.node)));
 }
 
 export function nodesOfType(type) {
@@ -111,8 +113,9 @@ export function nodesOfType(type) {
 
 export function redraw() {
   try {
-    if (app.graph && app.graph.setDirtyCanvas) app.graph.setDirtyCanvas(true, true);
-    else if (app.canvas && app.canvas.setDirty) app.canvas.setDirty(true, true);
+    const g = workflowGraph();
+    if (app.canvas && app.canvas.setDirty) app.canvas.setDirty(true, true); // the graph on screen, a subgraph too
+    else if (g && g.setDirtyCanvas) g.setDirtyCanvas(true, true);
   } catch {
     /* drawing is best effort */
   }

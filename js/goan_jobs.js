@@ -1,9 +1,12 @@
-// The goan job list in the browser: fed by ComfyUI's queue, the server's /goan/jobs and the
-// websocket events; actions (pause, cancel, download again, load, remove) go to the server.
+// The goan job list in the browser: fed by ComfyUI's job API (GET /api/jobs, /api/jobs/{id}) or, on
+// servers without it, its /queue; by the server's /goan/jobs and the websocket events. Actions (pause,
+// cancel, download again, load, remove) go to the server; Cancel through POST /api/jobs/{id}/cancel
+// where the server has it, else /queue and /interrupt.
 import { api, toast, toastError, request, expectOk, downloadFile } from "./goan_comfy.js";
 import {
   emptyState, applyQueue, applyServerJobs, applyEvent, markPausing, markCancelled, markDownloaded, removeJob,
-  runningJob, shouldAutoDownload,
+  runningJob, shouldAutoDownload, applyNativeQueue, applyNativeJob, jobsApiPresent, cancelRequest, cancelOutcome,
+  cancelRouteMissing, NATIVE_ACTIVE_JOBS,
 } from "./lib/jobs.js";
 import { STATUS, isTerminal } from "./lib/vocabulary.js";
 
@@ -18,6 +21,8 @@ const autoDownloaded = new Set();
 let refreshing = null;
 let pollTimer = null;
 let resumeLoader = null; // set by the resume module: (file record) => Promise
+let nativeJobs = null; // whether the server has ComfyUI's job API: null until an answer tells (lib/jobs.js jobsApiPresent)
+let nativeCancel = null; // whether it has POST /api/jobs/{id}/cancel too (false once that answered 404)
 
 export function getState() {
   return state;
@@ -31,6 +36,10 @@ export function onChange(fn) {
 }
 export function setResumeLoader(fn) {
   resumeLoader = fn;
+}
+/** Whether the server has ComfyUI's job API (true/false), or null while not known yet. */
+export function jobsApi() {
+  return nativeJobs;
 }
 
 function set(next) {
@@ -49,11 +58,23 @@ function notify() {
   }
 }
 
-/** Re-read ComfyUI's queue and the server's goan jobs (the server may not know goan yet: 404 is fine). */
+/**
+ * Re-read ComfyUI's queue and the server's goan jobs (the server may not know goan yet: 404 is fine).
+ * The first answer of GET /api/jobs tells whether the server has the job API (remembered until the
+ * server reconnects); without it, /queue is read instead.
+ */
 export function refresh() {
   if (refreshing) return refreshing;
   refreshing = (async () => {
     try {
+      if (nativeJobs !== false) {
+        const list = await request(NATIVE_ACTIVE_JOBS);
+        nativeJobs = jobsApiPresent(list) ?? nativeJobs;
+        if (nativeJobs) {
+          await refreshNative(list);
+          return;
+        }
+      }
       const q = await request("/queue");
       if (q.ok && q.json) set(applyQueue(state, q.json));
       const j = await request("/goan/jobs");
@@ -65,6 +86,19 @@ export function refresh() {
     }
   })();
   return refreshing;
+}
+
+/** The job API's list, goan's word on which queued prompts are goan jobs, then how queued jobs that left ended. */
+async function refreshNative(list) {
+  const j = await request("/goan/jobs");
+  const goan = j.ok && j.json ? j.json : { jobs: [], queue: [] };
+  const merged = applyNativeQueue(state, list.json, goan.queue);
+  set(applyServerJobs(merged.state, goan));
+  for (const id of merged.left) {
+    if (state.jobs[id] && state.jobs[id].status === STATUS.QUEUED) {
+      set(applyNativeJob(state, id, await request(`/jobs/${encodeURIComponent(id)}`)));
+    }
+  }
 }
 
 function schedulePoll() {
@@ -126,7 +160,10 @@ export function install() {
     });
   }
   api.addEventListener("status", () => refresh());
-  api.addEventListener("reconnected", () => refresh());
+  api.addEventListener("reconnected", () => {
+    nativeJobs = nativeCancel = null; // perhaps another ComfyUI now: ask again
+    refresh();
+  });
   schedulePoll();
   refresh();
 }
@@ -154,13 +191,22 @@ export async function cancel(promptId) {
   const job = state.jobs[promptId];
   if (!job) return;
   try {
-    if (job.status === STATUS.QUEUED) {
-      expectOk(await request("/queue", { method: "POST", json: { delete: [promptId] } }), "Cancel failed");
-    } else {
-      expectOk(await request("/interrupt", { method: "POST", json: { prompt_id: promptId } }), "Cancel failed");
+    let native = nativeJobs === true && nativeCancel !== false;
+    const send = ({ path, json }) => request(path, { method: "POST", json });
+    let res = await send(cancelRequest(job, native));
+    if (native && cancelRouteMissing(res)) { // a job list without the cancel route (ComfyUI 0.12-0.26)
+      nativeCancel = native = false;
+      res = await send(cancelRequest(job, false));
+    } else if (native) {
+      nativeCancel = true;
     }
-    set(markCancelled(state, promptId));
-    toast("info", "Cancelled", job.status === STATUS.QUEUED ? "Removed from the queue." : "The task was interrupted.");
+    const answer = expectOk(res, "Cancel failed");
+    if (cancelOutcome(answer, native) === "ended") {
+      toast("info", "Nothing to cancel", "The task had already ended.");
+    } else {
+      set(markCancelled(state, promptId));
+      toast("info", "Cancelled", job.status === STATUS.QUEUED ? "Removed from the queue." : "The task was interrupted.");
+    }
   } catch (e) {
     toastError("Cancel failed", e);
   }

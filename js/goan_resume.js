@@ -1,7 +1,8 @@
 // Drop / open / paste a .goan_resume: upload it in chunks, load its workflow, point GoanLoadResume
 // at it, relabel the sampler's length. Other files keep ComfyUI's own behaviour.
-import { app, api, toast, toastError, request, expectOk, graphNodes, nodesOfType, redraw } from "./goan_comfy.js";
+import { app, api, toast, toastError, request, expectOk, nodesOfType, redraw, workflowGraph } from "./goan_comfy.js";
 import { findResumeFile, isResumeName, uploadInChunks, stem, viewUrl, downloadName, RESUME_EXT } from "./lib/files.js";
+import { graphNodes as nodesIn } from "./lib/graph.js";
 import { lengthLabel, LENGTH_WIDGET, LOAD_RESUME_TYPE } from "./lib/labels.js";
 import { SAMPLER_TYPE } from "./lib/jobs.js";
 
@@ -86,13 +87,14 @@ export function refreshAllLabels() {
  */
 function ensureLoader(sampler) {
   const LiteGraph = window.LiteGraph || (window.comfyAPI && window.comfyAPI.litegraph && window.comfyAPI.litegraph.LiteGraph);
-  if (!LiteGraph || !app.graph) return null;
+  const graph = sampler.graph || workflowGraph(); // the sampler's own (sub)graph
+  if (!LiteGraph || !graph) return null;
   const loader = LiteGraph.createNode(LOAD_RESUME_TYPE);
   if (!loader) return null;
-  const xs = graphNodes().filter((n) => n !== loader).map((n) => n.pos[0]);
+  const xs = nodesIn(graph).filter((n) => n !== loader).map((n) => n.pos[0]);
   const left = xs.length ? Math.min(...xs) : sampler.pos[0];
   loader.pos = [left - 380, sampler.pos[1]];
-  app.graph.add(loader);
+  graph.add(loader);
   (loader.outputs || []).forEach((out, oi) => {
     const inputs = sampler.inputs || [];
     let ii = inputs.findIndex((inp) => inp.type === out.type && inp.link == null && !inp.widget);
@@ -290,4 +292,3 @@ export function addUploadButton(node) {
   };
 }
 
-export { graphNodes };

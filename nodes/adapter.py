@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..goan_core.models import Accelerator, resolve_device
+from ..goan_core.models import Accelerator, is_out_of_memory, resolve_device
 
 log = logging.getLogger("goan")
 
@@ -59,8 +59,9 @@ class MemoryBudget:
         return int(self.gpu_memory_preservation * GIB)
 
 
-class PlainInterrupt(Exception):
-    """Stands in for ComfyUI's InterruptProcessingException outside ComfyUI."""
+class PlainInterrupt(BaseException):
+    """Stands in for ComfyUI's InterruptProcessingException outside ComfyUI: a BaseException, as ComfyUI's
+    is now (older ComfyUI derived it from Exception; goan catches BaseException either way)."""
 
 
 class PlainBlocker:
@@ -103,6 +104,7 @@ class PlainHost:
         self.progress_bars: list[PlainProgressBar] = []
         self.prompt_id = "local"
         self.running: dict[str, dict] = {}  # prompt_id -> API prompt, as ComfyUI's queue would know it
+        self.pending: dict[str, dict] = {}  # the same for prompts waiting in the queue
         self.previews = False
         self.on_progress = None  # called with the bar after every update (tests)
         self._interrupt = threading.Event()
@@ -173,7 +175,7 @@ class PlainHost:
         return isinstance(error, self.interrupt_types)
 
     def is_oom(self, error: BaseException) -> bool:
-        return isinstance(error, torch.OutOfMemoryError)
+        return is_out_of_memory(error)
 
     def blocker(self):
         return PlainBlocker(None)
@@ -188,6 +190,10 @@ class PlainHost:
     def running_prompts(self) -> dict[str, dict]:
         """prompt_id -> API-format prompt of every prompt running now."""
         return dict(self.running)
+
+    def pending_prompts(self) -> dict[str, dict]:
+        """prompt_id -> API-format prompt of every prompt waiting in the queue, in queue order."""
+        return dict(self.pending)
 
 
 class ComfyHost:
@@ -298,8 +304,13 @@ class ComfyHost:
         return isinstance(error, self.interrupt_types)
 
     def is_oom(self, error: BaseException) -> bool:
+        """ComfyUI's own classifier where it has one (`is_oom`: OutOfMemoryError and AcceleratorError OOMs),
+        else its OOM_EXCEPTION and goan's check (which knows AcceleratorError too)."""
+        classify = getattr(self._mm, "is_oom", None)
+        if callable(classify):
+            return bool(classify(error))
         oom = getattr(self._mm, "OOM_EXCEPTION", torch.OutOfMemoryError)
-        return isinstance(error, torch.OutOfMemoryError) or (oom is not Exception and isinstance(error, oom))
+        return is_out_of_memory(error) or (oom is not Exception and isinstance(error, oom))
 
     def blocker(self):
         return self._blocker(None)
@@ -319,12 +330,19 @@ class ComfyHost:
             pass
         return getattr(self.server, "last_prompt_id", None)
 
-    def running_prompts(self) -> dict[str, dict]:
+    def _queue(self) -> tuple[list, list]:
+        """ComfyUI's (running, pending) queue items: (number, prompt_id, prompt, extra_data, outputs, ...)."""
         queue = getattr(self.server, "prompt_queue", None)
         if queue is None:
-            return {}
-        running, _ = queue.get_current_queue_volatile()
-        return {item[1]: item[2] for item in running}
+            return [], []
+        running, pending = queue.get_current_queue_volatile()
+        return list(running), sorted(pending, key=lambda item: item[0])
+
+    def running_prompts(self) -> dict[str, dict]:
+        return {item[1]: item[2] for item in self._queue()[0]}
+
+    def pending_prompts(self) -> dict[str, dict]:
+        return {item[1]: item[2] for item in self._queue()[1]}
 
 
 def _detect():

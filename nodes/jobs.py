@@ -48,6 +48,29 @@ class JobEntry:
                 "error": self.error}
 
 
+def sampler_node_id(prompt) -> str | None:
+    """The node id of the goan sampler in an API-format prompt (node id -> {class_type, inputs}), or None."""
+    if not isinstance(prompt, dict):
+        return None
+    return next((str(k) for k, v in prompt.items() if isinstance(v, dict) and v.get("class_type") == SAMPLER_TYPE),
+                None)
+
+
+def queued_goan_prompts() -> list[dict]:
+    """The prompts in ComfyUI's queue that hold a goan sampler: [{prompt_id, node_id, running}], running first.
+
+    ComfyUI's own job list (GET /api/jobs) does not say what a queued prompt contains; the frontend
+    takes the job states from there and which jobs are goan jobs from here.
+    """
+    found = []
+    for running, prompts in ((True, HOST.running_prompts()), (False, HOST.pending_prompts())):
+        for prompt_id, prompt in prompts.items():
+            node_id = sampler_node_id(prompt)
+            if node_id is not None:
+                found.append({"prompt_id": prompt_id, "node_id": node_id, "running": running})
+    return found
+
+
 class JobRegistry:
     def __init__(self, keep: int = KEEP_RECENT):
         self._lock = threading.Lock()
@@ -122,11 +145,7 @@ class JobRegistry:
 
     def _pending_pause(self, prompt_id: str) -> JobEntry | None:
         """The prompt runs in ComfyUI and holds a goan sampler that has not started yet: pause it at once."""
-        prompt = HOST.running_prompts().get(prompt_id)
-        if not isinstance(prompt, dict):
-            return None
-        node_id = next((str(k) for k, v in prompt.items()
-                        if isinstance(v, dict) and v.get("class_type") == SAMPLER_TYPE), None)
+        node_id = sampler_node_id(HOST.running_prompts().get(prompt_id))
         if node_id is None:
             return None
         entry = JobEntry(prompt_id, node_id, status=Status.PAUSING, pending=True)

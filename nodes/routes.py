@@ -1,7 +1,8 @@
 """HTTP routes under /goan/ on ComfyUI's PromptServer (also served with an /api prefix by ComfyUI).
 
 POST /goan/pause                {prompt_id}          -> 200 {status, prompt_id} | 404 {error}
-GET  /goan/jobs                                      -> {jobs: [...]}
+GET  /goan/jobs                                      -> {jobs: [...], queue: [{prompt_id, node_id, running}]}
+                                                        (goan's jobs; the goan prompts in ComfyUI's queue)
 POST /goan/upload/{upload_id}?offset=&total=&filename=  raw chunk bytes (<= 16 MiB)
                                                      -> {received} | {done, name, filename, subfolder, type}
                                                         | 507 {error} (no room: refused at the start, or the
@@ -32,7 +33,7 @@ from ..goan_core.resumefile import FREE_SPACE_MARGIN, MAX_JSON_DEPTH, MAX_TOTAL_
 from ..goan_core.vocabulary import Status
 from .adapter import HOST
 from .files import UPLOAD_SUBFOLDER, VALIDATED, reserve_upload_path, resolve_input_name, sanitise_upload_name
-from .jobs import REGISTRY
+from .jobs import REGISTRY, queued_goan_prompts
 
 log = logging.getLogger("goan")
 
@@ -220,7 +221,7 @@ async def pause(request: web.Request) -> web.Response:
 
 
 async def jobs(request: web.Request) -> web.Response:
-    return web.json_response({"jobs": REGISTRY.jobs()})
+    return web.json_response({"jobs": REGISTRY.jobs(), "queue": queued_goan_prompts()})
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:

@@ -176,7 +176,9 @@ class GoanSegmentSampler:
                 "resolution": ("INT", {"default": 640, "min": 64, "max": 2048, "step": 16}),
                 "sampler": (list(SAMPLERS), {"default": "unipc"}),
                 "autosave_every": ("INT", {"default": 1, "min": 0, "max": 1000,
-                                           "tooltip": "save a resume file every N finished sections (0 = off)"}),
+                                           "tooltip": "save a resume file every N finished sections (0 = off); "
+                                                      "autosaves are hidden files (.<job>_...), out of "
+                                                      "ComfyUI's asset list"}),
                 "keep_last": ("INT", {"default": 3, "min": 1, "max": 100,
                                       "tooltip": "resume files kept per job in output/goan_resume/<job>/"}),
                 "gpu_memory_preservation": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 128.0, "step": 0.1,
@@ -284,7 +286,8 @@ class GoanSegmentSampler:
         settings = RunSettings(HOST.directory("output"), keep_last=int(keep_last),
                                autosave=AutosavePolicy(int(autosave_every), 0.0) if autosave_every > 0 else None,
                                gpu_memory_preservation=float(gpu_memory_preservation), attention=attention,
-                               compile=bool(compile))
+                               compile=bool(compile),
+                               hide_autosaves=True)  # out of ComfyUI's asset catalogue (resumefile.retention)
         run_attention(transformer, settings)  # an attention kernel or compiler missing here: said before any work
         if resume_state is not None:
             job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow,

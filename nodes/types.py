@@ -46,6 +46,11 @@ class GoanJob:
     job_info: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def _comfy_cache_tensors(self) -> list[torch.Tensor]:
+        """The state's tensors, for ComfyUI's RAM-pressure cache (which sizes a cached output by this hook):
+        a long job's history buffer and embeddings are hundreds of MB."""
+        return self.state.held_tensors()
+
 
 def image_to_uint8(image: torch.Tensor) -> np.ndarray:
     """The first picture of a ComfyUI IMAGE ([B,H,W,C] float 0..1) as uint8 HxWx3."""

@@ -11,12 +11,19 @@ off through the settings file before start (and can be through POST /settings).
     server.start(front_end_root=None)
     ...  server.url, server.get_json("/queue")
     server.stop()
+
+Whichever ComfyUI `comfy_dir` holds, it starts with the flags that version has, read from its
+comfy/cli_args.py (never from a version number): current ComfyUI runs its asset system (a database,
+and a scan of the input and output folders) by default and refuses to start when the asset
+requirements are missing unless given --disable-assets; ComfyUI 0.2x-0.3x ran it only with
+--enable-assets; 0.3.6x has none. `start(assets=...)` turns it on or off wherever it exists.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -73,6 +80,23 @@ def tiny_model_folders(models: Path, tiny_root: Path) -> dict[str, Path]:
     return folders
 
 
+def cli_flags(comfy_dir: Path) -> set[str]:
+    """The command-line flags a ComfyUI checkout knows, read from its comfy/cli_args.py (nothing is run)."""
+    path = Path(comfy_dir) / "comfy" / "cli_args.py"
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    return set(re.findall(r"""add_argument\(\s*["'](--[a-z0-9][a-z0-9-]*)["']""", text))
+
+
+def asset_flags(flags: set[str], assets: bool) -> list[str] | None:
+    """The flags that turn the asset system on (`assets`) or off on a ComfyUI knowing `flags`; None when
+    it is to be on but this ComfyUI has no asset system."""
+    if "--disable-assets" in flags:  # on by default (--enable-assets, if present, is a no-op)
+        return [] if assets else ["--disable-assets"]
+    if "--enable-assets" in flags:  # off by default
+        return ["--enable-assets"] if assets else []
+    return None if assets else []
+
+
 class ComfyServer:
     """One ComfyUI process over a temp base folder. `folders` maps ComfyUI model folder names to
     paths; by default every name in MODEL_FOLDERS points at `models_dir`."""
@@ -84,6 +108,7 @@ class ComfyServer:
         self.base = Path(base)
         self.models_dir = Path(models_dir) if models_dir else self.base / "models"
         self.folders = folders or {name: self.models_dir for name in MODEL_FOLDERS}
+        self.flags = cli_flags(self.comfy_dir)
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.log_path = self.base / "comfyui.log"
@@ -108,7 +133,17 @@ class ComfyServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, front_end_root: str | None = None, timeout: float = 120.0, extra_args: list[str] | None = None) -> None:
+    @property
+    def has_assets(self) -> bool:
+        """Whether this ComfyUI has an asset system (one that registers output files)."""
+        return asset_flags(self.flags, True) is not None
+
+    def start(self, front_end_root: str | None = None, timeout: float = 120.0, extra_args: list[str] | None = None,
+              assets: bool = False) -> None:
+        """Start it; `assets` runs its asset system (raises ValueError where it has none), off by default."""
+        switch = asset_flags(self.flags, assets)
+        if switch is None:
+            raise ValueError(f"{self.comfy_dir} has no asset system (neither --enable-assets nor --disable-assets)")
         self.port = free_port()
         args = [
             self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
@@ -121,7 +156,9 @@ class ComfyServer:
         ]
         if front_end_root:
             args += ["--front-end-root", str(front_end_root)]
-        args += extra_args or []
+        if "--database-url" in self.flags:  # the asset database too stays under the base folder
+            args += ["--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
+        args += switch + (extra_args or [])
         env = dict(os.environ)
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -4,11 +4,19 @@
 UI workflow against such definitions (types exist, widget values valid, links type-check);
 `to_api` turns it into the API-format prompt that POST /prompt takes, as the frontend does
 (frontend-only nodes dropped, widget values named, links as [node_id, output_index]).
+
+Definitions of current ComfyUI's shape are understood too: a dynamic combo (COMFY_DYNAMICCOMBO_V3,
+e.g. SaveVideo's format) is a widget whose chosen option brings its own widgets, named
+"format.codec" in the prompt; optional widgets a newer ComfyUI added after a workflow was saved
+(CreateVideo's bit_depth) take their defaults, as the frontend gives them.
 """
 
 from __future__ import annotations
 
-WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+from dataclasses import dataclass
+
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO)
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 # Combos whose choices are files of the installation (models, input files): any name is a valid value here.
 FILE_COMBOS = {("GoanTransformerLoader", "model"), ("GoanVAELoader", "folder"), ("GoanTextEncoderLoader", "folder"),
@@ -37,21 +45,48 @@ def is_widget(kind, options) -> bool:
     return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
 
 
-def widget_names(info: dict) -> list[str | None]:
-    """The names behind a node's widgets_values, in order; None for values that are not inputs
-    (a seed's control_after_generate mode, LoadImage's upload button)."""
-    names = []
+@dataclass
+class Widget:
+    """One value of a node's widgets_values: its input name (None for a value that is not an input: a
+    seed's control_after_generate mode, LoadImage's upload button), spec, and the value."""
+
+    name: str | None
+    kind: object = None
+    options: dict | None = None
+    value: object = None
+
+
+def _walk_widgets(inputs: dict, order: dict | None, values: list, prefix: str, out: list, missing: list) -> None:
     for section in ("required", "optional"):
-        for name in info["input_order"].get(section, []):
-            kind, options, _ = _spec(info, name)
+        specs = inputs.get(section, {})
+        for name in (order or {}).get(section, list(specs)):
+            kind, options = specs[name][0], (specs[name][1] if len(specs[name]) > 1 else {})
             if not is_widget(kind, options):
                 continue
-            names.append(name)
-            if options.get("control_after_generate"):
-                names.append(None)
-            if options.get("image_upload"):
-                names.append(None)
-    return names
+            if not values:
+                missing.append((prefix + name, section == "optional"))
+                continue
+            out.append(Widget(prefix + name, kind, options, values.pop(0)))
+            for extra in ("control_after_generate", "image_upload"):
+                if options.get(extra) and values:
+                    out.append(Widget(None, value=values.pop(0)))
+            if kind == DYNAMIC_COMBO:
+                chosen = next((o for o in options.get("options", []) if o.get("key") == out[-1].value), None)
+                if chosen is not None:
+                    _walk_widgets(chosen.get("inputs", {}), None, values, f"{prefix}{name}.", out, missing)
+
+
+def node_widgets(info: dict, values: list) -> tuple[list[Widget], list, list[tuple[str, bool]]]:
+    """`values` (a node's widgets_values) matched to the node's widgets: (widgets, values left over,
+    widgets without a value as (name, optional))."""
+    out, missing, rest = [], [], list(values)
+    _walk_widgets(info["input"], info["input_order"], rest, "", out, missing)
+    return out, rest, missing
+
+
+def widget_names(info: dict) -> list[str | None]:
+    """The names behind the widgets_values of a node with plain widgets, in order (see `Widget`)."""
+    return [w.name for w in node_widgets(info, [None] * 10_000)[0]]
 
 
 def socket_type(info: dict, name: str) -> str:
@@ -61,6 +96,9 @@ def socket_type(info: dict, name: str) -> str:
 
 def _check_widget(node_type: str, name: str, kind, options: dict, value, file_combos=FILE_COMBOS) -> str | None:
     where = f"{node_type}.{name} = {value!r}"
+    if kind == DYNAMIC_COMBO:
+        keys = [o.get("key") for o in options.get("options", [])]
+        return None if value in keys else f"{where}: not one of {keys}"
     if isinstance(kind, list) or kind == "COMBO":
         choices = kind if isinstance(kind, list) else options.get("options", [])
         if (node_type, name) in file_combos or not choices:
@@ -105,15 +143,16 @@ def check_workflow(workflow: dict, infos: dict, file_combos=FILE_COMBOS) -> list
             problems.append(f"node {node['id']}: unknown type {kind!r}")
             continue
         info = infos[kind]
-        names = widget_names(info)
         values = node.get("widgets_values", [])
-        if len(values) != len(names):
-            problems.append(f"node {node['id']} {kind}: {len(values)} widget values for widgets {names}")
+        widgets, extra, missing = node_widgets(info, values)
+        required_missing = [name for name, optional in missing if not optional]
+        if extra or required_missing:
+            problems.append(f"node {node['id']} {kind}: {len(values)} widget values for widgets "
+                            f"{[w.name for w in widgets] + [name for name, _ in missing]}")
         else:
-            for name, value in zip(names, values):
-                if name is not None:
-                    spec_kind, options, _ = _spec(info, name)
-                    problem = _check_widget(kind, name, spec_kind, options, value, file_combos)
+            for w in widgets:
+                if w.name is not None:
+                    problem = _check_widget(kind, w.name, w.kind, w.options, w.value, file_combos)
                     if problem:
                         problems.append(f"node {node['id']}: {problem}")
         linked = set()
@@ -171,8 +210,8 @@ def to_api(workflow: dict, infos: dict) -> dict:
         if node["type"] in FRONTEND_ONLY or node.get("mode", 0) in (2, 4):
             continue
         info = infos[node["type"]]
-        inputs = {name: value for name, value in zip(widget_names(info), node.get("widgets_values", []))
-                  if name is not None}
+        widgets, _, _ = node_widgets(info, node.get("widgets_values", []))
+        inputs = {w.name: w.value for w in widgets if w.name is not None}
         for socket in node.get("inputs", []):
             if socket.get("link") is not None:
                 _, src, src_slot, _, _, _ = links[socket["link"]]
@@ -186,7 +225,8 @@ def set_widget(workflow: dict, node_type: str, name: str, value, infos: dict) ->
     found = False
     for node in workflow["nodes"]:
         if node["type"] == node_type:
-            index = widget_names(infos[node_type]).index(name)
+            widgets, _, _ = node_widgets(infos[node_type], node["widgets_values"])
+            index = [w.name for w in widgets].index(name)
             node["widgets_values"][index] = value
             found = True
     if not found:

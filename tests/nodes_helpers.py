@@ -52,6 +52,7 @@ def host(pack, comfy_models, tmp_path):
     h.progress_bars.clear()
     h.on_progress, h.previews, h.prompt_id = None, False, PROMPT_ID
     h.running.clear()
+    h.pending.clear()
     h._interrupt.clear()
     jobs.REGISTRY.clear()
     yield h

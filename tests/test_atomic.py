@@ -151,6 +151,28 @@ def test_retention_keeps_the_newest(tmp_path):
     assert again.save(state, source_image=source_image()).name.startswith("job-1_000007_")
 
 
+def test_hidden_autosaves_share_the_folder_and_its_count(tmp_path):
+    """Inside ComfyUI autosaves are hidden files: its asset scan (current ComfyUI: after every prompt)
+    skips names starting with "."; pause and other files stay visible; keep_last counts them all."""
+    from goan_core.resumefile import read_resume_file, retained_files
+
+    folder = RetentionFolder(tmp_path, "job-1", keep_last=3, hide_autosaves=True)
+    kinds = ["autosave", "autosave", "pause", "autosave", "failsafe"]
+    saved = [folder.save(make_state(section=n % 3), source_image=source_image(), kind=kind) for n, kind in enumerate(kinds)]
+    assert [p.name.startswith(".") for p in saved] == [k == "autosave" for k in kinds]
+    assert saved[0].name == ".job-1_000001_s0000_t000.goan_resume"
+    assert folder.files() == retained_files(folder.folder) == saved[-3:]  # the newest three, hidden or not
+    assert listing(folder.folder) == sorted(p.name for p in saved[-3:])  # no temp file left either
+    assert folder.newest_complete() == saved[-1]
+    assert read_resume_file(saved[3]).job_info["kind"] == "autosave"
+    stale = folder.folder / "..job-1_000009_s0009_t000.goan_resume.0badf00d.partial"  # a hidden file's temp file
+    stale.write_bytes(b"half a file")
+    assert folder.save(make_state(section=2), source_image=source_image()).name.startswith(".job-1_000006_")
+    assert not stale.exists()
+    plain = RetentionFolder(tmp_path, "job-2")  # the CLI's: every file visible
+    assert not plain.save(make_state(job_id="job-2"), source_image=source_image()).name.startswith(".")
+
+
 def test_newest_complete_skips_broken_and_partial_files(tmp_path):
     folder = RetentionFolder(tmp_path, "job-1", keep_last=5)
     good = folder.save(make_state(section=1), source_image=source_image())

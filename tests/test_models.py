@@ -392,3 +392,31 @@ def test_resolve_dtype():
     assert resolve_dtype("float32", "cuda") == torch.float32
     with pytest.raises(InputError, match="int8"):
         resolve_dtype("int8", "cpu")
+
+
+def _accelerator_error(message, code=None):
+    error = torch.AcceleratorError(message)
+    if code is not None:
+        error.error_code = code
+    return error
+
+
+@pytest.mark.parametrize("error, oom", [
+    (torch.OutOfMemoryError("CUDA out of memory"), True),
+    (_accelerator_error("CUDA error: out of memory", 2), True),
+    (_accelerator_error("CUDA error: out of memory"), True),
+    (_accelerator_error("CUDA error: an illegal memory access was encountered", 700), False),
+    (RuntimeError("out of memory"), False),  # not a device error: goan does not guess from a message alone
+])
+def test_out_of_memory_errors_are_recognised_and_pass_through_the_loader(tiny_models_root, monkeypatch, error, oom):
+    from goan_core.models import is_out_of_memory
+    from goan_core.models.loading import PARTS, load_part
+
+    assert is_out_of_memory(error) is oom
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(PARTS["image_encoder"].loader, "from_pretrained", fail)
+    with pytest.raises(type(error) if oom else ModelFolderError):
+        load_part(tiny_models_root / "image_encoder", "image_encoder", torch.float32)

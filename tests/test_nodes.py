@@ -164,6 +164,10 @@ def test_pause_save_load_resume_gives_identical_frames(host, loaded, image):
                     "filename": paused.path.name, "subfolder": f"goan_resume/{paused.state.job_id}",
                     "type": "output"}
     assert REGISTRY.jobs()[0]["status"] == "paused" and REGISTRY.jobs()[0]["file"]["filename"] == paused.path.name
+    # autosaves are hidden files, out of ComfyUI's asset scan; the pause file (an output of Save Resume) is not
+    (autosave,) = events(host, "goan.autosaved")
+    assert autosave["filename"].startswith(".") and autosave["subfolder"] == note["subfolder"]
+    assert (host.directory("output") / autosave["subfolder"] / autosave["filename"]).is_file()
 
     # the gate routes the paused state to the save branch and blocks the video branch
     gate_images, gate_fps, gate_state = N("GoanPauseGate").execute(paused, placeholder, 30.0)

@@ -4,6 +4,11 @@ The pack is loaded a second time, under another package name, while stand-in mod
 ComfyUI's (folder_paths, comfy.utils, comfy.model_management, comfy.latent_formats, latent_preview,
 comfy_execution.graph/utils, server) sit in sys.modules: the adapter must then pick the ComfyUI host,
 route every call there, and register the routes on PromptServer.instance.routes.
+
+The stand-ins have the shape of current ComfyUI (0.24 to 0.38): InterruptProcessingException is a BaseException and
+comfy.model_management classifies out-of-memory errors with `is_oom(e)` (torch's OutOfMemoryError, and an
+AcceleratorError with CUDA's allocation-failure code or an "out of memory" message); tests that need an
+older ComfyUI remove what it lacked.
 """
 
 from __future__ import annotations
@@ -16,19 +21,22 @@ import pytest
 import torch
 from aiohttp import web
 
+from nodes_helpers import JOB, comfy_models  # noqa: F401  (comfy_models: a fixture)
 from nodes_pack import load_pack
 
 NAME = "goan_pack_in_stub_comfy"
 
 
 class Stubs:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, models=None):
         self.sent, self.bars, self.emptied, self.unloaded, self.freed = [], [], 0, 0, []
         self.interrupt = False
+        self.interrupt_at = None  # a progress value at which the stand-in ComfyUI's Cancel is pressed
+        self.oom_checks = []  # what goan asked comfy.model_management.is_oom about
         self.tmp = tmp_path
         stubs = self
 
-        class InterruptProcessingException(Exception):
+        class InterruptProcessingException(BaseException):  # as in ComfyUI >= 0.24 (an Exception up to 0.12)
             pass
 
         class ProgressBar:
@@ -38,6 +46,8 @@ class Stubs:
 
             def update_absolute(self, value, total=None, preview=None):
                 self.values.append((value, total, preview))
+                if stubs.interrupt_at is not None and value >= stubs.interrupt_at:
+                    stubs.interrupt, stubs.interrupt_at = True, None
 
         class ExecutionBlocker:
             def __init__(self, message):
@@ -52,7 +62,10 @@ class Stubs:
                 self.last_prompt_id = "prompt-last"
                 self.prompt_queue = types.SimpleNamespace(
                     get_current_queue_volatile=lambda: ([(1, "prompt-run", {"5": {"class_type": "GoanSegmentSampler"}},
-                                                          {}, [])], []))
+                                                          {}, [])],
+                                                        [(3, "prompt-later", {"2": {"class_type": "KSampler"}}, {}, []),
+                                                         (2, "prompt-next", {"8": {"class_type": "GoanSegmentSampler"}},
+                                                          {}, [])]))
                 Server.instance = self
 
             def send_sync(self, event, data, sid=None):
@@ -69,6 +82,13 @@ class Stubs:
         def unload():
             stubs.unloaded += 1
 
+        def is_oom(error):
+            stubs.oom_checks.append(error)
+            if isinstance(error, torch.OutOfMemoryError):
+                return True
+            return isinstance(error, torch.AcceleratorError) and (
+                getattr(error, "error_code", None) == 2 or "out of memory" in str(error).lower())
+
         def free_memory(memory_required, device, keep_loaded=()):
             stubs.freed.append((memory_required, device))
             return []
@@ -82,7 +102,8 @@ class Stubs:
 
         self.InterruptProcessingException, self.ExecutionBlocker, self.Server = (
             InterruptProcessingException, ExecutionBlocker, Server)
-        folders = {"diffusers": [str(tmp_path / "models" / "diffusers")]}
+        models = models or tmp_path / "models"
+        folders = {"diffusers": [str(models / "diffusers")], "diffusion_models": [str(models / "diffusion_models")]}
         self.modules = {
             "folder_paths": types.SimpleNamespace(
                 get_folder_paths=lambda kind: folders[kind],
@@ -93,7 +114,7 @@ class Stubs:
             "comfy.model_management": types.SimpleNamespace(
                 InterruptProcessingException=InterruptProcessingException,
                 throw_exception_if_processing_interrupted=throw, get_torch_device=lambda: torch.device("cpu"),
-                soft_empty_cache=empty, unload_all_models=unload, OOM_EXCEPTION=torch.OutOfMemoryError,
+                soft_empty_cache=empty, unload_all_models=unload, OOM_EXCEPTION=torch.OutOfMemoryError, is_oom=is_oom,
                 free_memory=free_memory, VRAMState=VRAMState, vram_state=VRAMState.NORMAL_VRAM,
                 args=types.SimpleNamespace(reserve_vram=None, lowvram=False, novram=False), current_loaded_models=[]),
             "comfy.latent_formats": types.SimpleNamespace(HunyuanVideo=lambda: "hunyuan-format"),
@@ -112,16 +133,33 @@ class Stubs:
         self.modules["comfy_execution"].utils = self.modules["comfy_execution.utils"]
 
 
-@pytest.fixture
-def comfy(tmp_path, monkeypatch):
-    stubs = Stubs(tmp_path)
+def _pack_in_stub_comfy(stubs, monkeypatch):
     for name, module in stubs.modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     stubs.server = stubs.Server()
-    pack = load_pack(NAME)
-    yield stubs, pack
+    return load_pack(NAME)
+
+
+def _unload_pack():
     for name in [m for m in sys.modules if m == NAME or m.startswith(NAME + ".")]:
         del sys.modules[name]
+
+
+@pytest.fixture
+def comfy(tmp_path, monkeypatch):
+    stubs = Stubs(tmp_path)
+    pack = _pack_in_stub_comfy(stubs, monkeypatch)
+    yield stubs, pack
+    _unload_pack()
+
+
+@pytest.fixture
+def comfy_with_models(tmp_path, monkeypatch, comfy_models):
+    """The stand-in ComfyUI with the tiny models in its model folders."""
+    stubs = Stubs(tmp_path, models=comfy_models)
+    pack = _pack_in_stub_comfy(stubs, monkeypatch)
+    yield stubs, pack
+    _unload_pack()
 
 
 def test_the_comfyui_host_is_chosen_and_routes_registered(comfy):
@@ -138,6 +176,10 @@ def test_the_comfyui_host_is_chosen_and_routes_registered(comfy):
     assert host.torch_device() == torch.device("cpu")
     assert host.current_prompt_id() == "prompt-ctx"
     assert host.running_prompts() == {"prompt-run": {"5": {"class_type": "GoanSegmentSampler"}}}
+    assert list(host.pending_prompts()) == ["prompt-next", "prompt-later"]  # queue order: by number
+    assert sys.modules[NAME + ".nodes.jobs"].queued_goan_prompts() == [
+        {"prompt_id": "prompt-run", "node_id": "5", "running": True},
+        {"prompt_id": "prompt-next", "node_id": "8", "running": False}]
 
 
 def test_comfyui_calls_go_through_the_host(comfy):
@@ -158,6 +200,87 @@ def test_comfyui_calls_go_through_the_host(comfy):
     assert host.is_oom(torch.OutOfMemoryError("x"))
     host.release_memory()
     assert stubs.emptied == 1 and stubs.unloaded == 0
+
+
+# -- Cancel and out of memory through ComfyUI's own exception and classifier (issue 17) -----------------
+
+
+def _run_sampler_in_stub_comfy(stubs):
+    """Load the tiny models through the stub-hosted pack's loader nodes and run its sampler on JOB."""
+    from goan_core.media import demo_image
+    from goan_core.models.tiny import TINY_TRANSFORMER_FILE
+
+    nodes = sys.modules[NAME + ".nodes"].NODE_CLASS_MAPPINGS
+    types_ = sys.modules[NAME + ".nodes.types"]
+    (transformer,) = nodes["GoanTransformerLoader"]().execute(TINY_TRANSFORMER_FILE, "float32", "auto")
+    (vae,) = nodes["GoanVAELoader"]().execute("goan_tiny", "float32")
+    (text,) = nodes["GoanTextEncoderLoader"]().execute("goan_tiny", "float32")
+    (image_encoder,) = nodes["GoanImageEncoderLoader"]().execute("goan_tiny", "float32")
+    return nodes["GoanSegmentSampler"]().execute(
+        **dict(JOB, autosave_every=0), transformer=transformer, text_encoders=text, image_encoder=image_encoder,
+        goan_vae=vae, image=types_.uint8_to_image(demo_image()), unique_id="7")
+
+
+def _failsafe_event(stubs):
+    (event,) = [data for name, data, _ in stubs.sent if name == "goan.paused"]
+    assert event["kind"] == "failsafe" and event["prompt_id"] == "prompt-ctx"
+    path = stubs.tmp / "out" / event["subfolder"] / event["filename"]
+    assert path.is_file()
+    return event, path
+
+
+def test_comfyuis_cancel_a_base_exception_writes_the_failsafe_file_and_propagates(comfy_with_models):
+    stubs, pack = comfy_with_models
+    assert not issubclass(stubs.InterruptProcessingException, Exception)
+    stubs.interrupt_at = 2  # Cancel pressed once the bar shows two steps done
+    with pytest.raises(stubs.InterruptProcessingException) as caught:
+        _run_sampler_in_stub_comfy(stubs)
+    assert any("progress saved to" in note for note in getattr(caught.value, "__notes__", []))
+    event, path = _failsafe_event(stubs)
+    (job,) = sys.modules[NAME + ".nodes.jobs"].REGISTRY.jobs()
+    assert job["status"] == "stopped" and job["error"] == "cancelled" and job["file"]["filename"] == path.name
+    data = sys.modules[NAME + ".goan_core.resumefile"].read_resume_file(path)
+    assert data.job_info["kind"] == "failsafe" and data.state.steps_done == 2
+
+
+def _accelerator_oom():
+    error = torch.AcceleratorError("CUDA error: out of memory")
+    error.error_code = 2  # cudaErrorMemoryAllocation, as torch sets it on a real one
+    return error
+
+
+@pytest.mark.parametrize("make_error", [lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                        _accelerator_oom], ids=["OutOfMemoryError", "AcceleratorError"])
+def test_out_of_memory_of_both_kinds_writes_the_failsafe_file_and_says_so(comfy_with_models, monkeypatch, make_error):
+    stubs, pack = comfy_with_models
+    engine = sys.modules[NAME + ".goan_core.sampling.engine"].Engine
+    real_step, calls = engine.step, []
+
+    def step(self, state):
+        calls.append(state.steps_done)
+        if len(calls) == 3:
+            raise make_error()
+        return real_step(self, state)
+
+    monkeypatch.setattr(engine, "step", step)
+    error_type = type(make_error())
+    with pytest.raises(error_type):
+        _run_sampler_in_stub_comfy(stubs)
+    event, path = _failsafe_event(stubs)
+    (job,) = sys.modules[NAME + ".nodes.jobs"].REGISTRY.jobs()
+    assert job["status"] == "failed" and job["error"].startswith("out of memory: ") and job["file"] is not None
+    assert [type(e) for e in stubs.oom_checks] == [error_type]  # ComfyUI's classifier was the one asked
+    assert sys.modules[NAME + ".goan_core.resumefile"].read_resume_file(path).state.steps_done == 2
+
+
+def test_older_comfyui_without_is_oom_still_knows_both_kinds(comfy, monkeypatch):
+    stubs, pack = comfy
+    monkeypatch.delattr(stubs.modules["comfy.model_management"], "is_oom")
+    host = sys.modules[NAME + ".nodes.adapter"].HOST
+    assert host.is_oom(torch.OutOfMemoryError("x")) and host.is_oom(_accelerator_oom())
+    assert host.is_oom(torch.AcceleratorError("CUDA error: out of memory"))  # no code, the message says it
+    assert not host.is_oom(torch.AcceleratorError("CUDA error: an illegal memory access was encountered"))
+    assert not host.is_oom(RuntimeError("out of memory")) and not host.is_oom(stubs.InterruptProcessingException())
 
 
 def test_pause_route_finds_a_running_prompt_through_comfyui(comfy):

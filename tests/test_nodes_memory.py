@@ -192,3 +192,60 @@ def test_plain_host_without_a_device_claims_nothing_on_the_cpu(host, loaded, ima
     job, _, _ = run_sampler(loaded, image, autosave_every=0)
     assert job.status == "finished" and host.memory_calls == []
     assert host.memory_budget(3.5).gpu_memory_preservation == 3.5 and host.memory_budget(3.5).mode == "normal"
+
+
+# -- ComfyUI's RAM-pressure cache sees goan's outputs at their real size (issue 17 item 2) -----------------
+
+def ram_pressure_size(outputs) -> int:
+    """The bytes current ComfyUI's RAM-pressure cache (comfy_execution/caching.py, 0.34 and later) counts for
+    one cached node output: CPU tensors found in lists, tuples and mappings, each storage once, and the
+    tensors an object lists through its `_comfy_cache_tensors()` hook; anything else counts as nothing."""
+    from collections.abc import Mapping
+
+    seen, total = set(), 0
+
+    def scan(value):
+        nonlocal total
+        if isinstance(value, Mapping):
+            value = list(value.values())
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                scan(item)
+        elif isinstance(value, torch.Tensor):
+            if value.device.type == "cpu":
+                storage = value.untyped_storage()
+                key = (storage.data_ptr(), storage.nbytes())
+                if key not in seen:
+                    seen.add(key)
+                    total += storage.nbytes()
+        elif hasattr(value, "_comfy_cache_tensors"):
+            scan(value._comfy_cache_tensors())
+
+    scan(outputs)
+    return total
+
+
+def weight_bytes(*modules) -> int:
+    storages = {(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+                for m in modules for t in [*m.parameters(), *m.buffers()]}
+    return sum(nbytes for _, nbytes in storages)
+
+
+def test_goans_outputs_report_their_size_to_comfyuis_ram_pressure_cache(loaded, image, host):
+    transformer, vae, text, image_encoder = loaded
+    # a cache entry's outputs: one list per output slot, as ComfyUI stores them
+    assert ram_pressure_size([[transformer]]) == weight_bytes(transformer.model) > 0
+    assert ram_pressure_size([[vae]]) == weight_bytes(vae.model) > 0
+    assert ram_pressure_size([[text]]) == weight_bytes(text.models.text_encoder, text.models.text_encoder_2) > 0
+    assert ram_pressure_size([[image_encoder]]) == weight_bytes(image_encoder.models.image_encoder) > 0
+    job, images, fps = run_sampler(loaded, image, autosave_every=0)
+    state = job.state
+    own = ram_pressure_size([[job]])
+    assert own >= state.history_latents.nbytes + state.conditioning.prompt_embeds.nbytes
+    assert own == ram_pressure_size([list(state.held_tensors())])
+    assert ram_pressure_size([[job], [images], [fps]]) == own + images.nbytes  # the frames count once, natively
+
+    class Opaque:  # what every goan output was to the cache before: nothing
+        model = transformer.model
+
+    assert ram_pressure_size([[Opaque()]]) == 0

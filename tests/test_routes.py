@@ -202,6 +202,21 @@ def test_jobs_lists_running_first_then_recent(host):
     assert body["jobs"][2]["file"]["filename"] == "a.goan_resume"
 
 
+def test_jobs_names_the_goan_prompts_in_comfyuis_queue(host):
+    """What ComfyUI's native job list (GET /api/jobs) cannot say: which queued prompts hold a goan sampler."""
+    host.running["p-run"] = {"1": {"class_type": "LoadImage"}, "4": {"class_type": "GoanSegmentSampler"}}
+    host.pending["p-next"] = {"9": {"class_type": "GoanSegmentSampler"}}
+    host.pending["p-other"] = {"1": {"class_type": "KSampler"}}
+    host.pending["p-broken"] = ["not", "a", "prompt"]
+
+    async def scenario(client):
+        response = await client.get("/goan/jobs")
+        return await response.json()
+
+    assert serve(scenario) == {"jobs": [], "queue": [{"prompt_id": "p-run", "node_id": "4", "running": True},
+                                                     {"prompt_id": "p-next", "node_id": "9", "running": False}]}
+
+
 def test_jobs_keeps_only_recent_ones(host):
     from goan_pack.nodes.jobs import REGISTRY
 

@@ -47,7 +47,8 @@ class Job:
 class RunSettings:
     """Where a run writes its resume files and how often.
 
-    Files go to `output_dir/goan_resume/<job id>/`, the newest `keep_last` kept; `pause_at`
+    Files go to `output_dir/goan_resume/<job id>/`, the newest `keep_last` kept, autosaves as hidden
+    files with `hide_autosaves` (ComfyUI: see resumefile.retention); `pause_at`
     (section, step) pauses there (scripted runs, tests, the demo). `gpu_memory_preservation` is
     FramePack's: GB to keep free on the compute device; transformer blocks that do not fit in the
     rest stream per forward pass (`models.offload`). `accelerator` stands in for the device (the
@@ -70,6 +71,7 @@ class RunSettings:
     attention: str = "auto"
     compile: bool = False
     compile_backend: str = COMPILE_BACKEND
+    hide_autosaves: bool = False
 
 
 def run_attention(transformer: Transformer, settings: RunSettings) -> AttentionChoice:
@@ -177,7 +179,8 @@ def run_job(job: Job, transformer: Transformer, settings: RunSettings, *, contro
         raise InputError("the job's LoRAs are not the transformer's: make or continue it with this transformer "
                          "(create_job / continue_job with loras=transformer.lora_uses())")
     attention = run_attention(transformer, settings)
-    folder = RetentionFolder(settings.output_dir, state.job_id, settings.keep_last)
+    folder = RetentionFolder(settings.output_dir, state.job_id, settings.keep_last,
+                             hide_autosaves=settings.hide_autosaves)
     # Natively conditioned jobs keep their embeddings whatever the settings: nothing else records them.
     embeddings = settings.include_embeddings or state.params.prompt_source == "native"
     saver = JobSaver(folder, job.source_image, job.workflow, include_embeddings=embeddings,

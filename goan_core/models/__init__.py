@@ -8,7 +8,8 @@ the transformer's blocks compute during a run (the attention kernel, optional to
 from .attention import (ATTENTION_CHOICES, SDPA, AttentionChoice, AttentionTarget, attention_applied, attention_for,
                         choose_attention, usable_backends)
 from .compilation import COMPILE_BACKEND, check_compiler, compiled_blocks
-from .devices import ModelDtypes, dtype_name, is_on, model_dtypes, resolve_device, resolve_dtype, role_dtype
+from .devices import (ModelDtypes, dtype_name, is_on, is_out_of_memory, model_dtypes, resolve_device, resolve_dtype,
+                      role_dtype)
 from .encoders import PROMPT_EMBED_LENGTH, PROMPT_TOKENS, crop_or_pad
 from .handles import VAE, ImageEncoder, TextEncoders, Transformer
 from .identity import identity_mismatch, lora_difference, model_identity
@@ -32,7 +33,7 @@ __all__ = ["ATTENTION_CHOICES", "SDPA", "AttentionChoice", "AttentionTarget", "a
            "TRANSFORMER_CLASS_NAMES", "USUAL_FILES", "ALTERNATIVE_FILES", "UsualFile", "usual_file", "ModelFiles",
            "load_vae_file", "VAE", "WEIGHT_DTYPE_CHOICES", "ImageEncoder", "ModelSet", "TextEncoders",
            "Transformer", "ModelDtypes", "model_dtypes", "role_dtype", "dtype_name", "apply_fp32_output",
-           "fp32_output_applied", "apply_weight_dtype", "configure_precision", "crop_or_pad", "default_tiny_root", "identity_mismatch", "is_on",
+           "fp32_output_applied", "apply_weight_dtype", "configure_precision", "crop_or_pad", "default_tiny_root", "identity_mismatch", "is_on", "is_out_of_memory",
            "Lora", "lora_difference", "loras_applied", "read_lora",
            "load_model_set", "load_part",
            "load_parts", "load_transformer_file", "model_identity", "resolve_device", "resolve_dtype",

@@ -136,3 +136,20 @@ def is_on(module: torch.nn.Module, device: torch.device | str) -> bool:
     if first is None or first.device.type != device.type:
         return False
     return device.index is None or first.device.index == device.index
+
+
+# cudaErrorMemoryAllocation: the CUDA runtime's code for a failed allocation, which torch reports as an
+# AcceleratorError (torch >= 2.8) when it surfaces outside the caching allocator (inside a kernel, cuBLAS).
+CUDA_ERROR_MEMORY_ALLOCATION = 2
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says the device ran out of memory: torch's OutOfMemoryError, or an AcceleratorError
+    carrying CUDA's allocation-failure code or an "out of memory" message. Inside ComfyUI, its own
+    classifier (`comfy.model_management.is_oom`) is asked first (see nodes/adapter.py)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is None or not isinstance(error, accelerator_error):
+        return False
+    return getattr(error, "error_code", None) == CUDA_ERROR_MEMORY_ALLOCATION or "out of memory" in str(error).lower()

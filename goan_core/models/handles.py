@@ -7,6 +7,10 @@ by ComfyUI's (see `nodes/native.py` for those).
 The VAE and encoder handles carry the memory budget they run under: `gpu_memory_preservation` (GB kept
 free on the device, FramePack's default 6) and `accelerator` (None: the real device; the counting fake
 of tests). An encoder that does not fit streams its layers, the VAE tiles when short (`encoder_offload`).
+
+Every handle answers `_comfy_cache_tensors()` with its weights: the hook ComfyUI's RAM-pressure cache
+(ComfyUI >= 0.34) calls on a cached node output to learn its size from its CPU tensors; without it a
+multi-GB model counts as almost nothing and stays cached while everything else is evicted first.
 """
 
 from __future__ import annotations
@@ -31,8 +35,26 @@ from .precision import fp32_output_applied
 from .storage import weight_storage_name
 
 
+def _module_tensors(holders) -> list[torch.Tensor]:
+    """The parameters and buffers of every torch module among `holders` (tokenizers and None hold none)."""
+    found: list[torch.Tensor] = []
+    for holder in holders:
+        if isinstance(holder, torch.nn.Module):
+            found += list(holder.parameters()) + list(holder.buffers())
+    return found
+
+
+class _Weights:
+    """A handle's weights as memory: `model`, or every model of a ModelSet `models`."""
+
+    def _comfy_cache_tensors(self) -> list[torch.Tensor]:
+        """Every weight tensor of the handle, wherever it is (the cache counts the CPU ones)."""
+        models = getattr(self, "models", None)
+        return _module_tensors([getattr(self, "model", None), *(vars(models).values() if models is not None else ())])
+
+
 @dataclass(frozen=True)
-class Transformer:
+class Transformer(_Weights):
     """The FramePack transformer, where it computes, and whether its patch embeds run in fp32.
 
     `dtype` is the compute dtype; the matmul weights may be stored narrower (fp8, see `storage`).
@@ -78,7 +100,7 @@ class Transformer:
 
 
 @dataclass(frozen=True)
-class VAE:
+class VAE(_Weights):
     """The HunyuanVideo VAE: start image to latent, latents to pixels."""
 
     model: Any
@@ -106,7 +128,7 @@ class VAE:
 
 
 @dataclass(frozen=True)
-class TextEncoders:
+class TextEncoders(_Weights):
     """HunyuanVideo's Llama and CLIP text encoders with their tokenizers."""
 
     models: ModelSet  # text_encoder, text_encoder_2, tokenizer, tokenizer_2
@@ -122,7 +144,7 @@ class TextEncoders:
 
 
 @dataclass(frozen=True)
-class ImageEncoder:
+class ImageEncoder(_Weights):
     """The SigLIP image encoder with its processor."""
 
     models: ModelSet  # image_encoder, feature_extractor

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
 
 from ..errors import ModelFolderError, some_names
-from .devices import ModelDtypes
+from .devices import ModelDtypes, is_out_of_memory
 from .encoder_files import load_clip_file, load_llama_file, load_siglip_file, siglip_processor
 from .single_file import TRANSFORMER_CLASS_NAMES, load_transformer_file
 from .storage import apply_weight_dtype
@@ -198,9 +198,9 @@ def load_part(folder: Path, name: str, dtype: torch.dtype) -> Any:
             str(folder), local_files_only=True, use_safetensors=True, output_loading_info=True,
             **{DTYPE_KEYWORD[part.kind]: dtype},
         )
-    except torch.OutOfMemoryError:
-        raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as e:
+        if is_out_of_memory(e):  # not a broken folder: the caller's memory handling decides
+            raise
         raise ModelFolderError(f"{folder}: cannot load {part.what} from it ({e})") from e
     mismatched = {k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]}
     broken = sorted(set(info["missing_keys"]) | mismatched)

@@ -1,4 +1,10 @@
-"""Rolling retention: the newest K resume files of one job in `<output>/goan_resume/<job_id>/`."""
+"""Rolling retention: the newest K resume files of one job in `<output>/goan_resume/<job_id>/`.
+
+Autosaves may be hidden files (`hide_autosaves`: a leading "."): inside ComfyUI the output folder is
+scanned into its asset catalogue (current ComfyUI does so after every prompt; it skips hidden names),
+and every rotated autosave would stay there as a "missing" asset, hashed too with
+--enable-asset-hashing. They count towards `keep_last` like any other file of the job.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from .writer import write_resume_file
 RETENTION_DIR = "goan_resume"
 log = logging.getLogger("goan")
 
-_RETAINED = re.compile(r"(?P<job>.+)_(?P<seq>\d{6,})_s(?P<section>\d+)_t(?P<step>\d+)" + re.escape(RESUME_SUFFIX))
+HIDDEN = "."  # the prefix of a hidden file's name (a job id never starts with it)
+_RETAINED = re.compile(r"\.?(?P<job>[^.].*)_(?P<seq>\d{6,})_s(?P<section>\d+)_t(?P<step>\d+)" + re.escape(RESUME_SUFFIX))
 # the temp file atomic.py writes a retained file through: `.<retained name>.<8 hex>.partial`
 _PARTIAL = re.compile(r"\." + _RETAINED.pattern + r"\.[0-9a-f]{8}" + re.escape(PARTIAL_SUFFIX))
 STALE_PARTIAL_SECONDS = 600.0  # a live writer touches its temp file far more often than this
@@ -31,11 +38,11 @@ def _sequence(path: Path) -> int | None:
 
 
 def retained_files(folder: str | Path) -> list[Path]:
-    """Complete resume files of a retention folder, oldest first (by sequence number)."""
+    """Complete resume files of a retention folder (hidden autosaves included), oldest first (by sequence number)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if not p.name.startswith(".") and _sequence(p) is not None]
+    found = [p for p in folder.iterdir() if _sequence(p) is not None]
     return sorted(found, key=_sequence)
 
 
@@ -106,9 +113,10 @@ class RetentionFolder:
     (locked, antivirus, permissions) is logged as a warning and listed in `cleanup_warnings`.
     Creating one also sweeps stale temp files out of every job folder beside it (a job killed
     during its first save and never resumed leaves one; see `sweep_stale_partials`).
+    With `hide_autosaves` autosaves are hidden files, `.<job_id>_<seq>_...` (see the module's docstring).
     """
 
-    def __init__(self, output_dir: str | Path, job_id: str, keep_last: int = 3):
+    def __init__(self, output_dir: str | Path, job_id: str, keep_last: int = 3, *, hide_autosaves: bool = False):
         if not isinstance(job_id, str) or not SAFE_NAME.fullmatch(job_id):
             raise InputError(f"job id {job_id!r} cannot name a folder: use letters, digits, '.', '_' "
                              "and '-' (at most 128, not starting with '.')")
@@ -116,16 +124,18 @@ class RetentionFolder:
             raise InputError(f"keep_last must be a whole number of at least 1, got {keep_last!r}")
         self.job_id = job_id
         self.keep_last = keep_last
+        self.hide_autosaves = hide_autosaves
         self.folder = Path(output_dir) / RETENTION_DIR / job_id
         self.cleanup_warnings: list[str] = sweep_stale_partials(self.folder.parent)
 
     def files(self) -> list[Path]:
         return retained_files(self.folder)
 
-    def next_path(self, section: int, step: int) -> Path:
+    def next_path(self, section: int, step: int, hidden: bool = False) -> Path:
         existing = [_sequence(p) for p in self.files()]
         seq = max(existing, default=0) + 1
-        return self.folder / f"{self.job_id}_{seq:06d}_s{section:04d}_t{step:03d}{RESUME_SUFFIX}"
+        prefix = HIDDEN if hidden else ""
+        return self.folder / f"{prefix}{self.job_id}_{seq:06d}_s{section:04d}_t{step:03d}{RESUME_SUFFIX}"
 
     def save(self, state: JobState, *, source_image, workflow=None, include_embeddings: bool = True,
              kind: FileKind | str = FileKind.AUTOSAVE, run: dict | None = None) -> Path:
@@ -137,7 +147,8 @@ class RetentionFolder:
         except OSError as exc:
             raise write_error(self.folder, exc) from exc
         self._remove_stale_partials()
-        path = write_resume_file(state, self.next_path(state.section, state.step_in_section),
+        hidden = self.hide_autosaves and FileKind(kind) is FileKind.AUTOSAVE
+        path = write_resume_file(state, self.next_path(state.section, state.step_in_section, hidden),
                                  source_image=source_image, workflow=workflow,
                                  include_embeddings=include_embeddings, kind=kind, run=run)
         self._prune()
@@ -157,9 +168,9 @@ class RetentionFolder:
 
     def _remove_stale_partials(self) -> None:
         """Temp files left by a writer that was killed mid-save (never complete, never read)."""
-        prefix = f".{self.job_id}_"
         for leftover in self._cleanup_files():
-            if leftover.name.startswith(prefix) and is_partial(leftover):
+            match = _PARTIAL.fullmatch(leftover.name)
+            if match is not None and match["job"] == self.job_id and is_partial(leftover):
                 self._remove(leftover)
 
     def _cleanup_files(self) -> list[Path]:

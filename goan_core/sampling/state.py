@@ -103,6 +103,18 @@ class JobState:
     def total_steps(self) -> int:
         return self.plan.total_sections * self.params.steps
 
+    def held_tensors(self) -> list[torch.Tensor]:
+        """Every tensor this state holds (history, latents, generator, sampler, embeddings, TeaCache):
+        what it costs in memory, e.g. for ComfyUI's RAM-pressure cache (see nodes/types.py)."""
+        held = [self.history_latents, self.start_latent, self.generator_state]
+        if self.sampler is not None:
+            held += [self.sampler.x, *self.sampler.model_outputs]
+        if self.conditioning is not None:
+            held += list(self.conditioning.tensors().values())
+        for cache in (self.teacache or {}).values():
+            held += [t for t in (cache.modulated, cache.residual) if t is not None]
+        return held
+
     def release_device(self) -> None:
         """Move what a run kept on the compute device (TeaCache's caches) back to the CPU."""
         if self.teacache is not None:

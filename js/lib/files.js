@@ -75,12 +75,13 @@ export function baseName(path) {
 }
 
 /**
- * The name the browser saves a resume file under: the server's file name without folders,
- * characters that file systems reject replaced by "_", always ending in ".goan_resume".
+ * The name the browser saves a resume file under: the server's file name without folders and
+ * without the leading dots of a hidden file (autosaves are hidden inside ComfyUI), characters that
+ * file systems reject replaced by "_", always ending in ".goan_resume".
  */
 export function downloadName(file) {
   const raw = baseName(file && file.filename) || "goan";
-  let name = raw.replace(/[<>:"|?*\u0000-\u001f]/g, "_").trim();
+  let name = raw.replace(/[<>:"|?*\u0000-\u001f]/g, "_").trim().replace(/^\.+(?=[^.])/, "");
   if (!name || name === "." || name === "..") name = "goan";
   if (!isResumeName(name)) name += RESUME_EXT;
   return name;

@@ -69,41 +69,148 @@ function normFile(f) {
 }
 
 /**
- * Merge ComfyUI's GET /queue answer ({queue_running, queue_pending}; items are
- * [number, prompt_id, prompt, extra_data, outputs]). Goan prompts that are pending become
- * "queued"; the running one becomes "running" unless it is already pausing or has ended.
- * A job that was queued or running but is in neither list any more has left the queue: it is
- * left as is (the events or /goan/jobs say how it ended), except a queued one that never ran,
- * which is marked "cancelled".
+ * Goan jobs in ComfyUI's queue ({promptId, number, nodeId, running}): a pending one becomes "queued",
+ * a running one "running" unless it is already pausing or has ended.
  */
-export function applyQueue(state, queue) {
+function mergeQueued(state, entries) {
   let s = state;
-  const seen = new Set();
-  const take = (items, running) => {
-    for (const item of items || []) {
-      if (!Array.isArray(item) || item.length < 3) continue;
-      const [number, promptId, prompt] = item;
-      if (!promptHasSampler(prompt)) continue;
-      seen.add(promptId);
-      const prev = s.jobs[promptId];
-      const patch = { number, node_id: (prev && prev.node_id) || samplerNodeId(prompt) };
-      if (running) {
-        if (!prev || prev.status === STATUS.QUEUED) patch.status = STATUS.RUNNING;
-      } else if (!prev) {
-        patch.status = STATUS.QUEUED;
-      }
-      s = put(s, promptId, patch);
+  for (const { promptId, number, nodeId, running } of entries) {
+    const prev = s.jobs[promptId];
+    const patch = { number: number ?? (prev ? prev.number : null), node_id: (prev && prev.node_id) || nodeId };
+    if (running) {
+      if (!prev || prev.status === STATUS.QUEUED) patch.status = STATUS.RUNNING;
+    } else if (!prev) {
+      patch.status = STATUS.QUEUED;
     }
-  };
-  take(queue && queue.queue_running, true);
-  take(queue && queue.queue_pending, false);
-  for (const id of s.order) {
-    const job = s.jobs[id];
-    if (!seen.has(id) && job.status === STATUS.QUEUED && job.step === null) {
-      s = put(s, id, { status: STATUS.CANCELLED });
-    }
+    s = put(s, promptId, patch);
   }
   return s;
+}
+
+/** Queued jobs that never ran and are no longer among `activeIds` (the prompts in ComfyUI's queue). */
+export function jobsLeftQueue(state, activeIds) {
+  return state.order.filter((id) => {
+    const job = state.jobs[id];
+    return job.status === STATUS.QUEUED && job.step === null && !activeIds.has(id);
+  });
+}
+
+/**
+ * Merge ComfyUI's GET /queue answer ({queue_running, queue_pending}; items are
+ * [number, prompt_id, prompt, extra_data, outputs]): servers without the job API. A job that was
+ * queued or running but is in neither list any more has left the queue: it is left as is (the
+ * events or /goan/jobs say how it ended), except a queued one that never ran, which is marked
+ * "cancelled" (this answer cannot say more).
+ */
+export function applyQueue(state, queue) {
+  const entries = [];
+  for (const [items, running] of [[queue && queue.queue_running, true], [queue && queue.queue_pending, false]]) {
+    for (const item of items || []) {
+      if (!Array.isArray(item) || item.length < 3 || !promptHasSampler(item[2])) continue;
+      entries.push({ promptId: item[1], number: item[0], nodeId: samplerNodeId(item[2]), running });
+    }
+  }
+  let s = mergeQueued(state, entries);
+  for (const id of jobsLeftQueue(s, new Set(entries.map((e) => e.promptId)))) s = put(s, id, { status: STATUS.CANCELLED });
+  return s;
+}
+
+// ---- ComfyUI's job API (GET /api/jobs, GET /api/jobs/{id}, POST /api/jobs/{id}/cancel) -----------
+
+/** The job API's statuses, and the goan status each stands for where goan's server knows nothing better. */
+const NATIVE_STATUS = {
+  pending: STATUS.QUEUED,
+  in_progress: STATUS.RUNNING,
+  completed: STATUS.FINISHED,
+  failed: STATUS.FAILED,
+  cancelled: STATUS.CANCELLED,
+};
+
+/** The job list request: only what is in the queue (pending or running). */
+export const NATIVE_ACTIVE_JOBS = "/jobs?status=in_progress,pending";
+
+/**
+ * What an answer ({ok, status, json}) to GET /api/jobs says about the server: true when it has
+ * ComfyUI's job API (a 2xx with a `jobs` list), false when it has not (404: an older ComfyUI), null
+ * when this answer cannot tell (a server error, no answer): ask again later.
+ */
+export function jobsApiPresent(res) {
+  if (!res) return null;
+  if (res.ok) return !!(res.json && Array.isArray(res.json.jobs));
+  return res.status === 404 || res.status === 405 ? false : null;
+}
+
+/**
+ * Merge ComfyUI's job list (`payload`: GET /api/jobs, {jobs: [{id, status, priority, ...}]}) with
+ * goan's word on which queued prompts are goan jobs (`goanQueue`: /goan/jobs `queue`,
+ * [{prompt_id, node_id, running}]; the job list does not say what a prompt holds). Returns the new
+ * state and `left`: queued jobs that never ran and are in neither list, whose end GET /api/jobs/{id}
+ * tells (`applyNativeJob`).
+ */
+export function applyNativeQueue(state, payload, goanQueue) {
+  const native = new Map();
+  for (const j of (payload && payload.jobs) || []) if (j && j.id) native.set(j.id, j);
+  const entries = [];
+  for (const g of goanQueue || []) {
+    if (!g || !g.prompt_id) continue;
+    const j = native.get(g.prompt_id);
+    if (j && !(j.status === "pending" || j.status === "in_progress")) continue; // it has ended: the lookup says how
+    entries.push({
+      promptId: g.prompt_id,
+      number: j && Number.isFinite(j.priority) ? j.priority : undefined,
+      nodeId: g.node_id != null ? String(g.node_id) : null,
+      running: j ? j.status === "in_progress" : !!g.running,
+    });
+  }
+  const s = mergeQueued(state, entries);
+  const active = new Set([...native.keys(), ...entries.map((e) => e.promptId)]);
+  return { state: s, left: jobsLeftQueue(s, active) };
+}
+
+/**
+ * Apply GET /api/jobs/{id} ({ok, status, json}) to a queued job that left the queue without running
+ * goan's sampler: 404 (the server no longer knows it: removed from the queue) and "cancelled" make it
+ * cancelled, "failed" failed (with ComfyUI's message), "completed" finished (e.g. a cached result).
+ */
+export function applyNativeJob(state, promptId, res) {
+  const job = state.jobs[promptId];
+  if (!job || job.status !== STATUS.QUEUED || !res) return state;
+  if (res.status === 404) return update(state, promptId, { status: STATUS.CANCELLED });
+  const status = res.ok && res.json ? NATIVE_STATUS[res.json.status] : undefined;
+  if (!status || status === STATUS.QUEUED) return state;
+  const patch = { status };
+  if (status === STATUS.FAILED) {
+    const err = res.json.execution_error;
+    patch.error = (err && err.exception_message) || "execution error";
+  }
+  return update(state, promptId, patch);
+}
+
+/**
+ * The request that cancels `job`: ComfyUI's POST /api/jobs/{id}/cancel (state-agnostic, and it
+ * interrupts only if this very job still runs) when `native`; else POST /queue {delete} for a queued
+ * job and POST /interrupt {prompt_id} for a running one. The job list came before the cancel route
+ * (ComfyUI 0.12 lists jobs, 0.27 cancels them): use `native` while the cancel route has not answered
+ * 404 (`cancelRouteMissing`).
+ */
+export function cancelRequest(job, native) {
+  const id = job.prompt_id;
+  if (native) return { path: `/jobs/${encodeURIComponent(id)}/cancel`, json: {} };
+  if (job.status === STATUS.QUEUED) return { path: "/queue", json: { delete: [id] } };
+  return { path: "/interrupt", json: { prompt_id: id } };
+}
+
+/** True when an answer to POST /api/jobs/{id}/cancel says the server has no such route. */
+export function cancelRouteMissing(res) {
+  return !!res && (res.status === 404 || res.status === 405);
+}
+
+/**
+ * What a successful cancel answer means: "cancelled", or "ended" when the job API says there was
+ * nothing to cancel ({cancelled: false}: the job had already finished).
+ */
+export function cancelOutcome(json, native) {
+  return native && json && json.cancelled === false ? "ended" : "cancelled";
 }
 
 /** Merge the server's GET /goan/jobs answer: the server is authoritative for the jobs it knows. */

@@ -12,6 +12,30 @@ export function toastLife(severity, life) {
   return severity === "error" ? ERROR_LIFE : DEFAULT_LIFE;
 }
 
+// The frontend's toast methods (extensionManager.toast.success/error/info/warning, frontends >= 1.5x)
+// for goan's severities; toast.add({severity, summary, detail, life}) is their deprecated predecessor.
+const TOAST_METHODS = { success: "success", info: "info", warn: "warning", warning: "warning", error: "error" };
+
+/**
+ * Show `entry` ({severity, summary, detail, life}) through the frontend's toast manager: its method
+ * for the severity where it has one (title, {description, duration, closable}; its toasts stay until
+ * closed unless given a duration), else `add(entry)`. Returns the method used, or null when the
+ * manager has neither.
+ */
+export function sendToast(manager, entry) {
+  if (!manager) return null;
+  const method = TOAST_METHODS[entry.severity] || "info";
+  if (typeof manager[method] === "function") {
+    manager[method](entry.summary, { description: entry.detail, duration: entry.life, closable: true });
+    return method;
+  }
+  if (typeof manager.add === "function") {
+    manager.add(entry);
+    return "add";
+  }
+  return null;
+}
+
 export function toastKey(severity, summary, detail) {
   return `${severity}|${summary}|${detail ?? ""}`;
 }

@@ -73,6 +73,8 @@ test("downloadName keeps the base name and always ends in .goan_resume", () => {
   assert.equal(downloadName({ filename: "..\\evil" }), "evil.goan_resume");
   assert.equal(downloadName({ filename: 'a:b*c?.goan_resume' }), "a_b_c_.goan_resume");
   assert.equal(downloadName({ filename: "" }), "goan.goan_resume");
+  assert.equal(downloadName({ filename: ".20260101-120000-ab12cd_000004_s0002_t000.goan_resume" }),
+    "20260101-120000-ab12cd_000004_s0002_t000.goan_resume"); // a hidden autosave downloads visible
   assert.equal(downloadName(null), "goan.goan_resume");
 });
 

@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import {
   emptyState, applyQueue, applyServerJobs, applyEvent, markPausing, markCancelled, markDownloaded, removeJob,
   controlsFor, statusText, skippedText, listJobs, runningJob, promptHasSampler, samplerNodeId, STATUSES,
-  shouldAutoDownload,
+  shouldAutoDownload, applyNativeQueue, applyNativeJob, jobsApiPresent, cancelRequest, cancelOutcome, NATIVE_ACTIVE_JOBS,
+  cancelRouteMissing,
 } from "../../js/lib/jobs.js";
 import { isTerminal } from "../../js/lib/vocabulary.js";
 
@@ -175,4 +176,74 @@ test("skippedText: nothing for none or nonsense, singular for one", () => {
   for (const v of [0, null, undefined, -3, 1.5, "x", NaN]) assert.equal(skippedText(v), "");
   assert.equal(skippedText(1), "TeaCache skipped 1 call");
   assert.equal(skippedText("7"), "TeaCache skipped 7 calls");
+});
+
+// ---- ComfyUI's job API, with answers of the current server's shape (comfy_execution/jobs.py) ----------
+
+const nativeJob = (id, status, priority) => ({ id, status, priority, create_time: 1767225600000, outputs_count: 0,
+  previewable_outputs_count: 0, workflow_id: "wf-1" });
+const page = (...jobs) => ({ jobs, pagination: { offset: 0, limit: null, total: jobs.length, has_more: false } });
+
+test("the job API is detected from the list answer: present, absent (404), or not known yet", () => {
+  assert.equal(NATIVE_ACTIVE_JOBS, "/jobs?status=in_progress,pending");
+  assert.equal(jobsApiPresent({ ok: true, status: 200, json: page() }), true);
+  assert.equal(jobsApiPresent({ ok: false, status: 404, json: null }), false); // ComfyUI 0.3.x: no such route
+  assert.equal(jobsApiPresent({ ok: true, status: 200, json: "<html>" }), false);
+  assert.equal(jobsApiPresent({ ok: false, status: 500, json: { error: "x" } }), null);
+  assert.equal(jobsApiPresent(null), null);
+});
+
+test("the job list gives states and order; goan's queue word says which jobs are goan jobs", () => {
+  const goanQueue = [{ prompt_id: "a", node_id: "12:5", running: true }, { prompt_id: "c", node_id: 3, running: false }];
+  const { state: s, left } = applyNativeQueue(emptyState(),
+    page(nativeJob("a", "in_progress", 7), nativeJob("b", "pending", 8), nativeJob("c", "pending", 9)), goanQueue);
+  assert.deepEqual(s.order, ["a", "c"]); // b is not a goan job
+  assert.equal(s.jobs.a.status, "running");
+  assert.equal(s.jobs.a.node_id, "12:5"); // a sampler inside a subgraph
+  assert.equal(s.jobs.c.status, "queued");
+  assert.equal(s.jobs.c.node_id, "3");
+  assert.equal(s.jobs.c.number, 9);
+  assert.deepEqual(left, []);
+  // c starts running; a ran the sampler (goan's server knows it): neither is looked up
+  const next = applyNativeQueue(applyServerJobs(s, { jobs: [{ prompt_id: "a", status: "paused" }] }),
+    page(nativeJob("c", "in_progress", 9)), [{ prompt_id: "c", node_id: "3", running: true }]);
+  assert.equal(next.state.jobs.c.status, "running");
+  assert.equal(next.state.jobs.a.status, "paused");
+  assert.deepEqual(next.left, []);
+});
+
+test("a queued job that left the queue without running: GET /api/jobs/{id} says how it ended", () => {
+  let { state: s } = applyNativeQueue(emptyState(), page(nativeJob("q1", "pending", 1), nativeJob("q2", "pending", 2),
+    nativeJob("q3", "pending", 3), nativeJob("q4", "pending", 4)),
+  ["q1", "q2", "q3", "q4"].map((id) => ({ prompt_id: id, node_id: "3", running: false })));
+  const after = applyNativeQueue(s, page(), []);
+  assert.deepEqual(after.left, ["q1", "q2", "q3", "q4"]);
+  s = after.state;
+  assert.equal(s.jobs.q1.status, "queued"); // not guessed: the lookup decides
+  s = applyNativeJob(s, "q1", { ok: false, status: 404, json: { error: "Job not found" } });
+  s = applyNativeJob(s, "q2", { ok: true, status: 200, json: { ...nativeJob("q2", "cancelled", 2) } });
+  s = applyNativeJob(s, "q3", { ok: true, status: 200, json: { ...nativeJob("q3", "failed", 3),
+    execution_error: { exception_message: "Value not in list: model", node_id: "4" } } });
+  s = applyNativeJob(s, "q4", { ok: true, status: 200, json: nativeJob("q4", "completed", 4) }); // cached result
+  assert.deepEqual(["q1", "q2", "q3", "q4"].map((id) => s.jobs[id].status), ["cancelled", "cancelled", "failed", "finished"]);
+  assert.equal(s.jobs.q3.error, "Value not in list: model");
+  const still = applyNativeJob(s, "q4", { ok: false, status: 500, json: null });
+  assert.equal(still, s);
+});
+
+test("Cancel uses POST /api/jobs/{id}/cancel where the server has the job API, else /queue or /interrupt", () => {
+  const queued = { prompt_id: "9f1c6c1e-2b1e-4d59-9a53-6c1f6b2f0a11", status: "queued" };
+  const running = { prompt_id: "p-run", status: "running" };
+  assert.deepEqual(cancelRequest(queued, true), { path: "/jobs/9f1c6c1e-2b1e-4d59-9a53-6c1f6b2f0a11/cancel", json: {} });
+  assert.deepEqual(cancelRequest(running, true), { path: "/jobs/p-run/cancel", json: {} });
+  assert.deepEqual(cancelRequest(queued, false), { path: "/queue", json: { delete: [queued.prompt_id] } });
+  assert.deepEqual(cancelRequest(running, false), { path: "/interrupt", json: { prompt_id: "p-run" } });
+  assert.equal(cancelOutcome({ cancelled: true }, true), "cancelled");
+  assert.equal(cancelOutcome({ cancelled: false }, true), "ended"); // it had already finished
+  assert.equal(cancelOutcome(null, false), "cancelled"); // /interrupt answers with no body
+  // ComfyUI 0.12-0.26 list jobs but have no cancel route: its 404 sends Cancel back to /queue and /interrupt
+  assert.equal(cancelRouteMissing({ ok: false, status: 404, json: null }), true);
+  assert.equal(cancelRouteMissing({ ok: false, status: 405, json: null }), true);
+  assert.equal(cancelRouteMissing({ ok: true, status: 200, json: { cancelled: true } }), false);
+  assert.equal(cancelRouteMissing({ ok: false, status: 500, json: { error: "x" } }), false);
 });

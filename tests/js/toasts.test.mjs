@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { toastLife, toastKey, toastDeduper, wrappable, unwrappable, DEFAULT_LIFE, ERROR_LIFE, MAX_LIFE } from "../../js/lib/toasts.js";
+import { toastLife, toastKey, toastDeduper, wrappable, unwrappable, sendToast, DEFAULT_LIFE, ERROR_LIFE, MAX_LIFE } from "../../js/lib/toasts.js";
 
 test("every toast has a finite lifetime", () => {
   assert.equal(toastLife("info"), DEFAULT_LIFE);
@@ -34,4 +34,33 @@ test("long file names get break opportunities at separators, short text is uncha
   assert.equal(wrappable(undefined), undefined);
   // a word with no separators stays whole (the CSS may still wrap it anywhere as a last resort)
   assert.equal(wrappable("a".repeat(40)), "a".repeat(40));
+});
+
+// A toast manager of the current frontend's shape (ToastManager: success/error/info/warning(title, options),
+// add() deprecated) and one of the pinned 1.27 frontend's (add only).
+function recorder(methods) {
+  const calls = [];
+  const m = {};
+  for (const name of methods) m[name] = (...args) => calls.push([name, ...args]);
+  return { m, calls };
+}
+
+test("toasts use the frontend's toast.info/success/error where it has them, else toast.add", () => {
+  const current = recorder(["success", "error", "info", "warning", "loading", "add", "dismiss"]);
+  assert.equal(sendToast(current.m, { severity: "success", summary: "Paused", detail: "file.goan_resume", life: 5000 }), "success");
+  assert.equal(sendToast(current.m, { severity: "error", summary: "Cancel failed", detail: "HTTP 500", life: 10000 }), "error");
+  assert.equal(sendToast(current.m, { severity: "info", summary: "Pausing task...", life: 5000 }), "info");
+  assert.equal(sendToast(current.m, { severity: "warn", summary: "Careful", life: 5000 }), "warning");
+  assert.deepEqual(current.calls, [
+    ["success", "Paused", { description: "file.goan_resume", duration: 5000, closable: true }],
+    ["error", "Cancel failed", { description: "HTTP 500", duration: 10000, closable: true }],
+    ["info", "Pausing task...", { description: undefined, duration: 5000, closable: true }],
+    ["warning", "Careful", { description: undefined, duration: 5000, closable: true }],
+  ]); // never the deprecated add
+  const pinned = recorder(["add", "remove", "removeAll", "addAlert"]);
+  const entry = { severity: "info", summary: "Cancelled", detail: "Removed from the queue.", life: 5000 };
+  assert.equal(sendToast(pinned.m, entry), "add");
+  assert.deepEqual(pinned.calls, [["add", entry]]);
+  assert.equal(sendToast({}, entry), null);
+  assert.equal(sendToast(undefined, entry), null);
 });
