@@ -9,7 +9,9 @@ from bench import MEASURES
 from bench.common import Row, markdown_table
 
 
-@pytest.mark.parametrize("name", [m for m in MEASURES if m != "gpu"])
+# gpu: below, on the tiny config; farm: starts Ray and worker processes (a minute on 2 cores), and
+# tests/test_farm.py runs the same farm, kill included
+@pytest.mark.parametrize("name", [m for m in MEASURES if m not in ("gpu", "farm")])
 def test_measure_runs(name, tmp_path):
     import importlib
 
