@@ -170,15 +170,21 @@ def test_each_worker_process_loads_the_models_once(farm):
     assert sorted(loads) == sorted(pids)  # each process loaded once, on its first job; later jobs reused them
 
 
-def test_running_the_done_jobs_again_keeps_their_outputs_and_starts_no_worker(farm, tmp_path, capsys):
+def test_running_the_done_jobs_again_keeps_their_outputs_and_starts_no_worker(farm, capsys):
     video = farm["store"].job("short-f1").video
     before = video.stat().st_mtime_ns
     good = [line for line in (farm["root"] / "jobs.jsonl").read_text().splitlines() if '"bad-image"' not in line
             and line.endswith("}")]
-    jobs = tmp_path / "again.jsonl"
+    jobs = farm["root"] / "again.jsonl"  # beside jobs.jsonl: the relative paths name the same inputs
     jobs.write_text("\n".join(good) + "\n")
     argv = ["farm", "run", str(jobs), "--store", str(farm["store"].root), "--models", str(farm["tiny"]),
             "--address", "no-cluster-is-needed:1"]
     assert main(argv) == 0
     assert video.stat().st_mtime_ns == before
     assert "4 of 4 jobs done" in capsys.readouterr().out
+    (farm["root"] / "elsewhere").mkdir()
+    moved = farm["root"] / "elsewhere" / "jobs.jsonl"  # in.png now means elsewhere/in.png: another job
+    moved.write_text(good[0] + "\n")
+    assert main([*argv[:2], str(moved), *argv[3:]]) == 1
+    assert "already holds another job with the id 'killed'" in capsys.readouterr().err
+    assert farm["store"].job("killed").state()["state"] == "done"  # the job the store holds is left alone

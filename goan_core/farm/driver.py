@@ -58,7 +58,8 @@ def connect(address: str = "auto", num_cpus: int | None = None) -> bool:
 def queue_jobs(store: Store, jobs: list[FarmJob | BadJob]) -> tuple[list[FarmJob], dict[str, dict]]:
     """Put every job into the store: (the jobs to run, as workers see them; the state of every job).
 
-    Bad lines and jobs whose input is missing fail at once with their message; done jobs stay done.
+    Bad lines and jobs whose input is missing fail at once with their message; done jobs stay done. A line
+    whose id the store holds for another job fails without touching that job.
     """
     runnable, states = [], {}
     for job in jobs:
@@ -66,10 +67,12 @@ def queue_jobs(store: Store, jobs: list[FarmJob | BadJob]) -> tuple[list[FarmJob
         if isinstance(job, BadJob):
             states[job.id] = _set_state(folder, FAILED, job.message)
             continue
+        held = folder.spec() is not None
         try:
             worker_job = folder.enqueue(job)
-        except InputError as error:
-            states[job.id] = _set_state(folder, FAILED, str(error))
+        except InputError as error:  # a job the store holds under this id keeps its state
+            states[job.id] = ({"id": job.id, "state": FAILED, "message": str(error)} if held
+                              else _set_state(folder, FAILED, str(error)))
             continue
         if folder.done:
             states[job.id] = folder.state() or _set_state(folder, DONE, None)
@@ -179,4 +182,6 @@ def _steps_line(store: Store, running: list[FarmJob]) -> str:
     for job in running:
         state = store.job(job.id).state() or {}
         done, total = done + state.get("steps_done", 0), total + state.get("total_steps", 0)
-    return f"{len(running)} running, {done}/{total} of their steps" if running else ""
+    if not running:
+        return ""
+    return f"{len(running)} running, {done}/{total} of their steps" if total else f"{len(running)} starting"
