@@ -9,10 +9,12 @@ from bench import MEASURES
 from bench.common import Row, markdown_table
 
 
-CUDA_ONLY = ("gpu", "gpu_memory")  # each has its own tiny CPU test below
+# gpu, gpu_memory: CUDA rows, each with its own tiny CPU test below; farm: starts Ray and worker processes
+# (a minute on 2 cores), and tests/test_farm.py runs the same farm, kill included
+NOT_HERE = ("gpu", "gpu_memory", "farm")
 
 
-@pytest.mark.parametrize("name", [m for m in MEASURES if m not in CUDA_ONLY])
+@pytest.mark.parametrize("name", [m for m in MEASURES if m not in NOT_HERE])
 def test_measure_runs(name, tmp_path):
     import importlib
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tqdm import tqdm
 
 from ..errors import InputError, ModelFolderError
 from ..jobs import (AutosavePolicy, Encoders, Job, JobControl, RunResult, RunSettings, continue_job, create_job,
-                    goan_encoders, render_frames, run_attention, run_job)
+                    goan_encoders, render_frames, run_attention, run_job, signal_pauses)
 from ..media import load_image, write_mp4
 from ..models import (ModelFiles, ModelSet, Transformer, apply_fp32_output, configure_precision, default_tiny_root,
                       load_model_set, model_dtypes, read_lora, resolve_device, write_tiny_models)
@@ -89,14 +88,19 @@ def check_run_args(args) -> None:
         raise InputError(f"--out {args.out}: the output must be an .mp4 file")
     if not args.out.parent.resolve().is_dir():
         raise InputError(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    if args.crf is not None and not 0 <= args.crf <= 51:
+        raise InputError(f"--crf must be between 0 and 51, got {args.crf}")
+    check_save_args(args)
+
+
+def check_save_args(args) -> None:
+    """The options `generate`, `resume` and `farm run` share (parser._add_save_args)."""
     if args.autosave_every < 0 or args.autosave_minutes < 0:
         raise InputError("--autosave-every and --autosave-minutes must not be negative (0 turns them off)")
     if args.keep_last < 1:
         raise InputError("--keep-last must be at least 1")
     if args.gpu_memory_preservation < 0:
         raise InputError(f"--gpu-memory-preservation must be >= 0 GB, got {args.gpu_memory_preservation}")
-    if args.crf is not None and not 0 <= args.crf <= 51:
-        raise InputError(f"--crf must be between 0 and 51, got {args.crf}")
 
 
 def run_settings(args, runtime: Runtime) -> RunSettings:
@@ -112,19 +116,10 @@ def run_settings(args, runtime: Runtime) -> RunSettings:
     return settings
 
 
-@contextmanager
 def ctrl_c_pauses(control: JobControl):
     """First Ctrl-C asks the job to pause (and save); a second one interrupts at once."""
-    def handler(signum, frame):
-        if control.request_pause():
-            print("\ngoan: pausing after this step (Ctrl-C again to stop at once)...", file=sys.stderr)
-        else:
-            raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return signal_pauses(control, signal.SIGINT, lambda: print(
+        "\ngoan: pausing after this step (Ctrl-C again to stop at once)...", file=sys.stderr))
 
 
 def run_with_progress(runtime: Runtime, job: Job, settings: RunSettings) -> RunResult:

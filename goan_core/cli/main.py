@@ -15,6 +15,10 @@ from .parser import EXIT_USAGE, build_parser
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "farm":  # its own module: `farm run` imports Ray, `farm status` needs no model
+            from .farm import farm
+
+            return farm(args)
         from .commands import dispatch  # heavy imports (torch, diffusers) only once the arguments are fine
 
         return dispatch(args)

@@ -1,4 +1,4 @@
-"""The command line's arguments: `python -m goan_core generate|resume|inspect|make-tiny|demo --help`."""
+"""The command line's arguments: `python -m goan_core generate|resume|inspect|make-tiny|demo|farm --help`."""
 
 from __future__ import annotations
 
@@ -92,16 +92,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="the MP4 to write")
     p.add_argument("--crf", type=int, help="h264 quality (0-51, lower is better; default 16)")
+    p.add_argument("--pause-at", type=_pause_point, metavar="SECTION:STEP",
+                   help="pause before this step and write a resume file")
+    p.add_argument("--resume-dir", type=Path, help="where resume files go (default: next to --out, goan_resume/)")
+    _add_save_args(p)
+
+
+def _add_save_args(p: argparse.ArgumentParser) -> None:
+    """How a run saves and where it computes: `generate`, `resume` and `farm run` share these."""
     p.add_argument("--deterministic-video", action="store_true",
                    help="encode the MP4 single-threaded with fixed settings, so the same frames give a "
                         "byte-identical file on any machine (same PyAV build); slower. With --crf 0 the yuv420p "
                         "frames are stored losslessly")
-    p.add_argument("--pause-at", type=_pause_point, metavar="SECTION:STEP",
-                   help="pause before this step and write a resume file")
     p.add_argument("--autosave-every", type=int, default=1, metavar="N", help="autosave every N sections (0: off)")
     p.add_argument("--autosave-minutes", type=float, default=0.0, metavar="M", help="also every M minutes (0: off)")
     p.add_argument("--keep-last", type=int, default=3, metavar="K", help="autosaves kept per job")
-    p.add_argument("--resume-dir", type=Path, help="where resume files go (default: next to --out, goan_resume/)")
     p.add_argument("--no-embeddings", action="store_true",
                    help="leave prompt/image embeddings out of resume files (resuming then needs the encoders)")
     p.add_argument("--gpu-memory-preservation", type=float, default=6.0, metavar="GB",
@@ -158,7 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate, pause, resume and prove the result identical (tiny models)")
     demo.add_argument("--out-dir", type=Path, default=Path("demo_out"))
+    _add_farm_parser(sub.add_parser("farm", help="many jobs on a Ray cluster that survive lost workers (goan[farm])"))
     return parser
+
+
+def _add_farm_parser(farm: argparse.ArgumentParser) -> None:
+    actions = farm.add_subparsers(dest="farm_command", required=True, parser_class=_Parser)
+    run = actions.add_parser("run", help="run every job of a JSON-lines file on Ray, autosaving into --store")
+    run.add_argument("jobs", type=Path, help='one job per line: generate\'s settings, e.g. {"image": "in.png", '
+                                             '"prompt": "...", "seconds": 5}, or {"resume": "file.goan_resume"}')
+    run.add_argument("--store", type=Path, required=True, help="a folder every worker can read and write (shared)")
+    run.add_argument("--address", default="auto", help="auto: the cluster `ray start` runs here; local: start one "
+                                                       "in this process; or HOST:PORT of a head node")
+    run.add_argument("--workers", type=int, help="worker processes (default: GPUs / --gpus-per-job, or the CPUs)")
+    run.add_argument("--gpus-per-job", type=float, help="GPUs per worker (default 1; 0, CPU only, without GPUs)")
+    run.add_argument("--max-retries", type=int, default=3, metavar="N", help="retries of a job whose worker died")
+    _add_model_args(run)
+    _add_save_args(run)
+    status = actions.add_parser("status", help="each job's state, progress and newest file (no Ray needed)")
+    status.add_argument("--store", type=Path, required=True)
 
 
 def params_from_args(args) -> JobParams:

@@ -1,8 +1,11 @@
-"""Pause and stop requests for a running job, safe to send from any thread."""
+"""Pause and stop requests for a running job, safe to send from any thread (or from a signal handler)."""
 
 from __future__ import annotations
 
+import signal
 import threading
+from contextlib import contextmanager
+from typing import Callable
 
 from ..vocabulary import Request
 
@@ -43,3 +46,23 @@ class JobControl:
     def clear(self) -> None:
         with self._lock:
             self._request = None
+
+
+@contextmanager
+def signal_pauses(control: JobControl, signum: int = signal.SIGINT, on_pause: Callable[[], None] | None = None):
+    """While inside, the first `signum` asks `control` for a pause (the job saves its file and ends PAUSED) and
+    calls `on_pause`; a second one interrupts at once (KeyboardInterrupt: the runner still writes a fail-safe file).
+
+    Ctrl-C (SIGINT) in the CLI; SIGTERM, the preemption notice of spot machines, in a farm worker. Enter it on
+    the main thread (Python runs signal handlers there).
+    """
+    def handler(signum_, frame):
+        if not control.request_pause():
+            raise KeyboardInterrupt
+        if on_pause is not None:
+            on_pause()
+    previous = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
