@@ -256,10 +256,11 @@ def test_retention_refuses_another_jobs_state(tmp_path):
 
 # -- SIGKILL at random moments ------------------------------------------------------------------------
 
-def _save_until_killed(output_dir, states, image):
+def _save_until_killed(output_dir, states, image, saved):
     folder = RetentionFolder(output_dir, states[0].job_id, keep_last=3)
     for count in range(10**9):
         folder.save(states[count % len(states)], source_image=image)
+        saved.value += 1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs the fork start method")
@@ -275,8 +276,12 @@ def test_sigkill_mid_save_never_breaks_the_newest_file(tmp_path):
     started = time.monotonic()
     killed_mid_write = 0
     for _ in range(60):
-        child = context.Process(target=_save_until_killed, args=(tmp_path, states, image))
+        saved = context.Value("i", 0)
+        child = context.Process(target=_save_until_killed, args=(tmp_path, states, image, saved))
         child.start()
+        deadline = time.monotonic() + 10
+        while saved.value < 1 and time.monotonic() < deadline:  # one complete save first, however busy the
+            time.sleep(0.001)  # machine, so the sequence advances; then a kill at a random moment of the next
         time.sleep(rng.uniform(0.002, 0.04))
         os.kill(child.pid, signal.SIGKILL)
         child.join()
@@ -293,4 +298,4 @@ def test_sigkill_mid_save_never_breaks_the_newest_file(tmp_path):
     # kills between "durable" and "pruned" may leave extra files; the next clean save prunes them
     folder.save(states[0], source_image=image)
     assert len(folder.files()) == 3
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 120
