@@ -132,12 +132,14 @@ def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, 
     """A saved job made ready to run on, and the warnings to show.
 
     Works on a snapshot, so `state` itself (perhaps cached by ComfyUI) never changes. In order: the
-    LoRAs loaded now (`loras`) must be those the job was made with, or it is refused with an InputError
-    naming each missing file, unless `accept_lora_difference` (then it is a warning, and the job goes
-    on with the LoRAs loaded now); the job grows by `additional_seconds` (f1 only: a refusal comes
-    before any encoder runs), embeddings a file was saved without are encoded again, a missing start
-    latent (legacy files) is encoded, and the models now loaded are compared with those that made the job.
+    job grows by `additional_seconds` (f1 only: a refusal comes before any encoder runs); the LoRAs
+    loaded now (`loras`) must be those the job was made with, or it is refused with an InputError naming
+    each missing file, unless `accept_lora_difference` (then it is a warning, and the job goes on with
+    the LoRAs loaded now); embeddings a file was saved without are encoded again, a missing start latent
+    (legacy files) is encoded, and the models now loaded are compared with those that made the job.
     """
+    state = state.snapshot()
+    extend_job(state, additional_seconds)
     warnings = []
     difference = lora_difference(state.loras, loras)
     if difference is not None and not accept_lora_difference:
@@ -147,9 +149,7 @@ def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, 
     if difference is not None:
         warnings.append(f"continuing with other LoRAs than the job was made with ({difference}); the result will not "
                         "match an uninterrupted run")
-    state = state.snapshot()
     state.loras = canonical_loras(loras)
-    extend_job(state, additional_seconds)
     reencoded = state.conditioning is None
     if reencoded:
         state.conditioning, state.params = build_conditioning(state.params, source_image, encoders)
