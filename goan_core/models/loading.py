@@ -303,8 +303,8 @@ def load_model_set(
     )
     from_root = [name for name in names if name not in _covered(files)]
     if from_root and root is None:
-        raise ModelFolderError("no models folder given, and nothing provides "
-                               + "; ".join(f"{name}: give {FILE_HINTS[name]}" for name in from_root)
+        hints = dict.fromkeys(f"{name}: give {FILE_HINTS[name]}" for name in from_root if name != "feature_extractor")
+        raise ModelFolderError("no models folder given, and nothing provides " + "; ".join(hints)
                                + " (or --models with the diffusers folders)")
     if from_root and not Path(root).is_dir():
         raise ModelFolderError(f"{root}: models folder not found or not a folder; {LAYOUT_HELP}")
