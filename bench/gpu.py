@@ -122,8 +122,8 @@ def pipeline_ratio(model, device, dtype, plan, cond_shapes: dict, steps: int, re
     def diffusers() -> float:
         t0 = time.perf_counter()
         with torch.no_grad():
-            pipe(image=picture, prompt_embeds=cond.prompt_embeds.to(device), pooled_prompt_embeds=cond.pooled.to(device),
-                 prompt_attention_mask=cond.prompt_mask.to(device), height=one.height, width=one.width,
+            pipe(image=picture, prompt_embeds=cond.prompt_embeds.to(device),
+                 pooled_prompt_embeds=cond.pooled.to(device), prompt_attention_mask=cond.prompt_mask.to(device), height=one.height, width=one.width,
                  num_frames=(one.lws - 1) * 4 + 1, latent_window_size=one.lws, num_inference_steps=steps,
                  guidance_scale=prepared.params.gs, true_cfg_scale=1.0, generator=torch.Generator().manual_seed(0),
                  output_type="latent", sampling_type=FramepackSamplingType.INVERTED_ANTI_DRIFTING)
@@ -143,7 +143,8 @@ def pipeline_ratio(model, device, dtype, plan, cond_shapes: dict, steps: int, re
 
 
 SKIPPED = ("gpu: FramePackI2V_HY bf16, 640 bucket, s/frame", "gpu: s/step per attention kernel, TeaCache off and on",
-           "gpu: goan / diffusers HunyuanVideoFramepackPipeline, s per model call", "gpu: same with FP32 Conv3d fallback")
+           "gpu: goan / diffusers HunyuanVideoFramepackPipeline, s per model call",
+           "gpu: same with FP32 Conv3d fallback")
 
 
 def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None = None, *,
@@ -189,8 +190,10 @@ def run(quick: bool = False, base_dir: Path | None = None, repeats: int | None =
     for (word, cached), result in timed.items():
         first = result is plain  # the baseline of the others
         rows.append(Row(f"gpu: s/step, {word}, TeaCache {'on' if cached else 'off'} [{name}]", result["step_s"], "s",
-                        baseline=None if first else plain["step_s"], baseline_label="" if first else "sdpa, TeaCache off",
-                        ratio=None if first else result["step_s"] / plain["step_s"], noise=spread(result["step_samples_s"]),
+                        baseline=None if first else plain["step_s"],
+                        baseline_label="" if first else "sdpa, TeaCache off",
+                        ratio=None if first else result["step_s"] / plain["step_s"],
+                        noise=spread(result["step_samples_s"]),
                         details={k: result[k] for k in ("model_calls", "skipped_calls", "peak_vram_GB", "frame")}))
     rows.append(Row.check(f"gpu: goan / diffusers HunyuanVideoFramepackPipeline, s per model call [{name}, sdpa, "
                           f"TeaCache off]", pipeline["goan_s"], "s", baseline=pipeline["diffusers_s"],

@@ -54,7 +54,8 @@ def run(quick: bool = False, base_dir=None, repeats: int | None = None) -> list[
     steps = 8 if quick else 25
     backend = "eager" if quick else "inductor"
     kernels = usable_kernels(CPU, F32)
-    combos = [(word, teacache, compiled) for word in kernels for compiled in (False, True) for teacache in (False, True)]
+    combos = [(word, teacache, compiled)
+              for word in kernels for compiled in (False, True) for teacache in (False, True)]
     compile_s = {}
     for word, teacache, compiled in combos:  # warm-up (and, compiled, the compile) of every combination
         start = time.perf_counter()

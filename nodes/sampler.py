@@ -190,9 +190,9 @@ class GoanSegmentSampler:
                 "teacache_threshold": ("FLOAT", {"default": 0.15, "min": 0.0, "max": LIMITS["teacache_threshold"][1],
                                                  "step": 0.01, "tooltip": "higher skips more (0.1: ~1.6x, "
                                                                           "0.15: ~2.1x faster in FramePack)"}),
-                "attention": (list(ATTENTION_CHOICES), {"default": "auto", "tooltip": "attention kernel: auto takes the "
-                              "fastest installed one that suits the GPU (flash-attn, then sageattention, then xformers), "
-                              "else sdpa, which works everywhere"}),
+                "attention": (list(ATTENTION_CHOICES), {
+                    "default": "auto", "tooltip": "attention kernel: auto takes the fastest installed one that suits "
+                    "the GPU (flash-attn, then sageattention, then xformers), else sdpa, which works everywhere"}),
                 "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile the transformer's blocks (needs "
                             "triton): faster steps after a slow first one for each new size or prompt length"}),
                 # Last, so saved workflows keep their widget order (a missing value takes this default).

@@ -192,7 +192,8 @@ def test_a_model_with_its_own_backend_is_refused_not_silently_ignored(tiny_model
     with attention_backend("native"):  # set_attention_backend also changes the active backend: put it back
         model.set_attention_backend("_native_math")
         try:
-            with pytest.raises(InputError, match=r"fixed attention backend \(.*_native_math\).*reset_attention_backend"):
+            fixed = r"fixed attention backend \(.*_native_math\).*reset_attention_backend"
+            with pytest.raises(InputError, match=fixed):
                 _run(tiny_models, tmp_path, SDPA)
         finally:
             model.reset_attention_backend()

@@ -13,7 +13,8 @@ from torch._dynamo.utils import counters
 
 from goan_core.errors import InputError
 from goan_core.jobs import Job, RunSettings, run_job, sample_job
-from goan_core.models import CountingAccelerator, Transformer, check_compiler, compiled_blocks, plan_swap, section_tokens
+from goan_core.models import (CountingAccelerator, Transformer, check_compiler, compiled_blocks, plan_swap,
+                              section_tokens)
 from goan_core.sampling import Engine
 
 from test_resume_runs import CPU, F32, FINISHED, new_state, saver
@@ -124,3 +125,20 @@ def test_missing_compilers_are_input_errors(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(InputError, match="needs triton: pip install triton"):
         check_compiler("cuda")
+
+
+def test_fp8_weights_cast_per_layer_compile_too(tiny_models, fresh_dynamo):
+    """storage.CastLinear (fp8 weights cast at use) inside a compiled block: the same latents as uncompiled."""
+    import copy
+
+    from goan_core.models import apply_weight_dtype
+
+    model = apply_weight_dtype(copy.deepcopy(tiny_models.transformer), "fp8_e4m3fn", F32)
+    assert type(model.transformer_blocks[0].attn.to_q).__name__ == "CastLinear"
+    results = []
+    for compiled in (False, True):
+        state, _ = new_state(tiny_models, "backward", steps=3)
+        with compiled_blocks(model, compiled, CPU, "eager"):
+            Engine(model, CPU, F32).run(state)
+        results.append(state.history_latents)
+    assert torch.equal(*results)

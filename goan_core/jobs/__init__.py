@@ -6,8 +6,8 @@
 
 from .conditioning import Encoders, LatentCodec, build_conditioning, goan_encoders
 from .control import JobControl, signal_pauses
-from .lifecycle import (Job, RunSettings, continue_job, create_job, extend_job, new_job_id, render_frames, run_attention,
-                        run_job)
+from .lifecycle import (Job, RunSettings, continue_job, create_job, extend_job, new_job_id, render_frames,
+                        run_attention, run_job)
 from .runner import AutosavePolicy, JobSaver, RunResult, sample_job
 
 __all__ = ["AutosavePolicy", "Encoders", "Job", "JobControl", "JobSaver", "LatentCodec", "RunResult", "RunSettings",

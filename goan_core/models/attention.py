@@ -13,9 +13,9 @@ two self-attention layers (over the prompt's tokens only, masked) use diffusers'
 which calls PyTorch's SDPA directly: they stay on SDPA whatever is chosen (a negligible share of the
 work; their mask would not suit flash-attn anyway).
 
-`choose_attention(requested, usable, target)` is the whole decision as a pure function of what diffusers can
-use here (`usable_backends()`) and the device (`AttentionTarget`), so it is tested on the CPU with
-made-up machines. "auto" prefers the exact kernels (flash-attn) over sageattention, which quantizes
+`choose_attention(requested, usable, target)` is the whole decision as a pure function of what
+diffusers can use here (`usable_backends()`) and the device (`AttentionTarget`), so it is tested
+on the CPU with made-up machines. "auto" prefers the exact kernels (flash-attn) over sageattention, which quantizes
 Q and K to int8 (faster on some GPUs, slightly different results), then xformers, then SDPA.
 An explicit choice that cannot run here is an InputError naming the package to install.
 """
@@ -63,7 +63,8 @@ class Kernel:
             have = f"{target.capability[0]}.{target.capability[1]}"
             return f"{self.package} needs compute capability {wanted}, this GPU has {have}"
         if self.half_only and target.dtype not in HALF:
-            return f"{self.package} computes in float16 or bfloat16 only, the transformer computes in {dtype_name(target.dtype)}"
+            return (f"{self.package} computes in float16 or bfloat16 only, the transformer computes in "
+                    f"{dtype_name(target.dtype)}")
         return None
 
 
