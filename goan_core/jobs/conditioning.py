@@ -16,7 +16,7 @@ import torch
 from ..errors import InputError
 from ..models import DEFAULT_GPU_MEMORY_PRESERVATION, VAE, ImageEncoder, ModelDtypes, ModelSet, TextEncoders, dtype_name
 from ..params import JobParams
-from ..sampling import Conditioning
+from ..sampling import Conditioning, parse_timed_prompt
 
 PromptTriple = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # embeds (1,512,D), mask (1,512), pooled (1,P)
 
@@ -101,15 +101,42 @@ def goan_encoders(models: ModelSet, device: torch.device, dtype: torch.dtype | M
     )
 
 
+def _prompt_triples(params: JobParams, encoders: Encoders, known: dict[str, PromptTriple]) -> list[PromptTriple]:
+    """One (embeds, mask, pooled) per part of the (timed) prompt, taken from `known` by text or encoded."""
+    texts = [text for _, text in parse_timed_prompt(params.prompt)]
+    missing = [text for text in texts if text not in known]
+    if missing:
+        encoder = encoders.require("prompt", "the prompt")
+        known = {**known, **{text: encoder.encode_prompt(text) for text in dict.fromkeys(missing)}}
+    return [known[text] for text in texts]
+
+
+def _negative(params: JobParams, encoders: Encoders) -> tuple:
+    if params.cfg == 1:
+        return (None, None, None)
+    return encoders.require("negative_prompt", f"real CFG (cfg {params.cfg})").encode_prompt(params.negative_prompt)
+
+
 def build_conditioning(params: JobParams, image: np.ndarray, encoders: Encoders) -> Conditioning:
     """Prompt and image embeddings for a job; `image` is the bucketed, cropped start image.
 
-    The negative prompt is encoded only when real CFG is on (cfg != 1); otherwise its fields stay None.
+    A timed prompt is encoded part by part. The negative prompt is encoded only when real CFG is on
+    (cfg != 1); otherwise its fields stay None.
     """
-    embeds, mask, pooled = encoders.require("prompt", "the prompt").encode_prompt(params.prompt)
-    negative = (None, None, None)
-    if params.cfg != 1:
-        negative = encoders.require("negative_prompt", f"real CFG (cfg {params.cfg})").encode_prompt(
-            params.negative_prompt)
+    first, *others = _prompt_triples(params, encoders, {})
+    negative = _negative(params, encoders)
     image_embeds = encoders.require("image", "the start image").encode_image(image)
-    return Conditioning(embeds, mask, pooled, image_embeds, *negative)
+    return Conditioning(*first, image_embeds, *negative, extra_prompts=tuple(others))
+
+
+def update_conditioning(conditioning: Conditioning, old: JobParams, new: JobParams, encoders: Encoders) -> Conditioning:
+    """`conditioning` of a job with settings `old`, made to fit `new`: prompts whose text is unchanged
+    keep their embeddings, others are encoded; the negative prompt likewise (kept only while cfg != 1)."""
+    known = dict(zip((text for _, text in parse_timed_prompt(old.prompt)), conditioning.prompts()))
+    first, *others = _prompt_triples(new, encoders, known)
+    negative = (conditioning.negative_prompt_embeds, conditioning.negative_prompt_mask, conditioning.negative_pooled)
+    if new.cfg == 1:
+        negative = (None, None, None)
+    elif negative[0] is None or new.negative_prompt != old.negative_prompt:
+        negative = _negative(new, encoders)
+    return Conditioning(*first, conditioning.image_embeds, *negative, extra_prompts=tuple(others))

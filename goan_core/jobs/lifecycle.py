@@ -26,6 +26,7 @@ from ..params import JobParams
 from ..resumefile import RetentionFolder, check_job
 from ..sampling import Engine, JobState, SectionPlan, StepCallback, decode_history, section_count, to_uint8_frames
 from ..vocabulary import Status
+from .branch import branch_job
 from .conditioning import Encoders, LatentCodec, build_conditioning
 from .control import JobControl
 from .runner import AutosavePolicy, JobSaver, RunResult, SavedCallback, sample_job
@@ -102,16 +103,18 @@ def extend_job(state: JobState, additional_seconds: float) -> None:
 
 def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, *, identity: dict,
                  additional_seconds: float = 0.0, needs_start_latent: bool = False,
-                 workflow: dict | None = None) -> tuple[Job, list[str]]:
+                 workflow: dict | None = None, changes: dict | None = None) -> tuple[Job, list[str]]:
     """A saved job made ready to run on, and the warnings to show.
 
     Works on a snapshot, so `state` itself (perhaps cached by ComfyUI) never changes. In order: the
-    job grows by `additional_seconds` (f1 only: a refusal comes before any encoder runs), embeddings
+    job grows by `additional_seconds` (f1 only: a refusal comes before any encoder runs), settings in
+    `changes` that differ from the job's branch it into a new job (`branch.branch_job`), embeddings
     a file was saved without are encoded again, a missing start latent (legacy files) is encoded,
     and the models now loaded are compared with those that made the job.
     """
     state = state.snapshot()
     extend_job(state, additional_seconds)
+    branch_job(state, changes or {}, encoders, job_id=new_job_id())
     reencoded = state.conditioning is None
     if reencoded:
         state.conditioning = build_conditioning(state.params, source_image, encoders)

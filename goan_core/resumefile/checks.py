@@ -7,7 +7,7 @@ problem was found while reading it or while refusing to write it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,14 +16,14 @@ import torch
 from ..errors import InputError, ResumeFileError
 from ..media import bucket_options
 from ..params import FPS, MAX_SECTIONS, JobParams
-from ..sampling import LATENT_CHANNELS, JobState, SectionPlan, section_count
+from ..sampling import LATENT_CHANNELS, PROMPT_FIELDS, JobState, SectionPlan, parse_timed_prompt, section_count
 from ..sampling.plan import TEMPORAL_SCALE
 from ..sampling.teacache import MAX_WIDTH, PASSES, packed_tokens
 from .format import (COND_FIELDS, COND_MASKS, COND_NEGATIVE, COND_PREFIX, COND_REQUIRED, DTYPE_SIZES, FLOAT_CODES,
                      GENERATOR, GENERATOR_STATE_BYTES, HISTORY, IMAGE_AREA_FACTOR, MASK_CODES, MAX_ABS_EMBEDDING,
                      MAX_ABS_LATENT, MAX_CONDITIONING_BYTES, MAX_HEADER_BYTES, MAX_IDENTITY_ENTRIES, MAX_IMAGE_BYTES,
-                     MAX_JSON_BYTES, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_TOTAL_BYTES, MAX_WORKFLOW_BYTES, SAFE_NAME,
-                     SAMPLER_OUTPUTS, SAMPLER_X, START, TEACACHE_PREFIX, TEACACHE_TENSORS, TensorTable)
+                     MAX_JSON_BYTES, MAX_LINEAGE_TEXT, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_TOTAL_BYTES,
+                     MAX_WORKFLOW_BYTES, SAFE_NAME, SAMPLER_OUTPUTS, SAMPLER_X, START, TEACACHE_PREFIX, TEACACHE_TENSORS, TensorTable)
 from .atomic import format_size
 
 
@@ -56,6 +56,42 @@ def check_identity(job_id, model_identity, where: Where) -> None:
             isinstance(k, str) and isinstance(v, str) and len(k) <= MAX_TEXT and len(v) <= MAX_TEXT
             for k, v in model_identity.items()):
         where.fail(f"model_identity must map names to text (at most {MAX_IDENTITY_ENTRIES} entries)")
+
+
+LINEAGE_KEYS = ("changes", "parent", "root", "section", "step")
+
+
+def check_lineage(lineage, where: Where) -> None:
+    """job_info's optional "lineage" of a branched job: parent and root job ids (safe names), the section
+    and step it branched at, and `changes` mapping setting names to [old, new] JSON scalars (text bounded).
+    """
+    fail = where.fail
+    if not isinstance(lineage, dict) or sorted(lineage) != sorted(LINEAGE_KEYS):
+        fail(f"lineage must be an object with exactly the fields {', '.join(LINEAGE_KEYS)}")
+    for key in ("parent", "root"):
+        if not isinstance(lineage[key], str) or not SAFE_NAME.fullmatch(lineage[key]):
+            fail(f"lineage.{key} {str(lineage[key])[:80]!r} is not a job id")
+    for key, high in (("section", MAX_SECTIONS), ("step", 10_000)):
+        value = lineage[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+            fail(f"lineage.{key} must be a whole number between 0 and {high}, got {str(value)[:40]!r}")
+    changes, settings = lineage["changes"], {f.name for f in fields(JobParams)}
+    if not isinstance(changes, dict) or not 1 <= len(changes) <= len(settings):
+        fail("lineage.changes must map at least one setting to its [old, new] values")
+    for name, pair in changes.items():
+        if name not in settings:
+            fail(f"lineage.changes names {str(name)[:40]!r}, which is no setting")
+        if not isinstance(pair, list) or len(pair) != 2 or not all(_lineage_value(v) for v in pair):
+            fail(f"lineage.changes.{name} must be [old, new], each text of at most {MAX_LINEAGE_TEXT} characters, "
+                 "a finite number or true/false")
+
+
+def _lineage_value(value) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_LINEAGE_TEXT
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, (bool, int)) and abs(value) < 2**63
 
 
 def section_bounds(params: JobParams) -> tuple[int, int]:
@@ -260,8 +296,15 @@ def check_tensor_table(table: TensorTable, plan: SectionPlan, pos: Position, wit
 
 
 def _check_conditioning_table(cond: TensorTable, params: JobParams, fail) -> None:
-    for name in sorted(set(cond) - set(COND_FIELDS)):
-        fail(f"unknown embedding tensor {COND_PREFIX + name!r}")
+    try:
+        prompts = len(parse_timed_prompt(params.prompt))
+    except InputError as exc:
+        fail(f"the prompt is not a valid timed prompt: {exc}")
+    extra = {f"{name}.{i}" for i in range(1, prompts) for name in PROMPT_FIELDS}
+    for name in sorted(set(cond) - set(COND_FIELDS) - extra):
+        fail(f"unknown embedding tensor {COND_PREFIX + name!r} (the prompt has {prompts} timed part(s))")
+    for name in sorted(extra - set(cond)):
+        fail(f"the embedding tensor {COND_PREFIX + name!r} is missing (the prompt has {prompts} timed parts)")
     for name in COND_REQUIRED:
         if name not in cond:
             fail(f"the embedding tensor {COND_PREFIX + name!r} is missing")
@@ -271,17 +314,22 @@ def _check_conditioning_table(cond: TensorTable, params: JobParams, fail) -> Non
     if params.cfg != 1.0 and not all(negatives):
         fail(f"cfg is {params.cfg} (real guidance) but the negative prompt embeddings are missing")
     for name, (code, shape) in cond.items():
-        allowed = MASK_CODES if name in COND_MASKS else FLOAT_CODES
+        allowed = MASK_CODES if name.partition(".")[0] in COND_MASKS else FLOAT_CODES
         if code not in allowed:
             fail(f"embedding tensor {COND_PREFIX + name!r} has dtype {code}; expected one of {', '.join(allowed)}")
         if not 1 <= len(shape) <= 4:
             fail(f"embedding tensor {COND_PREFIX + name!r} has {len(shape)} dimensions")
-    for prefix in ("", "negative_"):
-        if prefix + "prompt_embeds" not in cond:
+    pairs = [("prompt_embeds", "prompt_mask"), ("negative_prompt_embeds", "negative_prompt_mask")]
+    for embeds_name, mask_name in pairs + [(f"prompt_embeds.{i}", f"prompt_mask.{i}") for i in range(1, prompts)]:
+        if embeds_name not in cond:
             continue
-        embeds, mask = cond[prefix + "prompt_embeds"][1], cond[prefix + "prompt_mask"][1]
+        embeds, mask = cond[embeds_name][1], cond[mask_name][1]
         if len(embeds) != 3 or mask != embeds[:2]:
-            fail(f"{prefix}prompt_embeds {list(embeds)} and {prefix}prompt_mask {list(mask)} do not fit together")
+            fail(f"{embeds_name} {list(embeds)} and {mask_name} {list(mask)} do not fit together")
+    for i in range(1, prompts):
+        if cond[f"prompt_embeds.{i}"][1][2] != cond["prompt_embeds"][1][2] or \
+                cond[f"pooled.{i}"][1] != cond["pooled"][1]:
+            fail(f"timed prompt {i}'s embeddings differ in shape from prompt 0's")
     if COND_NEGATIVE[0] in cond and cond[COND_NEGATIVE[0]][1][2] != cond["prompt_embeds"][1][2]:
         fail("negative and positive prompt embeddings differ in width")
     total = sum(DTYPE_SIZES[code] * math.prod(shape) for code, shape in cond.values())
@@ -309,8 +357,8 @@ def check_values(tensors: dict[str, torch.Tensor], where: Where) -> None:
     """Float tensors finite and of real magnitudes, masks 0/1, and a generator state torch accepts."""
     for name, tensor in tensors.items():
         check_magnitude(name, tensor, where)
-        if name.startswith(COND_PREFIX) and name[len(COND_PREFIX):] in COND_MASKS and tensor.dtype != torch.bool \
-                and bool(((tensor != 0) & (tensor != 1)).any()):
+        is_mask = name.startswith(COND_PREFIX) and name[len(COND_PREFIX):].partition(".")[0] in COND_MASKS
+        if is_mask and tensor.dtype != torch.bool and bool(((tensor != 0) & (tensor != 1)).any()):
             where.fail(f"mask {name!r} holds values other than 0 and 1")
     try:
         torch.Generator("cpu").set_state(tensors[GENERATOR])

@@ -9,7 +9,9 @@ A zip archive with fixed member names (so other tools can read it):
   state.safetensors  history_latents, start_latent, generator_state, and mid-section sampler_x and
                      sampler_outputs; with embeddings, the Conditioning tensors as cond.<field>;
                      mid-section with TeaCache on, teacache.<pass>.modulated and .residual (optional
-                     members of v1: job_info's optional "teacache" field holds their counters)
+                     members of v1: job_info's optional "teacache" field holds their counters);
+                     a timed prompt's prompts 1, 2, ... as cond.prompt_embeds.<i>, cond.prompt_mask.<i>,
+                     cond.pooled.<i> (optional)
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ SAMPLER_OUTPUTS = "sampler_outputs"
 COND_PREFIX = "cond."
 TEACACHE_PREFIX = "teacache."
 TEACACHE_TENSORS = ("modulated", "residual")
-COND_FIELDS = tuple(f.name for f in fields(Conditioning))
+COND_FIELDS = tuple(f.name for f in fields(Conditioning) if f.name != "extra_prompts")
 COND_REQUIRED = ("prompt_embeds", "prompt_mask", "pooled", "image_embeds")
 COND_NEGATIVE = ("negative_prompt_embeds", "negative_prompt_mask", "negative_pooled")
 COND_MASKS = ("prompt_mask", "negative_prompt_mask")
@@ -65,6 +67,7 @@ RATIO_FLOOR = 1024**2
 MAX_IDENTITY_ENTRIES = 64
 CHUNK_BYTES = 8 * 1024**2  # streaming unit for writing, reading and hashing the state member
 MAX_TEXT = 4096
+MAX_LINEAGE_TEXT = 64 * 1024  # a changed prompt in a branched job's lineage (job_info stays under 1 MiB)
 # Nesting depth of any JSON goan parses or writes (job_info, params, workflow, safetensors headers,
 # request bodies). ComfyUI graphs, subgraphs included, stay far below; Python's recursion limit
 # (about 1000) is what a deeper document would hit in json.dumps, so the limit sits well under it.

@@ -27,8 +27,8 @@ from ..sampling import Conditioning, JobState, SamplerState, SectionPlan
 from ..sampling.teacache import PassCache
 from ..vocabulary import FileKind
 from .archive import SafeArchive, decode_png, header_length, load_json, parse_header_table
-from .checks import (Position, Where, check_identity, check_image_size, check_plan, check_position, check_teacache,
-                     check_tensor_table, check_values, expected_bytes, image_bytes_limit)
+from .checks import (Position, Where, check_identity, check_image_size, check_lineage, check_plan, check_position,
+                     check_teacache, check_tensor_table, check_values, expected_bytes, image_bytes_limit)
 from .format import (COND_PREFIX, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, IMAGE_AREA_FACTOR, JOB_INFO,
                      MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_SAMPLER_OUTPUTS, MAX_TEXT,
                      MAX_WORKFLOW_BYTES, OPTIONAL_MEMBERS, PARAMS, REQUIRED_MEMBERS, SAMPLER_OUTPUTS, SAMPLER_X,
@@ -149,7 +149,8 @@ def _read_v1(archive: "SafeArchive") -> ResumeData:
         sampler = SamplerState(tensors[SAMPLER_X], position.step, outputs)
     conditioning = None
     if with_embeddings:
-        conditioning = Conditioning(**{k[len(COND_PREFIX):]: v for k, v in tensors.items() if k.startswith(COND_PREFIX)})
+        conditioning = Conditioning.from_tensors(
+            {k[len(COND_PREFIX):]: v for k, v in tensors.items() if k.startswith(COND_PREFIX)})
     teacache = None
     if job_info.get("teacache") is not None:
         teacache = {name: PassCache(entry["count"], float(entry["accumulated"]),
@@ -160,7 +161,7 @@ def _read_v1(archive: "SafeArchive") -> ResumeData:
                      start_latent=tensors[START], history_latents=tensors[HISTORY],
                      generator_state=tensors[GENERATOR], section=position.section, sampler=sampler,
                      model_identity=dict(job_info["model_identity"]), teacache=teacache,
-                     skipped_calls=job_info.get("skipped_calls", 0))
+                     skipped_calls=job_info.get("skipped_calls", 0), lineage=copy.deepcopy(job_info.get("lineage")))
     return ResumeData(state, source, workflow, job_info, exact=True, notes=[])
 
 
@@ -209,8 +210,10 @@ def _check_job_info(info: dict, archive: "SafeArchive") -> tuple[SectionPlan, Po
              "has_embeddings", "kind", "sha256"}
     for key in sorted(known - set(info)):
         fail(f"the field {key!r} is missing")
-    for key in sorted(set(info) - known - {"teacache", "skipped_calls"}):  # those two are optional
+    for key in sorted(set(info) - known - {"teacache", "skipped_calls", "lineage"}):  # those three are optional
         fail(f"unknown field {key[:40]!r}")
+    if "lineage" in info:
+        check_lineage(info["lineage"], Where(path, f"{JOB_INFO}: "))
     if "teacache" in info and info["teacache"] is None:
         fail("teacache must be an object when present")
     if "skipped_calls" in info:

@@ -24,8 +24,8 @@ from ..vocabulary import FileKind
 from ..sampling import SectionPlan
 from .archive import decode_png, json_too_deep
 from .atomic import atomic_writer, check_free_space, format_size
-from .checks import (Where, check_identity, check_image_size, check_plan, check_position, check_teacache,
-                     check_tensor_table, check_values, image_bytes_limit, position_of)
+from .checks import (Where, check_identity, check_image_size, check_lineage, check_plan, check_position,
+                     check_teacache, check_tensor_table, check_values, image_bytes_limit, position_of)
 from .format import (CHUNK_BYTES, COND_PREFIX, DTYPE_CODES, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, JOB_INFO,
                      MAX_IMAGE_SIDE, MAX_JSON_DEPTH, MAX_WORKFLOW_BYTES, PARAMS, SAMPLER_OUTPUTS, SAMPLER_X,
                      SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, WORKFLOW)
@@ -138,6 +138,8 @@ def _encode_members(state: JobState, path: Path, source_image, workflow,
     where = Where(path, "not saved, the job state is inconsistent: ")
     position = position_of(state)
     check_identity(state.job_id, state.model_identity, where)
+    if state.lineage is not None:
+        check_lineage(state.lineage, where)
     check_plan(state.params, state.plan, where)
     check_position(position, state.plan, state.params, where)
     check_tensor_table(table, state.plan, position, with_embeddings, state.params, where)
@@ -176,6 +178,7 @@ def _job_info(state: JobState, with_embeddings: bool, kind: FileKind, checksums:
         "sha256": checksums,
         **({} if state.teacache is None else {"teacache": _teacache_info(state)}),
         **({"skipped_calls": state.skipped_calls} if state.skipped_calls else {}),
+        **({} if state.lineage is None else {"lineage": state.lineage}),
     }
 
 

@@ -19,6 +19,7 @@ from .samplers import sampler_result, sampler_step
 from .schedule import sigma_schedule
 from .state import JobState, SamplerState
 from .teacache import supports
+from .timed import section_prompt
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class Engine:
             to = dict(device=self.device)
             inputs = SectionInputs(plan.layout(state.section), clean.to(**to), clean_2x.to(**to),
                                    clean_4x.to(**to))
-            denoiser = Denoiser(self.transformer, state.conditioning, inputs, cfg=params.cfg, gs=params.gs,
+            conditioning = state.conditioning.for_prompt(section_prompt(params.prompt, plan, state.section))
+            denoiser = Denoiser(self.transformer, conditioning, inputs, cfg=params.cfg, gs=params.gs,
                                 rs=params.rs, device=self.device, dtype=self.dtype)
             sigmas = sigma_schedule(params.steps, plan.noise_shape(),
                                     getattr(self.transformer.config, "patch_size", 2))
