@@ -300,10 +300,10 @@ def _check_conditioning_table(cond: TensorTable, params: JobParams, fail) -> Non
         prompts = len(parse_timed_prompt(params.prompt))
     except InputError as exc:
         fail(f"the prompt is not a valid timed prompt: {exc}")
-    extra = {f"{name}.{i}" for i in range(1, prompts) for name in PROMPT_FIELDS}
-    for name in sorted(set(cond) - set(COND_FIELDS) - extra):
+    extra = [f"{name}.{i}" for i in range(1, prompts) for name in PROMPT_FIELDS]
+    for name in sorted(set(cond) - set(COND_FIELDS) - set(extra)):
         fail(f"unknown embedding tensor {COND_PREFIX + name!r} (the prompt has {prompts} timed part(s))")
-    for name in sorted(extra - set(cond)):
+    for name in [name for name in extra if name not in cond]:
         fail(f"the embedding tensor {COND_PREFIX + name!r} is missing (the prompt has {prompts} timed parts)")
     for name in COND_REQUIRED:
         if name not in cond:
