@@ -80,6 +80,31 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "blocks that do not fit stream in per step. Raise it if you run out of memory")
 
 
+def _add_branch_args(p: argparse.ArgumentParser) -> None:
+    """Settings that branch a resumed job: each given one that differs applies to the sections still to come."""
+    group = p.add_argument_group("branching", "continue as a new job with other settings for the sections still "
+                                 "to come (the file's values when omitted; see README, Branching)")
+    group.add_argument("--prompt", help="new prompt (may be timed: '[0s] ... [2.5s] ...')")
+    group.add_argument("--negative-prompt")
+    group.add_argument("--seed", type=int, help="re-seed the job's generator at the branch point")
+    group.add_argument("--steps", type=int, help="only at a section boundary")
+    group.add_argument("--cfg", type=float)
+    group.add_argument("--gs", type=float)
+    group.add_argument("--rs", type=float)
+    group.add_argument("--sampler", choices=SAMPLERS, help="only at a section boundary")
+    group.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--teacache-threshold", type=float)
+    for name in ("mode", "lws", "resolution", "seconds"):  # accepted to explain why they cannot change
+        group.add_argument(f"--{name}", type=str if name == "mode" else float, help=argparse.SUPPRESS)
+
+
+def branch_request(args) -> dict:
+    """The branching settings given to `resume` (None: keep the file's)."""
+    names = ("prompt", "negative_prompt", "seed", "steps", "cfg", "gs", "rs", "sampler", "teacache",
+             "teacache_threshold", "mode", "lws", "resolution", "seconds")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m goan_core", description="Resumable FramePack image-to-video.")
     parser.add_argument("--version", action="version", version=f"goan {__version__}")
@@ -106,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(gen)
     _add_run_args(gen)
 
-    res = sub.add_parser("resume", help="continue a job from a .goan_resume file")
+    res = sub.add_parser("resume", help="continue a job from a .goan_resume file (optionally branching it)")
     res.add_argument("file", type=Path)
     res.add_argument("--additional-seconds", type=float, default=0.0, help="extend an f1 job by this much")
+    _add_branch_args(res)
     _add_model_args(res)
     _add_run_args(res)
 

@@ -5,12 +5,12 @@
 `conditioning` the encoders a front end provides.
 """
 
-from .branch import BRANCHABLE, branch_job
+from .branch import BRANCHABLE, branch_changes, branch_job
 from .conditioning import Encoders, LatentCodec, build_conditioning, goan_encoders
 from .control import JobControl
 from .lifecycle import Job, RunSettings, continue_job, create_job, extend_job, new_job_id, render_frames, run_job
 from .runner import AutosavePolicy, JobSaver, RunResult, sample_job
 
 __all__ = ["BRANCHABLE", "AutosavePolicy", "Encoders", "Job", "JobControl", "JobSaver", "LatentCodec", "RunResult",
-           "RunSettings", "branch_job", "build_conditioning", "continue_job", "create_job", "extend_job",
+           "RunSettings", "branch_changes", "branch_job", "build_conditioning", "continue_job", "create_job", "extend_job",
            "goan_encoders", "new_job_id", "render_frames", "run_job", "sample_job"]
