@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from ..goan_core.errors import InputError
-from ..goan_core.jobs import (AutosavePolicy, Encoders, Job, RunResult, RunSettings, continue_job, create_job,
-                              render_frames, run_job)
+from ..goan_core.jobs import (AutosavePolicy, Encoders, Job, RunResult, RunSettings, branch_changes, continue_job,
+                              create_job, render_frames, run_job)
 from ..goan_core.models import (VAE, ImageEncoder, SwapPlan, TextEncoders, Transformer, is_on, plan_swap,
                                 section_tokens)
 from ..goan_core.params import FPS, LIMITS, MODES, SAMPLERS, JobParams
@@ -129,7 +129,8 @@ def claim_memory(transformer: Transformer, state, settings: RunSettings) -> tupl
 class GoanSegmentSampler:
     DESCRIPTION = ("Runs a FramePack image-to-video job, or continues one from a resume state. Pause it from the "
                    "queue (the state then goes to Save Resume); Cancel saves a fail-safe resume file. When continuing, "
-                   "the creative widgets come from the state and the length is ADDITIONAL seconds (0 = just finish).")
+                   "widgets that differ from the state's settings (prompt, seed, steps, cfg...) branch it into a new "
+                   "job for the sections still to come, and the length is ADDITIONAL seconds (0 = just finish).")
     CATEGORY = CATEGORY
     FUNCTION = "execute"
     RETURN_TYPES = (T.STATE, "IMAGE", "FLOAT")
@@ -213,6 +214,14 @@ class GoanSegmentSampler:
         elif isinstance(job, GoanJob) and job.state.conditioning is None:
             cfg = job.state.params.cfg
         else:
+            if isinstance(job, GoanJob):  # a branch with a new prompt or negative prompt needs the text encoders
+                params = job.state.params
+                changed = branch_changes(params, {k: inputs[k] for k in ("prompt", "negative_prompt", "cfg")
+                                                  if k in inputs})
+                if "prompt" in changed:
+                    want("positive" if "positive" in inputs else "text_encoders")
+                if inputs.get("cfg", params.cfg) != 1 and ({"negative_prompt", "cfg"} & set(changed)):
+                    want("negative" if "negative" in inputs else "text_encoders")
             return needed
         want("positive" if "positive" in inputs else "text_encoders")
         if cfg != 1:
@@ -243,7 +252,11 @@ class GoanSegmentSampler:
                                  positive=positive, negative=negative, clip_vision_output=clip_vision_output)
         encoders.require("vae", "the job")  # checked before any work is done
         if resume_state is not None:
-            job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow)
+            changes = dict(prompt=prompt, negative_prompt=negative_prompt, seed=int(seed), steps=int(steps),
+                           cfg=float(cfg), gs=float(gs), rs=float(rs), sampler=sampler, teacache=bool(teacache),
+                           teacache_threshold=float(teacache_threshold), mode=mode, lws=int(lws),
+                           resolution=int(resolution))
+            job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow, changes)
         else:
             if image is None:
                 raise InputError("connect an image (e.g. Load Image) to start a new job, or a resume_state to "
@@ -263,13 +276,14 @@ class GoanSegmentSampler:
         return self._run(job, transformer, encoders, settings, unique_id, resumed_from)
 
     @staticmethod
-    def _continue(saved, transformer: Transformer, seconds: float, encoders: Encoders, workflow):
+    def _continue(saved, transformer: Transformer, seconds: float, encoders: Encoders, workflow, changes: dict):
+        """The saved job continued; widgets that differ from its settings branch it (`jobs.branch`)."""
         if not isinstance(saved, GoanJob):
             raise InputError(f"resume_state: expected a goan state (Load Resume or a sampler), got {type(saved).__name__}")
         try:
             job, warnings = continue_job(saved.state, saved.source_image, encoders, identity=transformer.identity(),
                                          additional_seconds=seconds, needs_start_latent=saved.needs_start_latent,
-                                         workflow=workflow or saved.workflow)
+                                         workflow=workflow or saved.workflow, changes=changes)
         except InputError as error:
             if seconds > 0 and saved.state.plan.mode != "f1":
                 raise InputError(f"Additional {LENGTH_LABEL} must be 0 for this job: {error}") from error
