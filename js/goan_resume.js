@@ -4,6 +4,7 @@ import { app, api, toast, toastError, request, expectOk, graphNodes, nodesOfType
 import { findResumeFile, isResumeName, uploadInChunks, stem, viewUrl, downloadName, RESUME_EXT } from "./lib/files.js";
 import { lengthLabel, LENGTH_WIDGET, LOAD_RESUME_TYPE } from "./lib/labels.js";
 import { SAMPLER_TYPE } from "./lib/jobs.js";
+import { widgetValuesFromParams } from "./lib/branches.js";
 
 const RESUME_WIDGET = "resume_file";
 let busy = false;
@@ -102,8 +103,16 @@ function ensureLoader(sampler) {
   return loader;
 }
 
-/** Point the loaded graph at the uploaded file: every GoanLoadResume, every sampler's length. */
-export function applyResumeToGraph(name) {
+/** Put the file's settings into a sampler's widgets, so that only widgets the user changes branch the job. */
+function showSettings(sampler, params) {
+  for (const [name, value] of Object.entries(widgetValuesFromParams(params))) {
+    const w = widget(sampler, name);
+    if (w) w.value = value;
+  }
+}
+
+/** Point the loaded graph at the uploaded file: every GoanLoadResume, every sampler's settings and length. */
+export function applyResumeToGraph(name, params) {
   let loaders = nodesOfType(LOAD_RESUME_TYPE);
   const samplers = nodesOfType(SAMPLER_TYPE);
   if (!loaders.length && samplers.length) {
@@ -113,6 +122,7 @@ export function applyResumeToGraph(name) {
   for (const l of loaders) setCombo(l, RESUME_WIDGET, name);
   for (const s of samplers) {
     s.goanRestored = true;
+    showSettings(s, params);
     const w = widget(s, LENGTH_WIDGET);
     if (w) {
       w.value = 0;
@@ -159,7 +169,7 @@ export async function restoreFromFile(file) {
       workflow = expectOk(await request("/goan/workflows/goan_resume.json"), "The example resume workflow is missing");
     }
     await app.loadGraphData(workflow, true, true, stem(file.name));
-    const applied = applyResumeToGraph(up.name);
+    const applied = applyResumeToGraph(up.name, info && info.params);
     if (!applied.loaders) {
       toast("error", "No GoanLoadResume node in the workflow", `Uploaded as ${up.name}; add a GoanLoadResume node and select it.`, 10000);
       return false;
