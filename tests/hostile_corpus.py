@@ -576,6 +576,23 @@ def _(tmp):
     return edited(tmp, "lineage_huge", job_info=_lineage(changes={"prompt": ["a", "b" * 70_000]}))
 
 
+@case("end_latent_without_end_image", phrase="an end frame needs both end_image.png and the tensor 'end_latent'")
+def _(tmp):
+    return edited(tmp, "end_latent_only", tensors=lambda t: t.update(end_latent=t["start_latent"].clone()))
+
+
+@case("end_image_without_end_latent", phrase="an end frame needs both end_image.png")
+def _(tmp):
+    buffer = io.BytesIO()
+    Image.fromarray(source_image()).save(buffer, format="PNG")
+    return edited(tmp, "end_image_only", members=lambda c: c + [("end_image.png", buffer.getvalue())])
+
+
+@case("end_latent_in_f1", phrase="'end_latent' must be")
+def _(tmp):
+    return edited(tmp, "end_f1", base={"mode": "f1"}, tensors=lambda t: t.update(end_latent=t["start_latent"].clone()))
+
+
 @case("timed_prompt_without_its_embeddings", phrase="'cond.prompt_embeds.1' is missing")
 def _(tmp):
     return edited(tmp, "timed_missing", params=_set("prompt", "[0s] a cat [0.5s] a dog"))

@@ -117,16 +117,20 @@ def _negative(params: JobParams, encoders: Encoders) -> tuple:
     return encoders.require("negative_prompt", f"real CFG (cfg {params.cfg})").encode_prompt(params.negative_prompt)
 
 
-def build_conditioning(params: JobParams, image: np.ndarray, encoders: Encoders) -> Conditioning:
+def build_conditioning(params: JobParams, image: np.ndarray, encoders: Encoders,
+                       end_image: np.ndarray | None = None) -> Conditioning:
     """Prompt and image embeddings for a job; `image` is the bucketed, cropped start image.
 
     A timed prompt is encoded part by part. The negative prompt is encoded only when real CFG is on
-    (cfg != 1); otherwise its fields stay None.
+    (cfg != 1); otherwise its fields stay None. The end image is embedded when it is blended in
+    (`end_embeds` > 0).
     """
     first, *others = _prompt_triples(params, encoders, {})
     negative = _negative(params, encoders)
-    image_embeds = encoders.require("image", "the start image").encode_image(image)
-    return Conditioning(*first, image_embeds, *negative, extra_prompts=tuple(others))
+    embedder = encoders.require("image", "the start image")
+    end_embeds = embedder.encode_image(end_image) if end_image is not None and params.end_embeds > 0 else None
+    return Conditioning(*first, embedder.encode_image(image), *negative, end_image_embeds=end_embeds,
+                        extra_prompts=tuple(others))
 
 
 def update_conditioning(conditioning: Conditioning, old: JobParams, new: JobParams, encoders: Encoders) -> Conditioning:
@@ -139,4 +143,5 @@ def update_conditioning(conditioning: Conditioning, old: JobParams, new: JobPara
         negative = (None, None, None)
     elif negative[0] is None or new.negative_prompt != old.negative_prompt:
         negative = _negative(new, encoders)
-    return Conditioning(*first, conditioning.image_embeds, *negative, extra_prompts=tuple(others))
+    return Conditioning(*first, conditioning.image_embeds, *negative, end_image_embeds=conditioning.end_image_embeds,
+                        extra_prompts=tuple(others))

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..media import nearest_bucket, resize_and_center_crop
 from ..models import DEFAULT_GPU_MEMORY_PRESERVATION, Transformer, identity_mismatch
 from ..params import JobParams
@@ -67,17 +68,25 @@ def new_job_id() -> str:
 
 
 def create_job(params: JobParams, image: np.ndarray, encoders: Encoders, *, identity: dict,
-               job_id: str | None = None, workflow: dict | None = None) -> Job:
+               job_id: str | None = None, workflow: dict | None = None, end_image: np.ndarray | None = None) -> Job:
     """A new job at section 0 from an uint8 HxWx3 image: bucketed and cropped, encoded, seeded.
 
     `identity` is the transformer's (`Transformer.identity()`); with the encoders' dtypes
-    (`Encoders.identity()`) it is recorded in every resume file.
+    (`Encoders.identity()`) it is recorded in every resume file. `end_image` (backward mode only) is
+    cropped to the start image's frame and encoded: the video ends on it (`sampling.endframe`).
     """
     height, width = nearest_bucket(image.shape[0], image.shape[1], params.resolution)
     source = resize_and_center_crop(image, width, height)
     plan = SectionPlan(params.mode, params.lws, section_count(params.seconds, params.lws), height, width)
     check_job(params, plan)  # refuse at once what a resume file of this job could not hold
-    conditioning = build_conditioning(params, source, encoders)
+    end, end_latent = None, None
+    if end_image is not None:
+        if params.mode != "backward":
+            raise InputError("an end image needs mode backward: only backward generation starts from the video's "
+                             "end (f1 generates forward from the start image)")
+        end = resize_and_center_crop(end_image, width, height)
+        end_latent = encoders.require("vae", "encoding the end image").encode_start_latent(end).float()
+    conditioning = build_conditioning(params, source, encoders, end_image=end)
     start_latent = encoders.require("vae", "encoding the start image").encode_start_latent(source).float()
     state = JobState(
         job_id=job_id or new_job_id(),
@@ -88,6 +97,8 @@ def create_job(params: JobParams, image: np.ndarray, encoders: Encoders, *, iden
         history_latents=plan.initial_history(start_latent),
         generator_state=torch.Generator("cpu").manual_seed(params.seed).get_state(),
         model_identity={**identity, **encoders.identity()},
+        end_image=end,
+        end_latent=end_latent,
     )
     return Job(state, source, workflow)
 
@@ -117,7 +128,7 @@ def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, 
     branch_job(state, changes or {}, encoders, job_id=new_job_id())
     reencoded = state.conditioning is None
     if reencoded:
-        state.conditioning = build_conditioning(state.params, source_image, encoders)
+        state.conditioning = build_conditioning(state.params, source_image, encoders, end_image=state.end_image)
     if needs_start_latent:
         state.start_latent = encoders.require("vae", "encoding the start image").encode_start_latent(
             source_image).float()

@@ -19,11 +19,12 @@ from ..params import FPS, MAX_SECTIONS, JobParams
 from ..sampling import LATENT_CHANNELS, PROMPT_FIELDS, JobState, SectionPlan, parse_timed_prompt, section_count
 from ..sampling.plan import TEMPORAL_SCALE
 from ..sampling.teacache import MAX_WIDTH, PASSES, packed_tokens
-from .format import (COND_FIELDS, COND_MASKS, COND_NEGATIVE, COND_PREFIX, COND_REQUIRED, DTYPE_SIZES, FLOAT_CODES,
-                     GENERATOR, GENERATOR_STATE_BYTES, HISTORY, IMAGE_AREA_FACTOR, MASK_CODES, MAX_ABS_EMBEDDING,
-                     MAX_ABS_LATENT, MAX_CONDITIONING_BYTES, MAX_HEADER_BYTES, MAX_IDENTITY_ENTRIES, MAX_IMAGE_BYTES,
-                     MAX_JSON_BYTES, MAX_LINEAGE_TEXT, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_TOTAL_BYTES,
-                     MAX_WORKFLOW_BYTES, SAFE_NAME, SAMPLER_OUTPUTS, SAMPLER_X, START, TEACACHE_PREFIX, TEACACHE_TENSORS, TensorTable)
+from .format import (COND_FIELDS, COND_MASKS, COND_NEGATIVE, COND_PREFIX, COND_REQUIRED, DTYPE_SIZES, END_LATENT,
+                     FLOAT_CODES, GENERATOR, GENERATOR_STATE_BYTES, HISTORY, IMAGE_AREA_FACTOR, MASK_CODES,
+                     MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_CONDITIONING_BYTES, MAX_HEADER_BYTES, MAX_IDENTITY_ENTRIES,
+                     MAX_IMAGE_BYTES, MAX_JSON_BYTES, MAX_LINEAGE_TEXT, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_TOTAL_BYTES,
+                     MAX_WORKFLOW_BYTES, SAFE_NAME, SAMPLER_OUTPUTS, SAMPLER_X, START, TEACACHE_PREFIX,
+                     TEACACHE_TENSORS, TensorTable)
 from .atomic import format_size
 
 
@@ -225,7 +226,9 @@ def teacache_bytes(plan: SectionPlan) -> int:
 
 def expected_bytes(plan: SectionPlan, pos: Position, with_embeddings: bool) -> int:
     """Upper bound for state.safetensors, from the checked plan: the cap it is read with."""
-    return MAX_HEADER_BYTES + 8 + _tensor_bytes(plan, pos) + (MAX_CONDITIONING_BYTES if with_embeddings else 0)
+    end_latent = 4 * LATENT_CHANNELS * plan.latent_height * plan.latent_width  # room for an optional end frame
+    return (MAX_HEADER_BYTES + 8 + _tensor_bytes(plan, pos) + end_latent
+            + (MAX_CONDITIONING_BYTES if with_embeddings else 0))
 
 
 def check_teacache(info, table: TensorTable, plan: SectionPlan, pos: Position, params: JobParams,
@@ -275,6 +278,10 @@ def check_tensor_table(table: TensorTable, plan: SectionPlan, pos: Position, wit
     fail = where.fail
     expected = expected_tensors(plan, pos)
     cond = {name[len(COND_PREFIX):]: spec for name, spec in table.items() if name.startswith(COND_PREFIX)}
+    if END_LATENT in table:  # backward mode's optional end frame: a latent like the start latent
+        if plan.mode != "backward" or table[END_LATENT] != expected[START]:
+            fail(f"tensor {END_LATENT!r} must be {list(expected[START][1])} float32 and only in backward mode")
+        expected = {**expected, END_LATENT: expected[START]}
     for name in sorted(set(table) - set(expected)):
         if not name.startswith((COND_PREFIX, TEACACHE_PREFIX)):
             fail(f"unexpected tensor {name!r}")
@@ -330,6 +337,8 @@ def _check_conditioning_table(cond: TensorTable, params: JobParams, fail) -> Non
         if cond[f"prompt_embeds.{i}"][1][2] != cond["prompt_embeds"][1][2] or \
                 cond[f"pooled.{i}"][1] != cond["pooled"][1]:
             fail(f"timed prompt {i}'s embeddings differ in shape from prompt 0's")
+    if "end_image_embeds" in cond and cond["end_image_embeds"][1] != cond["image_embeds"][1]:
+        fail("end_image_embeds and image_embeds differ in shape")
     if COND_NEGATIVE[0] in cond and cond[COND_NEGATIVE[0]][1][2] != cond["prompt_embeds"][1][2]:
         fail("negative and positive prompt embeddings differ in width")
     total = sum(DTYPE_SIZES[code] * math.prod(shape) for code, shape in cond.values())

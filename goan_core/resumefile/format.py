@@ -2,12 +2,14 @@
 
 A zip archive with fixed member names (so other tools can read it):
   job_info.json      format, version, job id, plan, position (section, step), model identity,
-                     producer, created_at, kind, and the sha256 of every other member
+                     producer, created_at, kind, and the sha256 of every other member; optional:
+                     lineage (a branched job's parent, root, branch point and changes)
   params.json        JobParams.to_dict()
   source_image.png   the input image
   workflow.json      optional: the ComfyUI graph that made the job
+  end_image.png      optional: backward mode's end frame (its latent is the state's end_latent)
   state.safetensors  history_latents, start_latent, generator_state, and mid-section sampler_x and
-                     sampler_outputs; with embeddings, the Conditioning tensors as cond.<field>;
+                     sampler_outputs; optional end_latent; with embeddings, the Conditioning tensors as cond.<field>;
                      mid-section with TeaCache on, teacache.<pass>.modulated and .residual (optional
                      members of v1: job_info's optional "teacache" field holds their counters);
                      a timed prompt's prompts 1, 2, ... as cond.prompt_embeds.<i>, cond.prompt_mask.<i>,
@@ -37,10 +39,12 @@ SOURCE_IMAGE = "source_image.png"
 WORKFLOW = "workflow.json"
 STATE = "state.safetensors"
 REQUIRED_MEMBERS = (JOB_INFO, PARAMS, SOURCE_IMAGE, STATE)
-OPTIONAL_MEMBERS = (WORKFLOW,)
+END_IMAGE = "end_image.png"
+OPTIONAL_MEMBERS = (WORKFLOW, END_IMAGE)
 
 HISTORY = "history_latents"
 START = "start_latent"
+END_LATENT = "end_latent"  # optional, with end_image.png
 GENERATOR = "generator_state"
 SAMPLER_X = "sampler_x"
 SAMPLER_OUTPUTS = "sampler_outputs"

@@ -29,8 +29,8 @@ from ..vocabulary import FileKind
 from .archive import SafeArchive, decode_png, header_length, load_json, parse_header_table
 from .checks import (Position, Where, check_identity, check_image_size, check_lineage, check_plan, check_position,
                      check_teacache, check_tensor_table, check_values, expected_bytes, image_bytes_limit)
-from .format import (COND_PREFIX, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, IMAGE_AREA_FACTOR, JOB_INFO,
-                     MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_SAMPLER_OUTPUTS, MAX_TEXT,
+from .format import (COND_PREFIX, END_IMAGE, END_LATENT, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY,
+                     IMAGE_AREA_FACTOR, JOB_INFO, MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_SAMPLER_OUTPUTS, MAX_TEXT,
                      MAX_WORKFLOW_BYTES, OPTIONAL_MEMBERS, PARAMS, REQUIRED_MEMBERS, SAMPLER_OUTPUTS, SAMPLER_X,
                      SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, TORCH_DTYPES, WORKFLOW, ResumeData, ResumeSummary)
 from .legacy import read_legacy
@@ -142,6 +142,12 @@ def _read_v1(archive: "SafeArchive") -> ResumeData:
     source = decode_png(archive.read_checked(SOURCE_IMAGE, image_bytes_limit(plan), job_info), SOURCE_IMAGE, path,
                         fits)
     workflow = _read_workflow(archive, job_info)
+    end_image = None
+    if (END_IMAGE in archive.names) != (END_LATENT in tensors):
+        Where(path).fail(f"an end frame needs both {END_IMAGE} and the tensor {END_LATENT!r}")
+    if END_IMAGE in archive.names:
+        end_image = decode_png(archive.read_checked(END_IMAGE, image_bytes_limit(plan), job_info), END_IMAGE, path,
+                               fits)
 
     sampler = None
     if position.in_section:
@@ -161,7 +167,8 @@ def _read_v1(archive: "SafeArchive") -> ResumeData:
                      start_latent=tensors[START], history_latents=tensors[HISTORY],
                      generator_state=tensors[GENERATOR], section=position.section, sampler=sampler,
                      model_identity=dict(job_info["model_identity"]), teacache=teacache,
-                     skipped_calls=job_info.get("skipped_calls", 0), lineage=copy.deepcopy(job_info.get("lineage")))
+                     skipped_calls=job_info.get("skipped_calls", 0), lineage=copy.deepcopy(job_info.get("lineage")),
+                     end_image=end_image, end_latent=tensors.get(END_LATENT))
     return ResumeData(state, source, workflow, job_info, exact=True, notes=[])
 
 

@@ -26,8 +26,8 @@ from .archive import decode_png, json_too_deep
 from .atomic import atomic_writer, check_free_space, format_size
 from .checks import (Where, check_identity, check_image_size, check_lineage, check_plan, check_position,
                      check_teacache, check_tensor_table, check_values, image_bytes_limit, position_of)
-from .format import (CHUNK_BYTES, COND_PREFIX, DTYPE_CODES, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, JOB_INFO,
-                     MAX_IMAGE_SIDE, MAX_JSON_DEPTH, MAX_WORKFLOW_BYTES, PARAMS, SAMPLER_OUTPUTS, SAMPLER_X,
+from .format import (CHUNK_BYTES, COND_PREFIX, DTYPE_CODES, END_IMAGE, END_LATENT, FORMAT, FORMAT_VERSION,
+                     GENERATOR, HISTORY, JOB_INFO, MAX_IMAGE_SIDE, MAX_JSON_DEPTH, MAX_WORKFLOW_BYTES, PARAMS, SAMPLER_OUTPUTS, SAMPLER_X,
                      SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, WORKFLOW)
 
 log = logging.getLogger("goan")
@@ -148,6 +148,10 @@ def _encode_members(state: JobState, path: Path, source_image, workflow,
 
     others = {PARAMS: _json_bytes(state.params.to_dict()),
               SOURCE_IMAGE: _png_bytes(source_image, "source_image", path, state.plan)}
+    if (state.end_image is None) != (state.end_latent is None):
+        where.fail("an end frame needs both its image and its latent")
+    if state.end_image is not None:
+        others[END_IMAGE] = _png_bytes(state.end_image, "end_image", path, state.plan)
     if workflow is not None:
         if not isinstance(workflow, dict):
             raise InputError(f"workflow must be a dict (the ComfyUI graph), got {type(workflow).__name__}")
@@ -191,6 +195,8 @@ def _teacache_info(state: JobState) -> dict | None:
 
 def _state_tensors(state: JobState, with_embeddings: bool) -> dict[str, torch.Tensor]:
     tensors = {HISTORY: state.history_latents, START: state.start_latent, GENERATOR: state.generator_state}
+    if state.end_latent is not None:
+        tensors[END_LATENT] = state.end_latent
     if state.sampler is not None:
         tensors[SAMPLER_X] = state.sampler.x
         if state.sampler.model_outputs:

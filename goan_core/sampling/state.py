@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from ..params import JobParams
@@ -34,6 +35,7 @@ class Conditioning:
     negative_prompt_embeds: torch.Tensor | None = None
     negative_prompt_mask: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
+    end_image_embeds: torch.Tensor | None = None  # the end image's, when it is blended in (`endframe`)
     extra_prompts: tuple = ()  # ((embeds, mask, pooled), ...) of prompts 1, 2, ...
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -111,6 +113,10 @@ class JobState:
     teacache: dict | None = None
     skipped_calls: int = 0
     lineage: dict | None = None
+    # Backward mode's optional end frame: the bucketed, cropped end image (uint8 HxWx3, written to the
+    # resume file) and its latent (1,16,1,h,w), the first generated section's context (`endframe`).
+    end_image: np.ndarray | None = None
+    end_latent: torch.Tensor | None = None
 
     @property
     def done(self) -> bool:
