@@ -190,6 +190,13 @@ class GoanSegmentSampler:
                 "negative": ("CONDITIONING", {"lazy": True, "tooltip": "used when cfg > 1"}),
                 "clip_vision_output": ("CLIP_VISION_OUTPUT", {"lazy": True, "tooltip": "CLIPVisionEncode with "
                                                               "SigLIP (alternative to image_encoder)"}),
+                "end_image": ("IMAGE", {"tooltip": "backward mode: the video ends on this image (a new job's; "
+                                                   "a resumed job keeps its own)"}),
+                "end_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                           "tooltip": "how strongly the end image conditions the video's end"}),
+                "end_embeds": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                         "tooltip": "blend the end image's embedding in, growing towards the "
+                                                    "video's end (0 = off)"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
@@ -239,7 +246,8 @@ class GoanSegmentSampler:
                 resolution, sampler, autosave_every, keep_last, gpu_memory_preservation=6.0, teacache=True,
                 teacache_threshold=0.15, image=None,
                 resume_state=None, text_encoders=None, image_encoder=None, goan_vae=None, vae=None, positive=None,
-                negative=None, clip_vision_output=None, unique_id=None, extra_pnginfo=None):
+                negative=None, clip_vision_output=None, end_image=None, end_strength=1.0, end_embeds=0.0,
+                unique_id=None, extra_pnginfo=None):
         if not isinstance(transformer, Transformer):
             raise InputError("transformer: connect goan's Transformer Loader")
         if autosave_every < 0 or keep_last < 1:
@@ -266,9 +274,10 @@ class GoanSegmentSampler:
             params = JobParams(prompt=prompt, negative_prompt=negative_prompt, seed=int(seed), seconds=float(seconds),
                                lws=int(lws), steps=int(steps), cfg=float(cfg), gs=float(gs), rs=float(rs), mode=mode,
                                resolution=int(resolution), sampler=sampler, teacache=bool(teacache),
-                               teacache_threshold=float(teacache_threshold))
+                               teacache_threshold=float(teacache_threshold), end_strength=float(end_strength),
+                               end_embeds=float(end_embeds))
             job = create_job(params, image_to_uint8(image), encoders, identity=transformer.identity(),
-                             workflow=workflow)
+                             workflow=workflow, end_image=None if end_image is None else image_to_uint8(end_image))
             resumed_from = None
         settings = RunSettings(HOST.directory("output"), keep_last=int(keep_last),
                                autosave=AutosavePolicy(int(autosave_every), 0.0) if autosave_every > 0 else None,

@@ -103,6 +103,17 @@ def test_resume_with_a_new_prompt_branches_and_inspect_shows_the_lineage(cli_env
     assert lineage["changes"]["prompt"] == ["a boat on a lake", "[0s] a boat sinks [0.4s] a boat on a lake"]
 
 
+def test_generate_with_an_end_image_stores_it(cli_env, tmp_path, capsys):
+    import json
+
+    code, stdout, _ = run_main(fast(cli_env, tmp_path / "x.mp4", "--end-image", str(cli_env), "--end-embeds", "0.5",
+                                    "--pause-at", "1:0", "--resume-dir", str(tmp_path)), capsys)
+    resume_file = stdout.split("resume file: ")[1].split()[0]
+    code, stdout, _ = run_main(["inspect", resume_file], capsys)
+    info = json.loads(stdout)
+    assert "end_image.png" in info["members"] and info["params"]["end_embeds"] == 0.5
+
+
 @pytest.mark.parametrize("change,message", [
     (("--image", "MISSING"), "MISSING"),
     (("--seconds", "0"), "greater than 0"),

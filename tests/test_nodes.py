@@ -340,3 +340,14 @@ def test_changed_widgets_branch_a_loaded_job(host, loaded, image):
     assert lineage["parent"] == paused.state.job_id and lineage["changes"]["seed"] == [JOB["seed"], 5]
     assert read_resume_file(branched.path).job_info["lineage"] == lineage
     assert images.shape == same_images.shape and not torch.equal(images, same_images)
+
+
+def test_an_end_image_goes_into_the_job_and_its_file(host, loaded, image):
+    import zipfile
+
+    pause_when(host, 1)
+    paused, _, _ = run_sampler(loaded, image, autosave_every=0, end_image=image.flip(2), end_strength=0.8)
+    host.on_progress = None
+    assert paused.state.end_latent is not None and paused.state.params.end_strength == 0.8
+    with zipfile.ZipFile(paused.path) as archive:
+        assert "end_image.png" in archive.namelist()

@@ -86,7 +86,7 @@ def test_sampler_widgets_follow_the_contract(infos):
     names = widget_names(infos["GoanSegmentSampler"])
     assert names == ["prompt", "negative_prompt", "seed", None, "seconds", "steps", "cfg", "gs", "rs", "lws", "mode",
                      "resolution", "sampler", "autosave_every", "keep_last", "gpu_memory_preservation",
-                     "teacache", "teacache_threshold"]
+                     "teacache", "teacache_threshold", "end_strength", "end_embeds"]
 
 
 @pytest.mark.parametrize("damage, phrase", [

@@ -134,8 +134,9 @@ def generate(args) -> int:
     params = params_from_args(args)
     check_run_args(args)
     image = load_image(args.image)
+    end = load_image(args.end_image) if args.end_image is not None else None
     runtime = load_runtime(args, need_text=True, need_image=True)
-    job = create_job(params, image, runtime.encoders, identity=runtime.transformer.identity())
+    job = create_job(params, image, runtime.encoders, identity=runtime.transformer.identity(), end_image=end)
     return finish(runtime, run_with_progress(runtime, job, args), args.out, params.crf, args.deterministic_video)
 
 

@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--teacache-threshold", type=float, default=0.15,
                      help="TeaCache's threshold (0.1: ~1.6x, 0.15: ~2.1x faster in FramePack; 0: never skip)")
     gen.add_argument("--resolution", type=int, default=640, help="bucket base size, a multiple of 16")
+    gen.add_argument("--end-image", type=Path, help="backward mode: the video ends on this image")
+    gen.add_argument("--end-strength", type=float, default=1.0, help="how strongly the end image conditions (0-1)")
+    gen.add_argument("--end-embeds", type=float, default=0.0,
+                     help="blend the end image's embedding in, growing towards the video's end (0: off, up to 1)")
     _add_model_args(gen)
     _add_run_args(gen)
 
@@ -155,4 +159,5 @@ def params_from_args(args) -> JobParams:
                      seconds=args.seconds, lws=args.lws, steps=args.steps, cfg=args.cfg, gs=args.gs,
                      rs=args.rs, mode=args.mode, resolution=args.resolution, sampler=args.sampler,
                      crf=16 if args.crf is None else args.crf, teacache=args.teacache,
-                     teacache_threshold=args.teacache_threshold)
+                     teacache_threshold=args.teacache_threshold, end_strength=args.end_strength,
+                     end_embeds=args.end_embeds)
