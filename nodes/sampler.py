@@ -307,10 +307,12 @@ class GoanSegmentSampler:
         prompt_id = HOST.current_prompt_id() or "local"
         node_id = None if unique_id is None else str(unique_id)
         entry = REGISTRY.start(prompt_id, node_id, state.job_id, section=state.section, step=state.step_in_section,
-                               total_sections=state.plan.total_sections, steps=state.params.steps)
+                               total_sections=state.plan.total_sections, steps=state.params.steps,
+                               lineage=state.lineage)
         ids = {"prompt_id": prompt_id, "job_id": state.job_id}
         if resumed_from is not None:
-            HOST.send("goan.resumed", {**ids, "section": resumed_from[0], "step": resumed_from[1]})
+            branch = {"parent": entry.parent, "root": entry.root} if entry.parent else {}
+            HOST.send("goan.resumed", {**ids, "section": resumed_from[0], "step": resumed_from[1], **branch})
         failsafe: list[Path] = []
 
         def on_saved(path: Path, kind: FileKind):

@@ -339,6 +339,11 @@ def test_changed_widgets_branch_a_loaded_job(host, loaded, image):
     lineage = branched.state.lineage
     assert lineage["parent"] == paused.state.job_id and lineage["changes"]["seed"] == [JOB["seed"], 5]
     assert read_resume_file(branched.path).job_info["lineage"] == lineage
+    from goan_pack.nodes.jobs import REGISTRY
+
+    entry = next(j for j in REGISTRY.jobs() if j["job_id"] == branched.state.job_id)
+    assert entry["parent"] == entry["root"] == paused.state.job_id  # the sidebar lists branches with their job
+    assert events(host, "goan.resumed")[-1]["parent"] == paused.state.job_id
     assert images.shape == same_images.shape and not torch.equal(images, same_images)
 
 

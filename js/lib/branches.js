@@ -17,3 +17,22 @@ export function widgetValuesFromParams(params) {
   }
   return values;
 }
+
+/** The job a list row belongs with: the root of a branch, else the job itself (or its prompt while unknown). */
+export function familyOf(job) {
+  return job.root || job.job_id || `prompt:${job.prompt_id}`;
+}
+
+/**
+ * Jobs reordered so that branches of one job follow each other: each family keeps the place of its
+ * first (newest) member, members in their given order. Jobs without branches keep their order.
+ */
+export function groupBranches(jobs) {
+  const families = new Map();
+  for (const job of jobs) {
+    const key = familyOf(job);
+    if (!families.has(key)) families.set(key, []);
+    families.get(key).push(job);
+  }
+  return [...families.values()].flat();
+}
