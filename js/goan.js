@@ -3,7 +3,7 @@
 import { app, nodesOfType, redraw } from "./goan_comfy.js";
 import { install as installJobs, onChange, getState, currentlyExecuting, pause, setResumeLoader } from "./goan_jobs.js";
 import { registerTab } from "./goan_panel.js";
-import { installInterceptors, addUploadButton, refreshLengthLabel, refreshAllLabels, restoreFromOutput } from "./goan_resume.js";
+import { installInterceptors, addUploadButton, followResumeChoice, refreshLengthLabel, refreshAllLabels, restoreFromOutput } from "./goan_resume.js";
 import { SAMPLER_TYPE, runningJob } from "./lib/jobs.js";
 import { STATUS } from "./lib/vocabulary.js";
 import { LOAD_RESUME_TYPE, displayNames, missingLabels } from "./lib/labels.js";
@@ -130,6 +130,7 @@ app.registerExtension({
       setTimeout(() => refreshLengthLabel(node), 0);
     } else if (type === LOAD_RESUME_TYPE) {
       addUploadButton(node);
+      followResumeChoice(node);
     }
   },
 

@@ -241,6 +241,42 @@ export function installInterceptors() {
   setTimeout(addAccept, 2000);
 }
 
+// ---- GoanLoadResume's choice fills the samplers it feeds -----------------------------------------
+
+/** The samplers linked to `loader`'s state output. */
+function fedSamplers(loader) {
+  const links = (loader.outputs && loader.outputs[0] && loader.outputs[0].links) || [];
+  const graph = loader.graph || app.graph;
+  return links.map((id) => graph && graph.links && graph.links[id])
+    .filter(Boolean)
+    .map((link) => graph.getNodeById(link.target_id))
+    .filter((n) => n && (n.comfyClass || n.type) === SAMPLER_TYPE);
+}
+
+/**
+ * When the user picks a file in Load Resume, the samplers it feeds show that file's settings, so that
+ * only widgets changed afterwards branch the job (a graph loaded from a workflow keeps its widgets).
+ */
+export function followResumeChoice(loader) {
+  const w = widget(loader, RESUME_WIDGET);
+  if (!w || w.__goanFollow) return;
+  w.__goanFollow = true;
+  const orig = w.callback;
+  w.callback = function (value, ...rest) {
+    const r = orig ? orig.call(this, value, ...rest) : undefined;
+    if (value) {
+      request(`/goan/resume_info?name=${encodeURIComponent(value)}`)
+        .then((res) => expectOk(res))
+        .then((info) => {
+          for (const s of fedSamplers(loader)) showSettings(s, info && info.params);
+          redraw();
+        })
+        .catch((e) => console.warn("[goan] could not read the settings of", value, e));
+    }
+    return r;
+  };
+}
+
 // ---- GoanLoadResume's upload button ----------------------------------------------------------
 
 export function addUploadButton(node) {
