@@ -13,7 +13,7 @@ from comfy_workflow import check_workflow, node_info, set_widget, to_api, widget
 from nodes_helpers import pack  # noqa: F401  (fixture)
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
-NAMES = ["goan_image_to_video.json", "goan_resume.json", "goan_native_encoders.json"]
+NAMES = ["goan_image_to_video.json", "goan_resume.json", "goan_native_encoders.json", "goan_compare_branches.json"]
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,13 @@ def _share_infos(infos):
 
 
 _INFOS: dict = {}
+
+
+def test_the_compare_workflow_branches_one_resume_file_three_ways(infos):
+    flow = to_api(load("goan_compare_branches.json"), infos)
+    loaders = [k for k, v in flow.items() if v["class_type"] == "GoanLoadResume"]
+    samplers = [v for v in flow.values() if v["class_type"] == "GoanSegmentSampler"]
+    assert len(loaders) == 1 and len(samplers) == 3
+    assert all(s["inputs"]["resume_state"] == [loaders[0], 0] and "text_encoders" in s["inputs"] for s in samplers)
+    assert len({s["inputs"]["prompt"] for s in samplers}) == 3
+    assert sum(v["class_type"] == "GoanSaveResume" for v in flow.values()) == 3
