@@ -44,7 +44,7 @@ MODEL_INPUTS = ("prompt", "negative_prompt", "cfg", "gs", "rs", "teacache", "tea
 
 
 def branch_changes(params: JobParams, requested: dict) -> dict[str, list]:
-    """{setting: [old, new]} for the requested settings that really differ (the prompt as spliced in).
+    """{setting: [old, new]} for the requested settings that differ (the prompt as given: `branch_job` splices it).
 
     InputError for a setting that is not a job setting or one that defines the job's shape.
     """
