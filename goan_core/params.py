@@ -29,6 +29,8 @@ LIMITS = {
     "crf": (0, 51),
     "max_sections": (1, 10_000),
     "teacache_threshold": (0.0, 10.0),
+    "end_strength": (0.0, 1.0),
+    "end_embeds": (0.0, 1.0),
 }
 # The most sections one job may plan: checked when a job is created or extended and when a resume
 # file is read (resumefile.check_job), with the same message, so goan never runs a job it cannot resume.
@@ -44,7 +46,10 @@ class JobParams:
     `gs` the distilled guidance fed to the model, `rs` the guidance rescale. `teacache` skips the
     transformer blocks while their input barely changes (FramePack's TeaCache, on by default like
     there), up to an accumulated rescaled change of `teacache_threshold`. `prompt_source` says
-    whether `prompt` and `negative_prompt` are the texts that were encoded (`PROMPT_SOURCES`).
+    whether `prompt` and `negative_prompt` are the texts that were encoded (`PROMPT_SOURCES`). With
+    an end image (backward mode), `end_strength` scales its latent in the first generated section's
+    context and `end_embeds` blends its image embedding in, growing towards the video's end (see
+    `sampling.endframe`).
     """
 
     prompt: str
@@ -63,6 +68,8 @@ class JobParams:
     teacache: bool = True
     teacache_threshold: float = 0.15
     prompt_source: str = "text"
+    end_strength: float = 1.0
+    end_embeds: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,7 +85,7 @@ class JobParams:
                 raise InputError(f"{name} must be a whole number, got {value!r}")
         if not isinstance(self.teacache, bool):
             raise InputError(f"teacache must be true or false, got {self.teacache!r}")
-        for name in ("seconds", "cfg", "gs", "rs", "teacache_threshold"):
+        for name in ("seconds", "cfg", "gs", "rs", "teacache_threshold", "end_strength", "end_embeds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise InputError(f"{name} must be a finite number, got {value!r}")

@@ -3,7 +3,7 @@
 import { app, redraw, workflowGraph } from "./goan_comfy.js";
 import { install as installJobs, onChange, getState, currentlyExecuting, pause, setResumeLoader, jobsApi } from "./goan_jobs.js";
 import { registerTab } from "./goan_panel.js";
-import { installInterceptors, addUploadButton, refreshLengthLabel, refreshAllLabels, restoreFromOutput } from "./goan_resume.js";
+import { installInterceptors, addUploadButton, followResumeChoice, refreshLengthLabel, refreshAllLabels, restoreFromOutput } from "./goan_resume.js";
 import { SAMPLER_TYPE, runningJob } from "./lib/jobs.js";
 import { nodesOfType } from "./lib/graph.js";
 import { STATUS } from "./lib/vocabulary.js";
@@ -155,6 +155,7 @@ app.registerExtension({
       setTimeout(() => refreshLengthLabel(node), 0);
     } else if (type === LOAD_RESUME_TYPE) {
       addUploadButton(node);
+      followResumeChoice(node);
     }
   },
 

@@ -5,6 +5,7 @@ import { findResumeFile, isResumeName, uploadInChunks, stem, viewUrl, downloadNa
 import { graphNodes as nodesIn } from "./lib/graph.js";
 import { lengthLabel, LENGTH_WIDGET, LOAD_RESUME_TYPE } from "./lib/labels.js";
 import { SAMPLER_TYPE } from "./lib/jobs.js";
+import { widgetValuesFromParams } from "./lib/branches.js";
 
 const RESUME_WIDGET = "resume_file";
 let busy = false;
@@ -104,8 +105,16 @@ function ensureLoader(sampler) {
   return loader;
 }
 
-/** Point the loaded graph at the uploaded file: every GoanLoadResume, every sampler's length. */
-export function applyResumeToGraph(name) {
+/** Put the file's settings into a sampler's widgets, so that only widgets the user changes branch the job. */
+function showSettings(sampler, params) {
+  for (const [name, value] of Object.entries(widgetValuesFromParams(params))) {
+    const w = widget(sampler, name);
+    if (w) w.value = value;
+  }
+}
+
+/** Point the loaded graph at the uploaded file: every GoanLoadResume, every sampler's settings and length. */
+export function applyResumeToGraph(name, params) {
   let loaders = nodesOfType(LOAD_RESUME_TYPE);
   const samplers = nodesOfType(SAMPLER_TYPE);
   if (!loaders.length && samplers.length) {
@@ -115,6 +124,7 @@ export function applyResumeToGraph(name) {
   for (const l of loaders) setCombo(l, RESUME_WIDGET, name);
   for (const s of samplers) {
     s.goanRestored = true;
+    showSettings(s, params);
     const w = widget(s, LENGTH_WIDGET);
     if (w) {
       w.value = 0;
@@ -161,7 +171,7 @@ export async function restoreFromFile(file) {
       workflow = expectOk(await request("/goan/workflows/goan_resume.json"), "The example resume workflow is missing");
     }
     await app.loadGraphData(workflow, true, true, stem(file.name));
-    const applied = applyResumeToGraph(up.name);
+    const applied = applyResumeToGraph(up.name, info && info.params);
     if (!applied.loaders) {
       toast("error", "No GoanLoadResume node in the workflow", `Uploaded as ${up.name}; add a GoanLoadResume node and select it.`, 10000);
       return false;
@@ -231,6 +241,42 @@ export function installInterceptors() {
   };
   addAccept();
   setTimeout(addAccept, 2000);
+}
+
+// ---- GoanLoadResume's choice fills the samplers it feeds -----------------------------------------
+
+/** The samplers linked to `loader`'s state output. */
+function fedSamplers(loader) {
+  const links = (loader.outputs && loader.outputs[0] && loader.outputs[0].links) || [];
+  const graph = loader.graph || app.graph;
+  return links.map((id) => graph && graph.links && graph.links[id])
+    .filter(Boolean)
+    .map((link) => graph.getNodeById(link.target_id))
+    .filter((n) => n && (n.comfyClass || n.type) === SAMPLER_TYPE);
+}
+
+/**
+ * When the user picks a file in Load Resume, the samplers it feeds show that file's settings, so that
+ * only widgets changed afterwards branch the job (a graph loaded from a workflow keeps its widgets).
+ */
+export function followResumeChoice(loader) {
+  const w = widget(loader, RESUME_WIDGET);
+  if (!w || w.__goanFollow) return;
+  w.__goanFollow = true;
+  const orig = w.callback;
+  w.callback = function (value, ...rest) {
+    const r = orig ? orig.call(this, value, ...rest) : undefined;
+    if (value) {
+      request(`/goan/resume_info?name=${encodeURIComponent(value)}`)
+        .then((res) => expectOk(res))
+        .then((info) => {
+          for (const s of fedSamplers(loader)) showSettings(s, info && info.params);
+          redraw();
+        })
+        .catch((e) => console.warn("[goan] could not read the settings of", value, e));
+    }
+    return r;
+  };
 }
 
 // ---- GoanLoadResume's upload button ----------------------------------------------------------

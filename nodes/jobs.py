@@ -30,6 +30,8 @@ class JobEntry:
     control: JobControl = field(default_factory=JobControl)
     pending: bool = False  # a pause asked for before the sampler started
     order: int = 0
+    parent: str | None = None  # a branched job's parent and root job ids (its lineage)
+    root: str | None = None
 
     @property
     def sampling_done(self) -> bool:
@@ -45,7 +47,7 @@ class JobEntry:
         return {"prompt_id": self.prompt_id, "job_id": self.job_id, "node_id": self.node_id,
                 "status": self.status.value, "section": self.section, "total_sections": self.total_sections,
                 "step": self.step, "steps": self.steps, "skipped": self.skipped, "file": self.file,
-                "error": self.error}
+                "error": self.error, "parent": self.parent, "root": self.root}
 
 
 def sampler_node_id(prompt) -> str | None:
@@ -81,8 +83,9 @@ class JobRegistry:
 
     # -- the sampler's side ----------------------------------------------------------------------
     def start(self, prompt_id: str, node_id: str | None, job_id: str, *, section: int, step: int,
-              total_sections: int, steps: int) -> JobEntry:
-        """Register a running job; a pause asked for before it started applies now."""
+              total_sections: int, steps: int, lineage: dict | None = None) -> JobEntry:
+        """Register a running job (with the parent and root of its `lineage` when it is a branch); a pause
+        asked for before it started applies now."""
         with self._lock:
             entry = next((e for e in self._entries if e.prompt_id == prompt_id and e.pending), None)
             if entry is None:
@@ -92,6 +95,7 @@ class JobRegistry:
                 entry.pending, entry.node_id = False, node_id or entry.node_id
             entry.job_id, entry.section, entry.step = job_id, section, step
             entry.total_sections, entry.steps = total_sections, steps
+            entry.parent, entry.root = (lineage["parent"], lineage["root"]) if lineage else (None, None)
             entry.order = next(self._counter)
             return entry
 

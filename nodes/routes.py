@@ -44,7 +44,8 @@ MAX_UPLOAD = MAX_TOTAL_BYTES + 64 * 1024 * 1024  # the largest file the reader w
 UPLOAD_TTL = 3600.0  # seconds an unfinished upload is kept without a new chunk
 MAX_ACTIVE_UPLOADS = 32  # unfinished uploads at once (each holds a temp file and a lock)
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
-WORKFLOW_NAMES = ("goan_image_to_video.json", "goan_resume.json", "goan_diffusers_folders.json")
+WORKFLOW_NAMES = ("goan_image_to_video.json", "goan_resume.json", "goan_diffusers_folders.json",
+                  "goan_compare_branches.json")
 NO_SPACE = {errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from ..goan_core.errors import InputError
-from ..goan_core.jobs import (AutosavePolicy, Encoders, Job, RunResult, RunSettings, continue_job, create_job,
-                              render_frames, run_attention, run_job)
+from ..goan_core.jobs import (AutosavePolicy, Encoders, Job, RunResult, RunSettings, branch_changes, continue_job,
+                              create_job, render_frames, run_attention, run_job)
 from ..goan_core.models import (ATTENTION_CHOICES, VAE, ImageEncoder, SwapPlan, TextEncoders, Transformer, is_on,
                                 plan_swap, section_tokens)
 from ..goan_core.params import FPS, LIMITS, MODES, SAMPLERS, JobParams
@@ -143,7 +143,8 @@ def claim_memory(transformer: Transformer, state, settings: RunSettings) -> tupl
 class GoanSegmentSampler:
     DESCRIPTION = ("Runs a FramePack image-to-video job, or continues one from a resume state. Pause it from the "
                    "queue (the state then goes to Save Resume); Cancel saves a fail-safe resume file. When continuing, "
-                   "the creative widgets come from the state and the length is ADDITIONAL seconds (0 = just finish).")
+                   "widgets that differ from the state's settings (prompt, seed, steps, cfg...) branch it into a new "
+                   "job for the sections still to come, and the length is ADDITIONAL seconds (0 = just finish).")
     CATEGORY = CATEGORY
     FUNCTION = "execute"
     RETURN_TYPES = (T.STATE, "IMAGE", "FLOAT")
@@ -216,12 +217,19 @@ class GoanSegmentSampler:
                 "clip_vision_output": ("CLIP_VISION_OUTPUT", {"lazy": True, "tooltip": "an image encoded elsewhere "
                                        "(CLIPVisionEncode): wins over clip_vision, but FramePack encodes the "
                                        "bucketed crop of the start image, which clip_vision does"}),
-                # Last, so saved workflows keep their input slots.
+                # After the older inputs, so saved workflows keep their input slots.
                 "clip": ("CLIP", {"lazy": True, "tooltip": "DualCLIPLoader (clip_l + llava_llama3, type hunyuan_video): "
                                   "goan encodes the prompt widgets with it"}),
                 "clip_vision": ("CLIP_VISION", {"lazy": True, "tooltip": "CLIPVisionLoader "
                                                 "(sigclip_vision_patch14_384): goan encodes the bucketed, cropped "
                                                 "start image with it, as FramePack does"}),
+                "end_image": ("IMAGE", {"tooltip": "backward mode: the video ends on this image (a new job's; "
+                                                   "a resumed job keeps its own)"}),
+                "end_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                           "tooltip": "how strongly the end image conditions the video's end"}),
+                "end_embeds": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                         "tooltip": "blend the end image's embedding in, growing towards the "
+                                                    "video's end (0 = off)"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
@@ -249,6 +257,14 @@ class GoanSegmentSampler:
         elif isinstance(job, GoanJob) and job.state.conditioning is None:
             cfg = job.state.params.cfg
         else:
+            if isinstance(job, GoanJob):  # a branch with a new prompt or negative prompt needs the text encoders
+                params = job.state.params
+                changed = branch_changes(params, {k: inputs[k] for k in ("prompt", "negative_prompt", "cfg")
+                                                  if k in inputs})
+                if "prompt" in changed:
+                    want("positive" if "positive" in inputs else "text_encoders")
+                if inputs.get("cfg", params.cfg) != 1 and ({"negative_prompt", "cfg"} & set(changed)):
+                    want("negative" if "negative" in inputs else "text_encoders")
             return needed
         want_source("prompt")
         if cfg != 1:
@@ -266,8 +282,8 @@ class GoanSegmentSampler:
                 resolution, sampler, autosave_every, keep_last, gpu_memory_preservation=6.0, teacache=True,
                 teacache_threshold=0.15, attention="auto", compile=False, accept_lora_difference=False, image=None,
                 resume_state=None, text_encoders=None, image_encoder=None, goan_vae=None, vae=None, positive=None,
-                negative=None, clip_vision_output=None, clip=None, clip_vision=None, unique_id=None,
-                extra_pnginfo=None):
+                negative=None, clip_vision_output=None, clip=None, clip_vision=None, end_image=None, end_strength=1.0,
+                end_embeds=0.0, unique_id=None, extra_pnginfo=None):
         if not isinstance(transformer, Transformer):
             raise InputError("transformer: connect goan's Transformer Loader")
         if autosave_every < 0 or keep_last < 1:
@@ -290,7 +306,11 @@ class GoanSegmentSampler:
                                hide_autosaves=True)  # out of ComfyUI's asset catalogue (resumefile.retention)
         run_attention(transformer, settings)  # an attention kernel or compiler missing here: said before any work
         if resume_state is not None:
-            job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow,
+            changes = dict(prompt=prompt, negative_prompt=negative_prompt, seed=int(seed), steps=int(steps),
+                           cfg=float(cfg), gs=float(gs), rs=float(rs), sampler=sampler, teacache=bool(teacache),
+                           teacache_threshold=float(teacache_threshold), mode=mode, lws=int(lws),
+                           resolution=int(resolution))
+            job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow, changes,
                                                bool(accept_lora_difference))
         else:
             if image is None:
@@ -301,22 +321,25 @@ class GoanSegmentSampler:
             params = JobParams(prompt=prompt, negative_prompt=negative_prompt, seed=int(seed), seconds=float(seconds),
                                lws=int(lws), steps=int(steps), cfg=float(cfg), gs=float(gs), rs=float(rs), mode=mode,
                                resolution=int(resolution), sampler=sampler, teacache=bool(teacache),
-                               teacache_threshold=float(teacache_threshold))
+                               teacache_threshold=float(teacache_threshold), end_strength=float(end_strength),
+                               end_embeds=float(end_embeds))
             job = create_job(params, image_to_uint8(image), encoders, identity=transformer.identity(),
-                             loras=transformer.lora_uses(), workflow=workflow)
+                             loras=transformer.lora_uses(), workflow=workflow,
+                             end_image=None if end_image is None else image_to_uint8(end_image))
             resumed_from = None
         return self._run(job, transformer, encoders, settings, unique_id, resumed_from)
 
     @staticmethod
-    def _continue(saved, transformer: Transformer, seconds: float, encoders: Encoders, workflow,
+    def _continue(saved, transformer: Transformer, seconds: float, encoders: Encoders, workflow, changes: dict,
                   accept_lora_difference: bool = False):
+        """The saved job continued; widgets that differ from its settings branch it (`jobs.branch`)."""
         if not isinstance(saved, GoanJob):
             raise InputError(f"resume_state: expected a goan state (Load Resume or a sampler), got {type(saved).__name__}")
         try:
             job, warnings = continue_job(saved.state, saved.source_image, encoders, identity=transformer.identity(),
                                          loras=transformer.lora_uses(), accept_lora_difference=accept_lora_difference,
                                          additional_seconds=seconds, needs_start_latent=saved.needs_start_latent,
-                                         workflow=workflow or saved.workflow)
+                                         workflow=workflow or saved.workflow, changes=changes)
         except InputError as error:
             if seconds > 0 and saved.state.plan.mode != "f1":
                 raise InputError(f"Additional {LENGTH_LABEL} must be 0 for this job: {error}") from error
@@ -331,10 +354,12 @@ class GoanSegmentSampler:
         prompt_id = HOST.current_prompt_id() or "local"
         node_id = None if unique_id is None else str(unique_id)
         entry = REGISTRY.start(prompt_id, node_id, state.job_id, section=state.section, step=state.step_in_section,
-                               total_sections=state.plan.total_sections, steps=state.params.steps)
+                               total_sections=state.plan.total_sections, steps=state.params.steps,
+                               lineage=state.lineage)
         ids = {"prompt_id": prompt_id, "job_id": state.job_id}
         if resumed_from is not None:
-            HOST.send("goan.resumed", {**ids, "section": resumed_from[0], "step": resumed_from[1]})
+            branch = {"parent": entry.parent, "root": entry.root} if entry.parent else {}
+            HOST.send("goan.resumed", {**ids, "section": resumed_from[0], "step": resumed_from[1], **branch})
         failsafe: list[Path] = []
 
         def on_saved(path: Path, kind: FileKind):

@@ -518,6 +518,108 @@ def _(tmp):
     return edited(tmp, "job_id_path", job_info=_set("job_id", "../../etc"))
 
 
+# a branched job's lineage (optional in job_info) and a timed prompt's embeddings
+LINEAGE = {"parent": "job-0", "root": "job-0", "section": 1, "step": 0, "changes": {"seed": [1234, 5]}}
+
+
+def _lineage(**change):
+    return _set("lineage", {**LINEAGE, **change})
+
+
+@case("lineage_not_object", phrase="lineage must be an object")
+def _(tmp):
+    return edited(tmp, "lineage_list", job_info=_set("lineage", ["job-0"]))
+
+
+@case("lineage_extra_field", phrase="lineage must be an object with exactly the fields")
+def _(tmp):
+    return edited(tmp, "lineage_extra", job_info=_set("lineage", {**LINEAGE, "script": "x"}))
+
+
+@case("lineage_parent_path", phrase="lineage.parent")
+def _(tmp):
+    return edited(tmp, "lineage_parent", job_info=_lineage(parent="../../etc/passwd"))
+
+
+@case("lineage_section_negative", phrase="lineage.section must be a whole number")
+def _(tmp):
+    return edited(tmp, "lineage_section", job_info=_lineage(section=-1))
+
+
+@case("lineage_step_bool", phrase="lineage.step must be a whole number")
+def _(tmp):
+    return edited(tmp, "lineage_step", job_info=_lineage(step=True))
+
+
+@case("lineage_no_changes", phrase="lineage.changes must map at least one setting")
+def _(tmp):
+    return edited(tmp, "lineage_empty", job_info=_lineage(changes={}))
+
+
+@case("lineage_unknown_setting", phrase="which is no setting")
+def _(tmp):
+    return edited(tmp, "lineage_setting", job_info=_lineage(changes={"__class__": [1, 2]}))
+
+
+@case("lineage_change_not_pair", phrase="lineage.changes.seed must be [old, new]")
+def _(tmp):
+    return edited(tmp, "lineage_pair", job_info=_lineage(changes={"seed": [1, 2, 3]}))
+
+
+@case("lineage_change_nested", phrase="lineage.changes.prompt must be [old, new]")
+def _(tmp):
+    return edited(tmp, "lineage_nested", job_info=_lineage(changes={"prompt": [{"a": 1}, "b"]}))
+
+
+@case("lineage_change_huge_text", phrase="lineage.changes.prompt must be [old, new]")
+def _(tmp):
+    return edited(tmp, "lineage_huge", job_info=_lineage(changes={"prompt": ["a", "b" * 70_000]}))
+
+
+@case("end_latent_without_end_image", phrase="an end frame needs both end_image.png and the tensor 'end_latent'")
+def _(tmp):
+    return edited(tmp, "end_latent_only", tensors=lambda t: t.update(end_latent=t["start_latent"].clone()))
+
+
+@case("end_image_without_end_latent", phrase="an end frame needs both end_image.png")
+def _(tmp):
+    buffer = io.BytesIO()
+    Image.fromarray(source_image()).save(buffer, format="PNG")
+    return edited(tmp, "end_image_only", members=lambda c: c + [("end_image.png", buffer.getvalue())])
+
+
+@case("end_latent_in_f1", phrase="'end_latent' must be")
+def _(tmp):
+    return edited(tmp, "end_f1", base={"mode": "f1"}, tensors=lambda t: t.update(end_latent=t["start_latent"].clone()))
+
+
+@case("timed_prompt_without_its_embeddings", phrase="'cond.prompt_embeds.1' is missing")
+def _(tmp):
+    return edited(tmp, "timed_missing", params=_set("prompt", "[0s] a cat [0.5s] a dog"))
+
+
+@case("timed_prompt_backwards", phrase="timestamps must increase")
+def _(tmp):
+    return edited(tmp, "timed_backwards", params=_set("prompt", "[0s] a cat [0.5s] a dog [0.2s] a cow"))
+
+
+@case("extra_prompt_embeddings_for_a_plain_prompt", phrase="unknown embedding tensor 'cond.pooled.1'")
+def _(tmp):
+    def add(table):
+        table.update({"cond.prompt_embeds.1": table["cond.prompt_embeds"].clone(),
+                      "cond.prompt_mask.1": table["cond.prompt_mask"].clone(),
+                      "cond.pooled.1": table["cond.pooled"].clone()})
+    return edited(tmp, "extra_prompt", tensors=add)
+
+
+@case("timed_prompt_embeddings_misshapen", phrase="timed prompt 1's embeddings differ in shape")
+def _(tmp):
+    def add(table):
+        table.update({"cond.prompt_embeds.1": torch.zeros(1, 16, 8),
+                      "cond.prompt_mask.1": table["cond.prompt_mask"].clone(), "cond.pooled.1": table["cond.pooled"].clone()})
+    return edited(tmp, "timed_shape", params=_set("prompt", "[0s] a cat [0.5s] a dog"), tensors=add)
+
+
 @case("model_identity_type", phrase="model_identity")
 def _(tmp):
     return edited(tmp, "identity", job_info=_set("model_identity", {"transformer": 5}))

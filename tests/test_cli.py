@@ -84,6 +84,36 @@ def test_resume_backward_with_additional_seconds_is_explained(cli_env, tmp_path,
     assert code == 2 and "fixed when they start" in err
 
 
+def test_resume_with_a_new_prompt_branches_and_inspect_shows_the_lineage(cli_env, tmp_path, capsys):
+    import json
+
+    code, stdout, _ = run_main(fast(cli_env, tmp_path / "x.mp4", "--pause-at", "1:0", "--resume-dir", str(tmp_path)),
+                               capsys)
+    resume_file = stdout.split("resume file: ")[1].split()[0]
+    code, _, err = run_main(["resume", resume_file, "--tiny", "--out", str(tmp_path / "y.mp4"), "--lws", "4"], capsys)
+    assert code == 2 and "cannot change lws" in err and len(err.strip().splitlines()) == 1
+    code, stdout, _ = run_main(["resume", resume_file, "--tiny", "--out", str(tmp_path / "y.mp4"), "--prompt",
+                                "a boat sinks", "--seed", "7", "--pause-at", "1:1", "--resume-dir", str(tmp_path)],
+                               capsys)
+    assert code == 0 and "branched job" in stdout and "seed 31337 -> 7" in stdout
+    branched = stdout.split("resume file: ")[1].split()[0]
+    code, stdout, _ = run_main(["inspect", branched], capsys)
+    lineage = json.loads(stdout)["job_info"]["lineage"]
+    assert lineage["section"] == 1 and lineage["step"] == 0 and lineage["changes"]["seed"] == [31337, 7]
+    assert lineage["changes"]["prompt"] == ["a boat on a lake", "[0s] a boat sinks [0.4s] a boat on a lake"]
+
+
+def test_generate_with_an_end_image_stores_it(cli_env, tmp_path, capsys):
+    import json
+
+    code, stdout, _ = run_main(fast(cli_env, tmp_path / "x.mp4", "--end-image", str(cli_env), "--end-embeds", "0.5",
+                                    "--pause-at", "1:0", "--resume-dir", str(tmp_path)), capsys)
+    resume_file = stdout.split("resume file: ")[1].split()[0]
+    code, stdout, _ = run_main(["inspect", resume_file], capsys)
+    info = json.loads(stdout)
+    assert "end_image.png" in info["members"] and info["params"]["end_embeds"] == 0.5
+
+
 @pytest.mark.parametrize("change,message", [
     (("--image", "MISSING"), "MISSING"),
     (("--seconds", "0"), "greater than 0"),

@@ -187,7 +187,7 @@ def test_pause_save_load_resume_gives_identical_frames(host, loaded, image):
     assert state.status == "loaded" and source.shape == (1, 48, 64, 3)
     assert json.loads(params)["seed"] == JOB["seed"]
     host.events.clear()
-    resumed, images, _ = run_sampler(loaded, None, resume_state=state, seconds=0.0, seed=1, prompt="ignored")
+    resumed, images, _ = run_sampler(loaded, None, resume_state=state, seconds=0.0)
     assert resumed.status == "finished"
     assert events(host, "goan.resumed") == [{"prompt_id": PROMPT_ID, "job_id": paused.state.job_id,
                                              "section": 1, "step": 1}]
@@ -266,7 +266,7 @@ def test_forward_jobs_extend_backward_jobs_explain(host, loaded, image):
     forward, _, _ = run_sampler(loaded, image, mode="f1", autosave_every=0)
     host.on_progress = None
     sections = forward.state.plan.total_sections
-    longer, images, _ = run_sampler(loaded, None, resume_state=forward, seconds=0.3, autosave_every=0)
+    longer, images, _ = run_sampler(loaded, None, resume_state=forward, seconds=0.3, autosave_every=0, mode="f1")
     assert longer.state.plan.total_sections == sections + 1 and longer.status == "finished"
     assert images.shape[0] == longer.state.plan.total_pixel_frames
     pause_when(host, 1)
@@ -347,3 +347,44 @@ def test_lazy_inputs_are_asked_for_only_when_needed(host, loaded, image):
     bare = GoanJob(state=paused.state.snapshot(), source_image=paused.source_image, status="loaded")
     bare.state.conditioning = None  # a file saved without embeddings
     assert sampler.check_lazy_status(resume_state=bare, cfg=1.0, **linked) == ["text_encoders", "image_encoder"]
+
+
+def test_changed_widgets_branch_a_loaded_job(host, loaded, image):
+    """After Load Resume, a sampler whose widgets differ from the file's settings continues a new job with
+    them; the shape of the job cannot change; lazily, the text encoders are asked for only for a new prompt."""
+    from goan_pack.goan_core.errors import InputError
+    from goan_pack.goan_core.resumefile import read_resume_file
+
+    pause_when(host, 1)
+    paused, _, _ = run_sampler(loaded, image, autosave_every=0)
+    host.on_progress = None
+    sampler = N("GoanSegmentSampler")
+    linked = dict(text_encoders=None, image_encoder=None)
+    assert sampler.check_lazy_status(resume_state=paused, **JOB, **linked) == []
+    assert sampler.check_lazy_status(resume_state=paused, **{**JOB, "prompt": "a storm"}, **linked) == ["text_encoders"]
+    with pytest.raises(InputError, match="cannot change resolution"):
+        run_sampler(loaded, None, resume_state=paused, seconds=0.0, resolution=128)
+    same, same_images, _ = run_sampler(loaded, None, resume_state=paused, seconds=0.0)
+    assert same.state.job_id == paused.state.job_id and same.state.lineage is None
+    branched, images, _ = run_sampler(loaded, None, resume_state=paused, seconds=0.0, prompt="a storm", seed=5)
+    assert branched.status == "finished" and branched.state.job_id != paused.state.job_id
+    lineage = branched.state.lineage
+    assert lineage["parent"] == paused.state.job_id and lineage["changes"]["seed"] == [JOB["seed"], 5]
+    assert read_resume_file(branched.path).job_info["lineage"] == lineage
+    from goan_pack.nodes.jobs import REGISTRY
+
+    entry = next(j for j in REGISTRY.jobs() if j["job_id"] == branched.state.job_id)
+    assert entry["parent"] == entry["root"] == paused.state.job_id  # the sidebar lists branches with their job
+    assert events(host, "goan.resumed")[-1]["parent"] == paused.state.job_id
+    assert images.shape == same_images.shape and not torch.equal(images, same_images)
+
+
+def test_an_end_image_goes_into_the_job_and_its_file(host, loaded, image):
+    import zipfile
+
+    pause_when(host, 1)
+    paused, _, _ = run_sampler(loaded, image, autosave_every=0, end_image=image.flip(2), end_strength=0.8)
+    host.on_progress = None
+    assert paused.state.end_latent is not None and paused.state.params.end_strength == 0.8
+    with zipfile.ZipFile(paused.path) as archive:
+        assert "end_image.png" in archive.namelist()

@@ -197,7 +197,7 @@ def test_jobs_lists_running_first_then_recent(host):
     assert [j["prompt_id"] for j in body["jobs"]] == ["p-now", "p-fail", "p-old"]
     assert body["jobs"][0] == {"prompt_id": "p-now", "job_id": "job-now", "node_id": "3", "status": "running",
                                "section": 1, "total_sections": 4, "step": 12, "steps": 25, "skipped": 0, "file": None,
-                               "error": None}
+                               "error": None, "parent": None, "root": None}
     assert body["jobs"][1]["error"] == "out of memory: simulated"
     assert body["jobs"][2]["file"]["filename"] == "a.goan_resume"
 

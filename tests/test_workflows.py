@@ -15,7 +15,7 @@ from comfy_workflow import check_workflow, node_info, set_widget, to_api, widget
 from nodes_helpers import pack  # noqa: F401  (fixture)
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
-NAMES = ["goan_image_to_video.json", "goan_resume.json", "goan_diffusers_folders.json"]
+NAMES = ["goan_image_to_video.json", "goan_resume.json", "goan_diffusers_folders.json", "goan_compare_branches.json"]
 # The widgets of ComfyUI's loaders (and goan's transformer loader) that name a model file, and its folder.
 FILE_WIDGETS = {"GoanTransformerLoader": {"model": "diffusion_models"},
                 "DualCLIPLoader": {"clip_name1": "text_encoders", "clip_name2": "text_encoders"},
@@ -151,7 +151,8 @@ def test_sampler_widgets_follow_the_contract(infos):
     names = widget_names(infos["GoanSegmentSampler"])
     assert names == ["prompt", "negative_prompt", "seed", None, "seconds", "steps", "cfg", "gs", "rs", "lws", "mode",
                      "resolution", "sampler", "autosave_every", "keep_last", "gpu_memory_preservation",
-                     "teacache", "teacache_threshold", "attention", "compile", "accept_lora_difference"]
+                     "teacache", "teacache_threshold", "attention", "compile", "accept_lora_difference",
+                     "end_strength", "end_embeds"]
 
 
 @pytest.mark.parametrize("damage, phrase", [
@@ -185,3 +186,13 @@ def _share_infos(infos):
 
 
 _INFOS: dict = {}
+
+
+def test_the_compare_workflow_branches_one_resume_file_three_ways(infos):
+    flow = to_api(load("goan_compare_branches.json"), infos)
+    loaders = [k for k, v in flow.items() if v["class_type"] == "GoanLoadResume"]
+    samplers = [v for v in flow.values() if v["class_type"] == "GoanSegmentSampler"]
+    assert len(loaders) == 1 and len(samplers) == 3
+    assert all(s["inputs"]["resume_state"] == [loaders[0], 0] and "text_encoders" in s["inputs"] for s in samplers)
+    assert len({s["inputs"]["prompt"] for s in samplers}) == 3
+    assert sum(v["class_type"] == "GoanSaveResume" for v in flow.values()) == 3

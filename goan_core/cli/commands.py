@@ -15,14 +15,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import InputError, ModelFolderError
-from ..jobs import (AutosavePolicy, Encoders, Job, JobControl, RunResult, RunSettings, continue_job, create_job,
-                    goan_encoders, render_frames, run_attention, run_job, signal_pauses)
+from ..jobs import (AutosavePolicy, Encoders, Job, JobControl, RunResult, RunSettings, branch_changes, continue_job,
+                    create_job, goan_encoders, render_frames, run_attention, run_job, signal_pauses)
 from ..media import load_image, write_mp4
 from ..models import (ModelFiles, ModelSet, Transformer, apply_fp32_output, configure_precision, default_tiny_root,
                       load_model_set, model_dtypes, read_lora, resolve_device, write_tiny_models)
 from ..resumefile import inspect_resume_file, read_resume_file
 from ..vocabulary import FileKind, Status
-from .parser import params_from_args
+from .parser import branch_request, params_from_args
 
 
 @dataclass
@@ -165,10 +165,11 @@ def generate(args) -> int:
     params = params_from_args(args)
     check_run_args(args)
     image = load_image(args.image)
+    end = load_image(args.end_image) if args.end_image is not None else None
     runtime = load_runtime(args, need_text=True, need_image=True)
     settings = run_settings(args, runtime)
     job = create_job(params, image, runtime.encoders, identity=runtime.transformer.identity(),
-                     loras=runtime.transformer.lora_uses())
+                     loras=runtime.transformer.lora_uses(), end_image=end)
     return finish(runtime, run_with_progress(runtime, job, settings), args.out, params.crf, args.deterministic_video)
 
 
@@ -180,16 +181,22 @@ def resume(args) -> int:
     for note in data.notes:
         print(f"goan: note: {note}", file=sys.stderr)
     need_embeddings = data.state.conditioning is None
-    runtime = load_runtime(args, need_text=need_embeddings, need_image=need_embeddings)
+    request = branch_request(args)
+    changes = branch_changes(data.state.params, request)  # a refused change fails before any model loads
+    need_text = need_embeddings or bool({"prompt", "negative_prompt", "cfg"} & set(changes))
+    runtime = load_runtime(args, need_text=need_text, need_image=need_embeddings)
     settings = run_settings(args, runtime)
     job, warnings = continue_job(data.state, data.source_image, runtime.encoders,
                                  identity=runtime.transformer.identity(), loras=runtime.transformer.lora_uses(),
                                  accept_lora_difference=args.accept_lora_difference,
                                  additional_seconds=args.additional_seconds,
-                                 needs_start_latent=data.needs_start_latent, workflow=data.workflow)
+                                 needs_start_latent=data.needs_start_latent, workflow=data.workflow, changes=request)
     for warning in warnings:
         print(f"goan: warning: {warning}", file=sys.stderr)
     state = job.state
+    if state.lineage is not None and state.job_id != data.state.job_id:
+        changed = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in state.lineage["changes"].items())
+        print(f"goan: branched job {data.state.job_id} as {state.job_id}: {changed}")
     print(f"goan: resuming job {state.job_id} at section {state.section + 1}/{state.plan.total_sections}, "
           f"step {state.step_in_section}/{state.params.steps}")
     result = run_with_progress(runtime, job, settings)

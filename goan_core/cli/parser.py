@@ -120,6 +120,31 @@ def _add_save_args(p: argparse.ArgumentParser) -> None:
                         "on the CPU); the first steps of each new shape take longer")
 
 
+def _add_branch_args(p: argparse.ArgumentParser) -> None:
+    """Settings that branch a resumed job: each given one that differs applies to the sections still to come."""
+    group = p.add_argument_group("branching", "continue as a new job with other settings for the sections still "
+                                 "to come (the file's values when omitted; see README, Branching)")
+    group.add_argument("--prompt", help="new prompt (may be timed: '[0s] ... [2.5s] ...')")
+    group.add_argument("--negative-prompt")
+    group.add_argument("--seed", type=int, help="re-seed the job's generator at the branch point")
+    group.add_argument("--steps", type=int, help="only at a section boundary")
+    group.add_argument("--cfg", type=float)
+    group.add_argument("--gs", type=float)
+    group.add_argument("--rs", type=float)
+    group.add_argument("--sampler", choices=SAMPLERS, help="only at a section boundary")
+    group.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--teacache-threshold", type=float)
+    for name in ("mode", "lws", "resolution", "seconds"):  # accepted to explain why they cannot change
+        group.add_argument(f"--{name}", type=str if name == "mode" else float, help=argparse.SUPPRESS)
+
+
+def branch_request(args) -> dict:
+    """The branching settings given to `resume` (None: keep the file's)."""
+    names = ("prompt", "negative_prompt", "seed", "steps", "cfg", "gs", "rs", "sampler", "teacache",
+             "teacache_threshold", "mode", "lws", "resolution", "seconds")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m goan_core", description="Resumable FramePack image-to-video.")
     parser.add_argument("--version", action="version", version=f"goan {__version__}")
@@ -143,15 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--teacache-threshold", type=float, default=0.15,
                      help="TeaCache's threshold (0.1: ~1.6x, 0.15: ~2.1x faster in FramePack; 0: never skip)")
     gen.add_argument("--resolution", type=int, default=640, help="bucket base size, a multiple of 16")
+    gen.add_argument("--end-image", type=Path, help="backward mode: the video ends on this image")
+    gen.add_argument("--end-strength", type=float, default=1.0, help="how strongly the end image conditions (0-1)")
+    gen.add_argument("--end-embeds", type=float, default=0.0,
+                     help="blend the end image's embedding in, growing towards the video's end (0: off, up to 1)")
     _add_model_args(gen)
     _add_run_args(gen)
 
-    res = sub.add_parser("resume", help="continue a job from a .goan_resume file")
+    res = sub.add_parser("resume", help="continue a job from a .goan_resume file (optionally branching it)")
     res.add_argument("file", type=Path)
     res.add_argument("--additional-seconds", type=float, default=0.0, help="extend an f1 job by this much")
     res.add_argument("--accept-lora-difference", action="store_true",
                      help="continue even though the LoRAs given differ from those the job was made with (the "
                           "result then differs from an uninterrupted run)")
+    _add_branch_args(res)
     _add_model_args(res)
     _add_run_args(res)
 
@@ -190,4 +220,5 @@ def params_from_args(args) -> JobParams:
                      seconds=args.seconds, lws=args.lws, steps=args.steps, cfg=args.cfg, gs=args.gs,
                      rs=args.rs, mode=args.mode, resolution=args.resolution, sampler=args.sampler,
                      crf=16 if args.crf is None else args.crf, teacache=args.teacache,
-                     teacache_threshold=args.teacache_threshold)
+                     teacache_threshold=args.teacache_threshold, end_strength=args.end_strength,
+                     end_embeds=args.end_embeds)

@@ -16,7 +16,7 @@ import torch
 from ..errors import InputError
 from ..models import DEFAULT_GPU_MEMORY_PRESERVATION, VAE, ImageEncoder, ModelDtypes, ModelSet, TextEncoders, dtype_name
 from ..params import JobParams
-from ..sampling import Conditioning
+from ..sampling import Conditioning, parse_timed_prompt
 
 PromptTriple = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # embeds (1,512,D), mask (1,512), pooled (1,P)
 
@@ -108,17 +108,35 @@ def _encodes_text(encoder: PromptEncoder) -> bool:
     return getattr(encoder, "encodes_text", True)
 
 
-def build_conditioning(params: JobParams, image: np.ndarray, encoders: Encoders) -> tuple[Conditioning, JobParams]:
+def _prompt_triples(params: JobParams, encoders: Encoders, known: dict[str, PromptTriple]) -> list[PromptTriple]:
+    """One (embeds, mask, pooled) per part of the (timed) prompt, taken from `known` by text or encoded."""
+    texts = [text for _, text in parse_timed_prompt(params.prompt)]
+    missing = [text for text in texts if text not in known]
+    if missing:
+        encoder = encoders.require("prompt", "the prompt")
+        known = {**known, **{text: encoder.encode_prompt(text) for text in dict.fromkeys(missing)}}
+    return [known[text] for text in texts]
+
+
+def _negative(params: JobParams, encoders: Encoders) -> tuple:
+    if params.cfg == 1:
+        return (None, None, None)
+    return encoders.require("negative_prompt", f"real CFG (cfg {params.cfg})").encode_prompt(params.negative_prompt)
+
+
+def build_conditioning(params: JobParams, image: np.ndarray, encoders: Encoders,
+                       end_image: np.ndarray | None = None) -> tuple[Conditioning, JobParams]:
     """Prompt and image embeddings for a job, and its params as they must be recorded.
 
-    `image` is the bucketed, cropped start image. The negative prompt is encoded only when real CFG
-    is on (cfg != 1); otherwise its fields stay None. When the prompt encoders do not see the text
-    (ComfyUI CONDITIONING), the recorded params say so (`prompt_source` "native", texts empty)
-    instead of keeping texts that did not make the video. A job recorded that way cannot have its
-    text encoded again; positive and negative must come from the same kind of encoder.
+    `image` is the bucketed, cropped start image. A timed prompt is encoded part by part. The
+    negative prompt is encoded only when real CFG is on (cfg != 1); otherwise its fields stay None.
+    The end image is embedded when it is blended in (`end_embeds` > 0). When the prompt encoders do
+    not see the text (ComfyUI CONDITIONING: one prompt, no timing), the recorded params say so
+    (`prompt_source` "native", texts empty) instead of keeping texts that did not make the video. A
+    job recorded that way cannot have its text encoded again; positive and negative must come from
+    the same kind of encoder.
     """
     encoder = encoders.require("prompt", "the prompt")
-    negative_encoder = None
     if params.cfg != 1:
         negative_encoder = encoders.require("negative_prompt", f"real CFG (cfg {params.cfg})")
         if _encodes_text(encoder) != _encodes_text(negative_encoder):
@@ -129,10 +147,25 @@ def build_conditioning(params: JobParams, image: np.ndarray, encoders: Encoders)
         raise InputError("this job was conditioned by ComfyUI CONDITIONING (native conditioning) whose text goan "
                          "never saw, so it cannot be encoded again from text; connect the positive (and negative) "
                          "CONDITIONING, or continue from a resume file that carries the embeddings")
-    embeds, mask, pooled = encoder.encode_prompt(params.prompt)
-    negative = (None, None, None)
-    if negative_encoder is not None:
-        negative = negative_encoder.encode_prompt(params.negative_prompt)
-    image_embeds = encoders.require("image", "the start image").encode_image(image)
+    first, *others = [encoder.encode_prompt(params.prompt)] if native else _prompt_triples(params, encoders, {})
+    negative = _negative(params, encoders)
+    embedder = encoders.require("image", "the start image")
+    end_embeds = embedder.encode_image(end_image) if end_image is not None and params.end_embeds > 0 else None
+    conditioning = Conditioning(*first, embedder.encode_image(image), *negative, end_image_embeds=end_embeds,
+                                extra_prompts=tuple(others))
     recorded = replace(params, prompt="", negative_prompt="", prompt_source="native") if native else params
-    return Conditioning(embeds, mask, pooled, image_embeds, *negative), recorded
+    return conditioning, recorded
+
+
+def update_conditioning(conditioning: Conditioning, old: JobParams, new: JobParams, encoders: Encoders) -> Conditioning:
+    """`conditioning` of a job with settings `old`, made to fit `new`: prompts whose text is unchanged
+    keep their embeddings, others are encoded; the negative prompt likewise (kept only while cfg != 1)."""
+    known = dict(zip((text for _, text in parse_timed_prompt(old.prompt)), conditioning.prompts()))
+    first, *others = _prompt_triples(new, encoders, known)
+    negative = (conditioning.negative_prompt_embeds, conditioning.negative_prompt_mask, conditioning.negative_pooled)
+    if new.cfg == 1:
+        negative = (None, None, None)
+    elif negative[0] is None or new.negative_prompt != old.negative_prompt:
+        negative = _negative(new, encoders)
+    return Conditioning(*first, conditioning.image_embeds, *negative, end_image_embeds=conditioning.end_image_embeds,
+                        extra_prompts=tuple(others))

@@ -21,14 +21,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..media import nearest_bucket, resize_and_center_crop
 from ..errors import InputError
+from ..media import nearest_bucket, resize_and_center_crop
 from ..models import (COMPILE_BACKEND, DEFAULT_GPU_MEMORY_PRESERVATION, AttentionChoice, Transformer, attention_for,
                       check_compiler, identity_mismatch, lora_difference)
 from ..params import JobParams, LoraUse, canonical_loras
 from ..resumefile import RetentionFolder, check_job
 from ..sampling import Engine, JobState, SectionPlan, StepCallback, decode_history, section_count, to_uint8_frames
 from ..vocabulary import Status
+from .branch import branch_job
 from .conditioning import Encoders, LatentCodec, build_conditioning
 from .control import JobControl
 from .runner import AutosavePolicy, JobSaver, RunResult, SavedCallback, sample_job
@@ -88,19 +89,29 @@ def new_job_id() -> str:
 
 
 def create_job(params: JobParams, image: np.ndarray, encoders: Encoders, *, identity: dict,
-               loras: tuple[LoraUse, ...] = (), job_id: str | None = None, workflow: dict | None = None) -> Job:
+               loras: tuple[LoraUse, ...] = (), job_id: str | None = None, workflow: dict | None = None,
+               end_image: np.ndarray | None = None) -> Job:
     """A new job at section 0 from an uint8 HxWx3 image: bucketed and cropped, encoded, seeded.
 
     `identity` is the transformer's (`Transformer.identity()`); with the encoders' dtypes
     (`Encoders.identity()`) it is recorded in every resume file, as are `loras`
     (`Transformer.lora_uses()`: name, sha256 and strength of each LoRA). The job's params are
-    `params` as `build_conditioning` records them (native conditioning: no prompt text).
+    `params` as `build_conditioning` records them (native conditioning: no prompt text). `end_image`
+    (backward mode only) is cropped to the start image's frame and encoded: the video ends on it
+    (`sampling.endframe`).
     """
     height, width = nearest_bucket(image.shape[0], image.shape[1], params.resolution)
     source = resize_and_center_crop(image, width, height)
     plan = SectionPlan(params.mode, params.lws, section_count(params.seconds, params.lws), height, width)
     check_job(params, plan)  # refuse at once what a resume file of this job could not hold
-    conditioning, params = build_conditioning(params, source, encoders)
+    end, end_latent = None, None
+    if end_image is not None:
+        if params.mode != "backward":
+            raise InputError("an end image needs mode backward: only backward generation starts from the video's "
+                             "end (f1 generates forward from the start image)")
+        end = resize_and_center_crop(end_image, width, height)
+        end_latent = encoders.require("vae", "encoding the end image").encode_start_latent(end).float()
+    conditioning, params = build_conditioning(params, source, encoders, end_image=end)
     start_latent = encoders.require("vae", "encoding the start image").encode_start_latent(source).float()
     state = JobState(
         job_id=job_id or new_job_id(),
@@ -112,6 +123,8 @@ def create_job(params: JobParams, image: np.ndarray, encoders: Encoders, *, iden
         generator_state=torch.Generator("cpu").manual_seed(params.seed).get_state(),
         model_identity={**identity, **encoders.identity()},
         loras=canonical_loras(loras),
+        end_image=end,
+        end_latent=end_latent,
     )
     return Job(state, source, workflow)
 
@@ -128,14 +141,15 @@ def extend_job(state: JobState, additional_seconds: float) -> None:
 def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, *, identity: dict,
                  loras: tuple[LoraUse, ...] = (), accept_lora_difference: bool = False,
                  additional_seconds: float = 0.0, needs_start_latent: bool = False,
-                 workflow: dict | None = None) -> tuple[Job, list[str]]:
+                 workflow: dict | None = None, changes: dict | None = None) -> tuple[Job, list[str]]:
     """A saved job made ready to run on, and the warnings to show.
 
     Works on a snapshot, so `state` itself (perhaps cached by ComfyUI) never changes. In order: the
     job grows by `additional_seconds` (f1 only: a refusal comes before any encoder runs); the LoRAs
     loaded now (`loras`) must be those the job was made with, or it is refused with an InputError naming
     each missing file, unless `accept_lora_difference` (then it is a warning, and the job goes on with
-    the LoRAs loaded now); embeddings a file was saved without are encoded again, a missing start latent
+    the LoRAs loaded now); settings in `changes` that differ from the job's branch it into a new job
+    (`branch.branch_job`); embeddings a file was saved without are encoded again, a missing start latent
     (legacy files) is encoded, and the models now loaded are compared with those that made the job.
     """
     state = state.snapshot()
@@ -150,9 +164,11 @@ def continue_job(state: JobState, source_image: np.ndarray, encoders: Encoders, 
         warnings.append(f"continuing with other LoRAs than the job was made with ({difference}); the result will not "
                         "match an uninterrupted run")
     state.loras = canonical_loras(loras)
+    branch_job(state, changes or {}, encoders, job_id=new_job_id())
     reencoded = state.conditioning is None
     if reencoded:
-        state.conditioning, state.params = build_conditioning(state.params, source_image, encoders)
+        state.conditioning, state.params = build_conditioning(state.params, source_image, encoders,
+                                                              end_image=state.end_image)
     if needs_start_latent:
         state.start_latent = encoders.require("vae", "encoding the start image").encode_start_latent(
             source_image).float()

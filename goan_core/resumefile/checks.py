@@ -7,7 +7,7 @@ problem was found while reading it or while refusing to write it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,14 +16,15 @@ import torch
 from ..errors import InputError, ResumeFileError
 from ..media import bucket_options
 from ..params import FPS, MAX_LORAS, MAX_SECTIONS, JobParams, LoraUse, canonical_loras
-from ..sampling import LATENT_CHANNELS, JobState, SectionPlan, section_count
+from ..sampling import LATENT_CHANNELS, PROMPT_FIELDS, JobState, SectionPlan, parse_timed_prompt, section_count
 from ..sampling.plan import TEMPORAL_SCALE
 from ..sampling.teacache import MAX_WIDTH, PASSES, packed_tokens
-from .format import (COND_FIELDS, COND_MASKS, COND_NEGATIVE, COND_PREFIX, COND_REQUIRED, DTYPE_SIZES, FLOAT_CODES,
-                     GENERATOR, GENERATOR_STATE_BYTES, HISTORY, IMAGE_AREA_FACTOR, MASK_CODES, MAX_ABS_EMBEDDING,
-                     MAX_ABS_LATENT, MAX_CONDITIONING_BYTES, MAX_HEADER_BYTES, MAX_IDENTITY_ENTRIES, MAX_IMAGE_BYTES,
-                     MAX_JSON_BYTES, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_TOTAL_BYTES, MAX_WORKFLOW_BYTES, SAFE_NAME,
-                     SAMPLER_OUTPUTS, SAMPLER_X, START, TEACACHE_PREFIX, TEACACHE_TENSORS, TensorTable)
+from .format import (COND_FIELDS, COND_MASKS, COND_NEGATIVE, COND_PREFIX, COND_REQUIRED, DTYPE_SIZES, END_LATENT,
+                     FLOAT_CODES, GENERATOR, GENERATOR_STATE_BYTES, HISTORY, IMAGE_AREA_FACTOR, MASK_CODES,
+                     MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_CONDITIONING_BYTES, MAX_HEADER_BYTES, MAX_IDENTITY_ENTRIES,
+                     MAX_IMAGE_BYTES, MAX_JSON_BYTES, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_TOTAL_BYTES,
+                     MAX_WORKFLOW_BYTES, SAFE_NAME, SAMPLER_OUTPUTS, SAMPLER_X, START, TEACACHE_PREFIX,
+                     TEACACHE_TENSORS, TensorTable)
 from .atomic import format_size
 
 
@@ -220,7 +221,9 @@ def teacache_bytes(plan: SectionPlan) -> int:
 
 def expected_bytes(plan: SectionPlan, pos: Position, with_embeddings: bool) -> int:
     """Upper bound for state.safetensors, from the checked plan: the cap it is read with."""
-    return MAX_HEADER_BYTES + 8 + _tensor_bytes(plan, pos) + (MAX_CONDITIONING_BYTES if with_embeddings else 0)
+    end_latent = 4 * LATENT_CHANNELS * plan.latent_height * plan.latent_width  # room for an optional end frame
+    return (MAX_HEADER_BYTES + 8 + _tensor_bytes(plan, pos) + end_latent
+            + (MAX_CONDITIONING_BYTES if with_embeddings else 0))
 
 
 def check_teacache(info, table: TensorTable, plan: SectionPlan, pos: Position, params: JobParams,
@@ -270,6 +273,10 @@ def check_tensor_table(table: TensorTable, plan: SectionPlan, pos: Position, wit
     fail = where.fail
     expected = expected_tensors(plan, pos)
     cond = {name[len(COND_PREFIX):]: spec for name, spec in table.items() if name.startswith(COND_PREFIX)}
+    if END_LATENT in table:  # backward mode's optional end frame: a latent like the start latent
+        if plan.mode != "backward" or table[END_LATENT] != expected[START]:
+            fail(f"tensor {END_LATENT!r} must be {list(expected[START][1])} float32 and only in backward mode")
+        expected = {**expected, END_LATENT: expected[START]}
     for name in sorted(set(table) - set(expected)):
         if not name.startswith((COND_PREFIX, TEACACHE_PREFIX)):
             fail(f"unexpected tensor {name!r}")
@@ -291,8 +298,15 @@ def check_tensor_table(table: TensorTable, plan: SectionPlan, pos: Position, wit
 
 
 def _check_conditioning_table(cond: TensorTable, params: JobParams, fail) -> None:
-    for name in sorted(set(cond) - set(COND_FIELDS)):
-        fail(f"unknown embedding tensor {COND_PREFIX + name!r}")
+    try:
+        prompts = len(parse_timed_prompt(params.prompt))
+    except InputError as exc:
+        fail(f"the prompt is not a valid timed prompt: {exc}")
+    extra = [f"{name}.{i}" for i in range(1, prompts) for name in PROMPT_FIELDS]
+    for name in sorted(set(cond) - set(COND_FIELDS) - set(extra)):
+        fail(f"unknown embedding tensor {COND_PREFIX + name!r} (the prompt has {prompts} timed part(s))")
+    for name in [name for name in extra if name not in cond]:
+        fail(f"the embedding tensor {COND_PREFIX + name!r} is missing (the prompt has {prompts} timed parts)")
     for name in COND_REQUIRED:
         if name not in cond:
             fail(f"the embedding tensor {COND_PREFIX + name!r} is missing")
@@ -302,17 +316,24 @@ def _check_conditioning_table(cond: TensorTable, params: JobParams, fail) -> Non
     if params.cfg != 1.0 and not all(negatives):
         fail(f"cfg is {params.cfg} (real guidance) but the negative prompt embeddings are missing")
     for name, (code, shape) in cond.items():
-        allowed = MASK_CODES if name in COND_MASKS else FLOAT_CODES
+        allowed = MASK_CODES if name.partition(".")[0] in COND_MASKS else FLOAT_CODES
         if code not in allowed:
             fail(f"embedding tensor {COND_PREFIX + name!r} has dtype {code}; expected one of {', '.join(allowed)}")
         if not 1 <= len(shape) <= 4:
             fail(f"embedding tensor {COND_PREFIX + name!r} has {len(shape)} dimensions")
-    for prefix in ("", "negative_"):
-        if prefix + "prompt_embeds" not in cond:
+    pairs = [("prompt_embeds", "prompt_mask"), ("negative_prompt_embeds", "negative_prompt_mask")]
+    for embeds_name, mask_name in pairs + [(f"prompt_embeds.{i}", f"prompt_mask.{i}") for i in range(1, prompts)]:
+        if embeds_name not in cond:
             continue
-        embeds, mask = cond[prefix + "prompt_embeds"][1], cond[prefix + "prompt_mask"][1]
+        embeds, mask = cond[embeds_name][1], cond[mask_name][1]
         if len(embeds) != 3 or mask != embeds[:2]:
-            fail(f"{prefix}prompt_embeds {list(embeds)} and {prefix}prompt_mask {list(mask)} do not fit together")
+            fail(f"{embeds_name} {list(embeds)} and {mask_name} {list(mask)} do not fit together")
+    for i in range(1, prompts):
+        if cond[f"prompt_embeds.{i}"][1][2] != cond["prompt_embeds"][1][2] or \
+                cond[f"pooled.{i}"][1] != cond["pooled"][1]:
+            fail(f"timed prompt {i}'s embeddings differ in shape from prompt 0's")
+    if "end_image_embeds" in cond and cond["end_image_embeds"][1] != cond["image_embeds"][1]:
+        fail("end_image_embeds and image_embeds differ in shape")
     if COND_NEGATIVE[0] in cond and cond[COND_NEGATIVE[0]][1][2] != cond["prompt_embeds"][1][2]:
         fail("negative and positive prompt embeddings differ in width")
     total = sum(DTYPE_SIZES[code] * math.prod(shape) for code, shape in cond.values())
@@ -340,8 +361,8 @@ def check_values(tensors: dict[str, torch.Tensor], where: Where) -> None:
     """Float tensors finite and of real magnitudes, masks 0/1, and a generator state torch accepts."""
     for name, tensor in tensors.items():
         check_magnitude(name, tensor, where)
-        if name.startswith(COND_PREFIX) and name[len(COND_PREFIX):] in COND_MASKS and tensor.dtype != torch.bool \
-                and bool(((tensor != 0) & (tensor != 1)).any()):
+        is_mask = name.startswith(COND_PREFIX) and name[len(COND_PREFIX):].partition(".")[0] in COND_MASKS
+        if is_mask and tensor.dtype != torch.bool and bool(((tensor != 0) & (tensor != 1)).any()):
             where.fail(f"mask {name!r} holds values other than 0 and 1")
     try:
         torch.Generator("cpu").set_state(tensors[GENERATOR])

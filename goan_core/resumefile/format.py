@@ -4,13 +4,17 @@ A zip archive with fixed member names (so other tools can read it):
   job_info.json      format, version, job id, plan, position (section, step), model identity,
                      producer, created_at, kind, and the sha256 of every other member; optional:
                      "run", how the run that wrote it computed (attention kernel, compile): informational
+                     lineage (a branched job's parent, root, branch point and changes)
   params.json        JobParams.to_dict()
   source_image.png   the input image
   workflow.json      optional: the ComfyUI graph that made the job
+  end_image.png      optional: backward mode's end frame (its latent is the state's end_latent)
   state.safetensors  history_latents, start_latent, generator_state, and mid-section sampler_x and
-                     sampler_outputs; with embeddings, the Conditioning tensors as cond.<field>;
+                     sampler_outputs; optional end_latent; with embeddings, the Conditioning tensors as cond.<field>;
                      mid-section with TeaCache on, teacache.<pass>.modulated and .residual (optional
-                     members of v1: job_info's optional "teacache" field holds their counters)
+                     members of v1: job_info's optional "teacache" field holds their counters);
+                     a timed prompt's prompts 1, 2, ... as cond.prompt_embeds.<i>, cond.prompt_mask.<i>,
+                     cond.pooled.<i> (optional)
 """
 
 from __future__ import annotations
@@ -36,17 +40,19 @@ SOURCE_IMAGE = "source_image.png"
 WORKFLOW = "workflow.json"
 STATE = "state.safetensors"
 REQUIRED_MEMBERS = (JOB_INFO, PARAMS, SOURCE_IMAGE, STATE)
-OPTIONAL_MEMBERS = (WORKFLOW,)
+END_IMAGE = "end_image.png"
+OPTIONAL_MEMBERS = (WORKFLOW, END_IMAGE)
 
 HISTORY = "history_latents"
 START = "start_latent"
+END_LATENT = "end_latent"  # optional, with end_image.png
 GENERATOR = "generator_state"
 SAMPLER_X = "sampler_x"
 SAMPLER_OUTPUTS = "sampler_outputs"
 COND_PREFIX = "cond."
 TEACACHE_PREFIX = "teacache."
 TEACACHE_TENSORS = ("modulated", "residual")
-COND_FIELDS = tuple(f.name for f in fields(Conditioning))
+COND_FIELDS = tuple(f.name for f in fields(Conditioning) if f.name != "extra_prompts")
 COND_REQUIRED = ("prompt_embeds", "prompt_mask", "pooled", "image_embeds")
 COND_NEGATIVE = ("negative_prompt_embeds", "negative_prompt_mask", "negative_pooled")
 COND_MASKS = ("prompt_mask", "negative_prompt_mask")
@@ -66,6 +72,7 @@ RATIO_FLOOR = 1024**2
 MAX_IDENTITY_ENTRIES = 64
 CHUNK_BYTES = 8 * 1024**2  # streaming unit for writing, reading and hashing the state member
 MAX_TEXT = 4096
+MAX_LINEAGE_TEXT = 64 * 1024  # a changed prompt in a branched job's lineage (job_info stays under 1 MiB)
 # Nesting depth of any JSON goan parses or writes (job_info, params, workflow, safetensors headers,
 # request bodies). ComfyUI graphs, subgraphs included, stay far below; Python's recursion limit
 # (about 1000) is what a deeper document would hit in json.dumps, so the limit sits well under it.

@@ -30,11 +30,12 @@ from .archive import SafeArchive, decode_png, header_length, load_json, parse_he
 from .checks import (Position, Where, check_identity, check_image_size, check_loras, check_plan, check_position,
                      check_run_info, check_teacache, check_tensor_table, check_values, expected_bytes,
                      image_bytes_limit)
-from .format import (COND_PREFIX, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, IMAGE_AREA_FACTOR, JOB_INFO,
-                     MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_SAMPLER_OUTPUTS, MAX_TEXT,
+from .format import (COND_PREFIX, END_IMAGE, END_LATENT, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY,
+                     IMAGE_AREA_FACTOR, JOB_INFO, MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_SAMPLER_OUTPUTS, MAX_TEXT,
                      MAX_WORKFLOW_BYTES, OPTIONAL_MEMBERS, PARAMS, REQUIRED_MEMBERS, SAMPLER_OUTPUTS, SAMPLER_X,
                      SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, TORCH_DTYPES, WORKFLOW, ResumeData, ResumeSummary)
 from .legacy import read_legacy
+from .lineage import check_lineage
 
 # What goan writes (datetime.isoformat, seconds) and what other tools commonly write (Z, fractions).
 CREATED_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3}|\.\d{6})?(Z|[+-]\d{2}:\d{2})")
@@ -143,6 +144,12 @@ def _read_v1(archive: "SafeArchive") -> ResumeData:
     source = decode_png(archive.read_checked(SOURCE_IMAGE, image_bytes_limit(plan), job_info), SOURCE_IMAGE, path,
                         fits)
     workflow = _read_workflow(archive, job_info)
+    end_image = None
+    if (END_IMAGE in archive.names) != (END_LATENT in tensors):
+        Where(path).fail(f"an end frame needs both {END_IMAGE} and the tensor {END_LATENT!r}")
+    if END_IMAGE in archive.names:
+        end_image = decode_png(archive.read_checked(END_IMAGE, image_bytes_limit(plan), job_info), END_IMAGE, path,
+                               fits)
 
     sampler = None
     if position.in_section:
@@ -150,7 +157,8 @@ def _read_v1(archive: "SafeArchive") -> ResumeData:
         sampler = SamplerState(tensors[SAMPLER_X], position.step, outputs)
     conditioning = None
     if with_embeddings:
-        conditioning = Conditioning(**{k[len(COND_PREFIX):]: v for k, v in tensors.items() if k.startswith(COND_PREFIX)})
+        conditioning = Conditioning.from_tensors(
+            {k[len(COND_PREFIX):]: v for k, v in tensors.items() if k.startswith(COND_PREFIX)})
     teacache = None
     if job_info.get("teacache") is not None:
         teacache = {name: PassCache(entry["count"], float(entry["accumulated"]),
@@ -162,7 +170,8 @@ def _read_v1(archive: "SafeArchive") -> ResumeData:
                      generator_state=tensors[GENERATOR], section=position.section, sampler=sampler,
                      model_identity=dict(job_info["model_identity"]), teacache=teacache,
                      loras=check_loras(job_info["loras"], Where(path)) if "loras" in job_info else (),
-                     skipped_calls=job_info.get("skipped_calls", 0))
+                     skipped_calls=job_info.get("skipped_calls", 0), lineage=copy.deepcopy(job_info.get("lineage")),
+                     end_image=end_image, end_latent=tensors.get(END_LATENT))
     return ResumeData(state, source, workflow, job_info, exact=True, notes=[])
 
 
@@ -211,12 +220,14 @@ def _check_job_info(info: dict, archive: "SafeArchive") -> tuple[SectionPlan, Po
              "has_embeddings", "kind", "sha256"}
     for key in sorted(known - set(info)):
         fail(f"the field {key!r} is missing")
-    for key in sorted(set(info) - known - {"teacache", "skipped_calls", "loras", "run"}):  # those four are optional
+    for key in sorted(set(info) - known - {"teacache", "skipped_calls", "loras", "run", "lineage"}):  # optional
         fail(f"unknown field {key[:40]!r}")
     if "loras" in info:
         check_loras(info["loras"], Where(path, f"{JOB_INFO}: "))
     if "run" in info:
         check_run_info(info["run"], Where(path, f"{JOB_INFO}: "))
+    if "lineage" in info:
+        check_lineage(info["lineage"], Where(path, f"{JOB_INFO}: "))
     if "teacache" in info and info["teacache"] is None:
         fail("teacache must be an object when present")
     if "skipped_calls" in info:

@@ -26,9 +26,10 @@ from .archive import decode_png, json_too_deep
 from .atomic import atomic_writer, check_free_space, format_size
 from .checks import (Where, check_identity, check_image_size, check_loras, check_plan, check_position, check_run_info,
                      check_teacache, check_tensor_table, check_values, image_bytes_limit, position_of)
-from .format import (CHUNK_BYTES, COND_PREFIX, DTYPE_CODES, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY, JOB_INFO,
-                     MAX_IMAGE_SIDE, MAX_JSON_DEPTH, MAX_WORKFLOW_BYTES, PARAMS, SAMPLER_OUTPUTS, SAMPLER_X,
+from .format import (CHUNK_BYTES, COND_PREFIX, DTYPE_CODES, END_IMAGE, END_LATENT, FORMAT, FORMAT_VERSION,
+                     GENERATOR, HISTORY, JOB_INFO, MAX_IMAGE_SIDE, MAX_JSON_DEPTH, MAX_WORKFLOW_BYTES, PARAMS, SAMPLER_OUTPUTS, SAMPLER_X,
                      SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, WORKFLOW)
+from .lineage import check_lineage
 
 log = logging.getLogger("goan")
 
@@ -144,6 +145,8 @@ def _encode_members(state: JobState, path: Path, source_image, workflow,
     check_identity(state.job_id, state.model_identity, where)
     if state.loras:
         check_loras([use.to_dict() for use in state.loras], where)
+    if state.lineage is not None:
+        check_lineage(state.lineage, where)
     check_plan(state.params, state.plan, where)
     check_position(position, state.plan, state.params, where)
     check_tensor_table(table, state.plan, position, with_embeddings, state.params, where)
@@ -152,6 +155,10 @@ def _encode_members(state: JobState, path: Path, source_image, workflow,
 
     others = {PARAMS: _json_bytes(state.params.to_dict()),
               SOURCE_IMAGE: _png_bytes(source_image, "source_image", path, state.plan)}
+    if (state.end_image is None) != (state.end_latent is None):
+        where.fail("an end frame needs both its image and its latent")
+    if state.end_image is not None:
+        others[END_IMAGE] = _png_bytes(state.end_image, "end_image", path, state.plan)
     if workflow is not None:
         if not isinstance(workflow, dict):
             raise InputError(f"workflow must be a dict (the ComfyUI graph), got {type(workflow).__name__}")
@@ -183,6 +190,7 @@ def _job_info(state: JobState, with_embeddings: bool, kind: FileKind, checksums:
         **({"loras": [use.to_dict() for use in state.loras]} if state.loras else {}),
         **({} if state.teacache is None else {"teacache": _teacache_info(state)}),
         **({"skipped_calls": state.skipped_calls} if state.skipped_calls else {}),
+        **({} if state.lineage is None else {"lineage": state.lineage}),
     }
 
 
@@ -195,6 +203,8 @@ def _teacache_info(state: JobState) -> dict | None:
 
 def _state_tensors(state: JobState, with_embeddings: bool) -> dict[str, torch.Tensor]:
     tensors = {HISTORY: state.history_latents, START: state.start_latent, GENERATOR: state.generator_state}
+    if state.end_latent is not None:
+        tensors[END_LATENT] = state.end_latent
     if state.sampler is not None:
         tensors[SAMPLER_X] = state.sampler.x
         if state.sampler.model_outputs:

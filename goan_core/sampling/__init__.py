@@ -8,8 +8,10 @@ from .decode import Decode, decode_history, section_slices, soft_append, to_uint
 from .engine import Engine, StepCallback, StepEvent
 from .plan import CONTEXT_FRAMES, LATENT_CHANNELS, SPATIAL_SCALE, SectionLayout, SectionPlan, section_count
 from .samplers import history_length
-from .state import Conditioning, JobState, SamplerState
+from .state import PROMPT_FIELDS, Conditioning, JobState, SamplerState
+from .timed import format_timed_prompt, parse_timed_prompt, section_prompt, section_seconds, splice_prompt
 
-__all__ = ["CONTEXT_FRAMES", "LATENT_CHANNELS", "SPATIAL_SCALE", "Conditioning", "Decode", "Engine", "JobState",
-           "SamplerState", "SectionLayout", "SectionPlan", "StepCallback", "StepEvent", "decode_history",
-           "history_length", "section_count", "section_slices", "soft_append", "to_uint8_frames"]
+__all__ = ["CONTEXT_FRAMES", "LATENT_CHANNELS", "PROMPT_FIELDS", "SPATIAL_SCALE", "Conditioning", "Decode", "Engine",
+           "JobState", "SamplerState", "SectionLayout", "SectionPlan", "StepCallback", "StepEvent", "decode_history",
+           "format_timed_prompt", "history_length", "parse_timed_prompt", "section_count", "section_prompt",
+           "section_seconds", "section_slices", "soft_append", "splice_prompt", "to_uint8_frames"]

@@ -18,6 +18,7 @@ from .denoiser import Denoiser, SectionInputs
 from .samplers import sampler_result, sampler_step
 from .schedule import sigma_schedule
 from .state import JobState, SamplerState
+from .endframe import section_conditioning, with_end_latent
 from .teacache import supports
 
 
@@ -67,7 +68,7 @@ class SectionKey:
     def of(cls, state: JobState) -> "SectionKey":
         params = state.params
         return cls(state.history_latents, state.start_latent, state.conditioning, state.section, state.plan,
-                   (params.steps, params.cfg, params.gs, params.rs))
+                   (params.steps, params.cfg, params.gs, params.rs, params.end_strength, params.end_embeds))
 
     def matches(self, other: "SectionKey") -> bool:
         return (self.history is other.history and self.start_latent is other.start_latent
@@ -105,10 +106,12 @@ class Engine:
         if self._cache_key is None or not key.matches(self._cache_key):
             plan, params = state.plan, state.params
             clean, clean_2x, clean_4x = plan.context(state.history_latents, state.start_latent)
+            if state.end_latent is not None and state.section == 0:
+                clean = with_end_latent(clean, state.end_latent, params.end_strength)
             to = dict(device=self.device)
             inputs = SectionInputs(plan.layout(state.section), clean.to(**to), clean_2x.to(**to),
                                    clean_4x.to(**to))
-            denoiser = Denoiser(self.transformer, state.conditioning, inputs, cfg=params.cfg, gs=params.gs,
+            denoiser = Denoiser(self.transformer, section_conditioning(state), inputs, cfg=params.cfg, gs=params.gs,
                                 rs=params.rs, device=self.device, dtype=self.dtype)
             sigmas = sigma_schedule(params.steps, plan.noise_shape(),
                                     getattr(self.transformer.config, "patch_size", 2))

@@ -8,8 +8,10 @@ and dtype the job ran with.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from ..params import JobParams
@@ -22,7 +24,8 @@ class Conditioning:
 
     `prompt_embeds` is the Llama hidden state cropped and padded to 512 tokens, `prompt_mask` its
     attention mask, `pooled` the CLIP pooled output, `image_embeds` the SigLIP last hidden state.
-    The negative triple is present only when real CFG is on (cfg != 1).
+    The negative triple is present only when real CFG is on (cfg != 1). A timed prompt (`timed`) has
+    one prompt triple per segment: the first in the fields above, the others in `extra_prompts`.
     """
 
     prompt_embeds: torch.Tensor
@@ -32,10 +35,36 @@ class Conditioning:
     negative_prompt_embeds: torch.Tensor | None = None
     negative_prompt_mask: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
+    end_image_embeds: torch.Tensor | None = None  # the end image's, when it is blended in (`endframe`)
+    extra_prompts: tuple = ()  # ((embeds, mask, pooled), ...) of prompts 1, 2, ...
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The fields that are set, by name."""
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """The tensors that are set, by name; prompt i > 0 as `prompt_embeds.i`, `prompt_mask.i`, `pooled.i`."""
+        found = {k: v for k, v in self.__dict__.items() if v is not None and k != "extra_prompts"}
+        for index, triple in enumerate(self.extra_prompts, 1):
+            found.update({f"{name}.{index}": tensor for name, tensor in zip(PROMPT_FIELDS, triple)})
+        return found
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "Conditioning":
+        """The inverse of `tensors` (names checked by the caller)."""
+        count = 1 + sum(1 for name in tensors if name.startswith("prompt_embeds."))
+        extra = tuple(tuple(tensors[f"{name}.{i}"] for name in PROMPT_FIELDS) for i in range(1, count))
+        return cls(**{k: v for k, v in tensors.items() if "." not in k}, extra_prompts=extra)
+
+    def prompts(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Every prompt's (embeds, mask, pooled), in segment order."""
+        return [(self.prompt_embeds, self.prompt_mask, self.pooled), *self.extra_prompts]
+
+    def for_prompt(self, index: int) -> "Conditioning":
+        """The conditioning one section sees: prompt `index` as its prompt (itself for a single prompt)."""
+        if not self.extra_prompts:
+            return self
+        embeds, mask, pooled = self.prompts()[index]
+        return replace(self, prompt_embeds=embeds, prompt_mask=mask, pooled=pooled, extra_prompts=())
+
+
+PROMPT_FIELDS = ("prompt_embeds", "prompt_mask", "pooled")
 
 
 @dataclass
@@ -85,6 +114,11 @@ class JobState:
     # TeaCache is off or at a section boundary. `skipped_calls`: model calls it skipped over the job.
     teacache: dict | None = None
     skipped_calls: int = 0
+    lineage: dict | None = None
+    # Backward mode's optional end frame: the bucketed, cropped end image (uint8 HxWx3, written to the
+    # resume file) and its latent (1,16,1,h,w), the first generated section's context (`endframe`).
+    end_image: np.ndarray | None = None
+    end_latent: torch.Tensor | None = None
 
     @property
     def done(self) -> bool:
@@ -136,4 +170,5 @@ class JobState:
             params=replace(self.params),
             model_identity=dict(self.model_identity),
             teacache=None if self.teacache is None else dict(self.teacache),
+            lineage=None if self.lineage is None else copy.deepcopy(self.lineage),
         )

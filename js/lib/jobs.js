@@ -2,6 +2,7 @@
 // change each job, and which controls apply to a job. No DOM and no ComfyUI here.
 
 import { STATUS, isTerminal, isPauseKind } from "./vocabulary.js";
+import { groupBranches } from "./branches.js";
 
 export const SAMPLER_TYPE = "GoanSegmentSampler";
 
@@ -30,6 +31,8 @@ function blank(promptId) {
     skipped: null,
     file: null,
     error: null,
+    parent: null,
+    root: null,
     number: null,
     progress: null,
     downloaded: false,
@@ -219,7 +222,7 @@ export function applyServerJobs(state, payload) {
   for (const j of (payload && payload.jobs) || []) {
     if (!j || !j.prompt_id) continue;
     const patch = {};
-    for (const k of ["job_id", "node_id", "section", "total_sections", "step", "steps", "skipped", "error"]) {
+    for (const k of ["job_id", "node_id", "section", "total_sections", "step", "steps", "skipped", "error", "parent", "root"]) {
       if (j[k] !== undefined) patch[k] = j[k];
     }
     if (j.node_id !== undefined && j.node_id !== null) patch.node_id = String(j.node_id);
@@ -309,6 +312,7 @@ export function applyEvent(state, type, d) {
         job_id: d.job_id || (state.jobs[id] && state.jobs[id].job_id) || null,
         section: d.section ?? null,
         step: d.step ?? null,
+        ...(d.parent ? { parent: String(d.parent), root: String(d.root || d.parent) } : {}),
       });
     default:
       return state;
@@ -394,9 +398,9 @@ export function statusText(job) {
   return parts.join(" · ");
 }
 
-/** Jobs in list order (newest first), optionally hiding the ones removed by the user. */
+/** Jobs in list order (newest first), branches of one job together (see lib/branches.js). */
 export function listJobs(state) {
-  return state.order.map((id) => state.jobs[id]).reverse();
+  return groupBranches(state.order.map((id) => state.jobs[id]).reverse());
 }
 
 /** The prompt id of the job the action-bar/node pause should act on: the running goan job. */

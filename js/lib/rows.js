@@ -23,7 +23,8 @@ export const ROW_PARTS = ["detail", "ids", "error", "file"];
 export function rowView(job) {
   const full = statusText(job);
   const detail = full.split(" · ").slice(1).join(" · ");
-  const ids = `${job.job_id ? `job ${job.job_id} · ` : ""}prompt ${String(job.prompt_id).slice(0, 8)}`;
+  const branch = job.parent ? `branch of ${job.parent} · ` : "";
+  const ids = `${branch}${job.job_id ? `job ${job.job_id} · ` : ""}prompt ${String(job.prompt_id).slice(0, 8)}`;
   const file = job.file ? downloadName(job.file) : "";
   return {
     prompt_id: job.prompt_id,
