@@ -157,7 +157,7 @@ def test_sampler_widgets_follow_the_contract(infos):
 
 @pytest.mark.parametrize("damage, phrase", [
     (lambda w: w["nodes"].append({"id": 99, "type": "NoSuchNode", "inputs": [], "outputs": []}), "unknown type"),
-    (lambda w: _node(w, "GoanSegmentSampler")["widgets_values"].pop(), "widget values"),
+    (lambda w: _node(w, "GoanSegmentSampler")["widgets_values"].__delitem__(slice(5, None)), "widget values"),
     (lambda w: _set(w, "GoanSegmentSampler", "mode", "sideways"), "not one of"),
     (lambda w: _set(w, "GoanSegmentSampler", "steps", 0), "outside"),
     (lambda w: _set(w, "GoanSegmentSampler", "lws", 2.5), "whole number"),
