@@ -262,9 +262,9 @@ class GoanSegmentSampler:
                 changed = branch_changes(params, {k: inputs[k] for k in ("prompt", "negative_prompt", "cfg")
                                                   if k in inputs})
                 if "prompt" in changed:
-                    want("positive" if "positive" in inputs else "text_encoders")
+                    want_source("prompt")
                 if inputs.get("cfg", params.cfg) != 1 and ({"negative_prompt", "cfg"} & set(changed)):
-                    want("negative" if "negative" in inputs else "text_encoders")
+                    want_source("negative_prompt")
             return needed
         want_source("prompt")
         if cfg != 1:
