@@ -50,7 +50,7 @@ def test_gpu_memory_measure_on_tiny_config(tmp_path):
     rows = run(quick=True, base_dir=tmp_path, repeats=1, device="cpu", config=TINY_TRANSFORMER_CONFIG,
                cards=(0.0005, 1.0), preservation=0)
     small, large = (r.details["goan"] for r in rows)
-    assert all(r.value and r.value > 0 and r.baseline and r.baseline > 0 for r in rows)
+    assert all(r.value and r.value > 0 for r in rows)
     assert small["resident_blocks"] == 0 and large["resident_blocks"] == large["blocks"] > 0
     if not torch.cuda.is_available():
         assert all(r.skipped for r in run(quick=True))

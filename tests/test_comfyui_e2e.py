@@ -336,8 +336,10 @@ def test_pause_download_upload_resume_matches_an_uninterrupted_run(comfy):
         assert info["job_info"]["next_section"] == 1 and info["job_info"]["step_in_section"] >= 2
 
         # 4. resume it in the resume workflow, to the end
+        # the sampler's widgets hold the job's settings, as the browser fills them from the file
+        # (widgets that differ would branch the job: issue 15)
         resume_ui, resume_prompt = workflow(comfy, "goan_resume.json",
-                                            {("GoanLoadResume", "resume_file"): stored["name"]})
+                                            {**sampler_widgets(seconds=0), ("GoanLoadResume", "resume_file"): stored["name"]})
         add_frames_output(resume_prompt, "goan_e2e/resumed")
         resumed_id = await client.queue(resume_prompt, resume_ui)
         end = await client.end_of(resumed_id)
