@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..goan_core.errors import InputError, ModelFolderError
+from ..goan_core.errors import InputError
 from ..goan_core.models import Transformer, read_lora
 from ..goan_core.params import LORA_STRENGTH
 from .adapter import HOST
-from .loaders import _inside, _or_none
+from .loaders import _or_none, find_file
 from .types import CATEGORY, TRANSFORMER
 
 FOLDER = "loras"
@@ -28,17 +28,6 @@ def lora_choices() -> list[str]:
             found.update(p.relative_to(base).as_posix() for p in base.rglob("*")
                          if p.suffix.lower() in SUFFIXES and p.is_file())
     return sorted(found)
-
-
-def find_lora_file(name: str) -> Path:
-    looked = []
-    for base in HOST.folder_paths(FOLDER):
-        looked.append(base)
-        target = _inside(Path(base), name)
-        if target is not None and target.is_file():
-            return target
-    raise ModelFolderError(f"{name!r}: no such LoRA file in {', '.join(looked) or 'models/loras'}; put the "
-                           ".safetensors file there and refresh (press R)")
 
 
 class GoanLora:
@@ -61,6 +50,6 @@ class GoanLora:
     def execute(self, transformer, lora_name, strength=1.0):
         if not isinstance(transformer, Transformer):
             raise InputError("transformer: connect goan's Transformer Loader (or another goan LoRA node)")
-        lora = read_lora(find_lora_file(lora_name), transformer.model, transformer.dtype,
+        lora = read_lora(find_file(FOLDER, lora_name, "LoRA"), transformer.model, transformer.dtype,
                          pin=transformer.device.type == "cuda")
         return (transformer.with_lora(lora, float(strength)),)
