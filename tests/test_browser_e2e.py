@@ -170,17 +170,28 @@ def _frames(output_dir: Path, history_outputs: dict) -> list:
     return frames
 
 
-def _has_jobs_api(server: ComfyServer) -> bool:
-    """Whether the running ComfyUI has the job API (GET /api/jobs), as the browser finds out."""
+def _answers(server: ComfyServer, path: str, method: str = "GET") -> bool:
+    """Whether the running ComfyUI has the route (anything but 404/405), as the browser finds out."""
     import urllib.error
 
     try:
-        server.request("/api/jobs?limit=1")
+        server.request(path, b"{}" if method == "POST" else None, method)
         return True
     except urllib.error.HTTPError as e:
-        if e.code == 404:
+        if e.code in (404, 405):
             return False
         raise
+
+
+def _expected_cancels(server: ComfyServer, queued: str, running: str) -> list[str]:
+    """The requests the goan tab's Cancel of a queued, then a running job sends to this ComfyUI."""
+    native = [f"/api/jobs/{queued}/cancel", f"/api/jobs/{running}/cancel"]
+    legacy = ["/api/queue", "/api/interrupt"]
+    if not _answers(server, "/api/jobs?limit=1"):
+        return legacy
+    if _answers(server, "/api/jobs/00000000-0000-4000-8000-000000000000/cancel", "POST"):
+        return native
+    return native[:1] + legacy  # a job list without the cancel route (ComfyUI 0.12-0.26): its 404, then legacy
 
 
 @pytest.mark.parametrize("frontend", ["pinned", "newest", "newest-vue"])
@@ -200,10 +211,11 @@ def test_pause_download_restart_drop_resume(frontend, tiny_models_dir, tmp_path,
     server.start(front_end_root=root)
     try:
         server.dismiss_first_run()
-        jobs_api = _has_jobs_api(server)
+        jobs_api = _answers(server, "/api/jobs?limit=1")
         first = _run_phase({**common, "url": server.url, "phase": "pause", "workflow": str(WORKFLOW),
                             "prefer": TINY, "widgets": {"GoanSegmentSampler": SAMPLER, "LoadImage": {"image": IMAGE_NAME}},
                             "download_dir": str(tmp_path / "downloads"), "subgraph": newest}, base)
+        cancels = _expected_cancels(server, *first["cancel"]["ids"])
     finally:
         server.stop()
     download = Path(first["download"])
@@ -212,6 +224,7 @@ def test_pause_download_restart_drop_resume(frontend, tiny_models_dir, tmp_path,
     assert first["paused_run"]["status"] == "success"
     assert first["vue_nodes"] is vue
     assert first["jobs_api"] is jobs_api  # ComfyUI's job API used where the server has it, /queue elsewhere
+    assert first["cancel"]["requests"] == cancels  # ComfyUI's cancel route where it has one
     if newest:
         assert first["has_action_bar_button"], "the action-bar button was not found by its class"
         sub = first["subgraph"]

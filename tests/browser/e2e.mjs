@@ -346,17 +346,25 @@ async function afterPause(page, context, runId, downloadP) {
   let downloads = 0;
   const countDownloads = () => downloads++;
   page.on("download", countDownloads);
+  const cancels = []; // the requests the two Cancel clicks send: ComfyUI's job API, or /queue and /interrupt
+  const recordCancel = (r) => {
+    const path = new URL(r.url()).pathname;
+    if (r.method() === "POST" && /\/(cancel|interrupt|queue)$/.test(path)) cancels.push(path);
+  };
   const runA = await queueAndGetId(page);
   const runB = await queueAndGetId(page);
   const cancelB = page.locator(`[data-goan-job="${runB}"] button[data-goan-action="cancel"]`);
   await waitFor(async () => (await cancelB.count()) && (await cancelB.isEnabled()), "the queued job's cancel button", 30000, 100);
+  page.on("request", recordCancel);
   await cancelB.click();
   await waitFor(async () => (await page.locator(`[data-goan-job="${runB}"] [data-goan-status="cancelled"]`).count()) > 0, "the queued job to show Cancelled", 30000);
   await waitFor(() => page.evaluate((id) => { const j = window.__goan.getState().jobs[id]; return j && j.status === "running" && ((j.progress && j.progress.value >= 1) || j.step >= 1); }, runA), "the first job to run", 120000, 50);
   await page.locator(`[data-goan-job="${runA}"] button[data-goan-action="cancel"]`).click();
   const endA = await waitFor(() => page.evaluate((id) => { const j = window.__goan.getState().jobs[id]; return j && (j.status === "stopped" || j.status === "cancelled") && j.file ? j.status : null; }, runA), "the running job to stop with a fail-safe file", 60000);
   const hA = await waitDone(page, runA);
-  result.cancel = { queued: "cancelled", running: endA, running_history: hA.status.status_str, downloads };
+  page.off("request", recordCancel);
+  result.cancel = { queued: "cancelled", running: endA, running_history: hA.status.status_str, downloads, requests: cancels,
+    ids: [runB, runA] };
   check("cancel: no automatic download of the fail-safe file", downloads === 0, downloads);
   page.off("download", countDownloads);
   await page.waitForTimeout(500);
