@@ -1,6 +1,11 @@
 """The frontend in a real browser against a real ComfyUI: pause from the goan tab, download, restart,
 drop the file on the canvas, continue, and get the same video as an uninterrupted run.
 
+Three passes: the frontend ComfyUI pins, the newest frontend, and the newest with Vue nodes
+(Comfy.VueNodes.Enabled, the default of new installs), where the node's pause and upload buttons are
+DOM buttons and are clicked as such. On the newest frontend a sampler moved into a subgraph is also
+run and paused from its own button. The job list uses ComfyUI's job API where the server has one.
+
 Runs when COMFYUI_DIR names a ComfyUI checkout (COMFYUI_PYTHON: an interpreter with ComfyUI's and
 goan's requirements); skips cleanly otherwise, and when Chromium (GOAN_CHROMIUM, default
 /usr/bin/chromium), node or node_modules/playwright-core are missing. Both frontends: the one
@@ -40,10 +45,13 @@ CACHE = Path(os.environ.get("GOAN_CACHE_DIR") or Path.home() / ".cache" / "goan"
 TINY = "goan_tiny"
 
 # Small enough for a CPU, long enough to click pause mid-sampling on a quiet machine: 15 sections x
-# 100 steps (a tiny step takes ~10 ms at 64 px, so sampling lasts 15 s or more; with 5 sections the
-# job sometimes finished between the first step and the click).
-SAMPLER = {"seconds": 6.0, "steps": 100, "lws": 3, "resolution": 64, "seed": 1234, "cfg": 1.0, "autosave_every": 1,
+# 60 steps (a tiny step takes ~10 ms at 64 px, so sampling lasts 9 s or more; with 5 sections x 100
+# steps the job sometimes finished between the first step and the click). On a busy 2-core machine a
+# step can take 50x longer: hence the long timeouts below.
+SAMPLER = {"seconds": 6.0, "steps": 60, "lws": 3, "resolution": 64, "seed": 1234, "cfg": 1.0, "autosave_every": 1,
            "prompt": "a red boat on a calm lake"}
+WAIT_S = 1200  # the longest wait for one thing in a phase (a whole uninterrupted run, on a busy machine)
+PHASE_S = 3000  # one browser phase: several runs
 IMAGE_NAME = "goan_e2e_start.png"
 
 
@@ -142,7 +150,7 @@ def _start_image(path: Path) -> None:
 def _run_phase(cfg: dict, base: Path) -> dict:
     path = base / f"e2e_{cfg['phase']}.json"
     path.write_text(json.dumps(cfg))
-    proc = subprocess.run(["node", str(SCRIPT), str(path)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(["node", str(SCRIPT), str(path)], cwd=ROOT, capture_output=True, text=True, timeout=PHASE_S)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     result = json.loads(lines[-1][7:]) if lines else {}
     if proc.returncode != 0:
@@ -165,30 +173,68 @@ def _frames(output_dir: Path, history_outputs: dict) -> list:
     return frames
 
 
-@pytest.mark.parametrize("frontend", ["pinned", "newest"])
+def _answers(server: ComfyServer, path: str, method: str = "GET") -> bool:
+    """Whether the running ComfyUI has the route (anything but 404/405), as the browser finds out."""
+    import urllib.error
+
+    try:
+        server.request(path, b"{}" if method == "POST" else None, method)
+        return True
+    except urllib.error.HTTPError as e:
+        if e.code in (404, 405):
+            return False
+        raise
+
+
+def _expected_cancels(server: ComfyServer, queued: str, running: str) -> list[str]:
+    """The requests the goan tab's Cancel of a queued, then a running job sends to this ComfyUI."""
+    native = [f"/api/jobs/{queued}/cancel", f"/api/jobs/{running}/cancel"]
+    legacy = ["/api/queue", "/api/interrupt"]
+    if not _answers(server, "/api/jobs?limit=1"):
+        return legacy
+    if _answers(server, "/api/jobs/00000000-0000-4000-8000-000000000000/cancel", "POST"):
+        return native
+    return native[:1] + legacy  # a job list without the cancel route (ComfyUI 0.12-0.26): its 404, then legacy
+
+
+@pytest.mark.parametrize("frontend", ["pinned", "newest", "newest-vue"])
 def test_pause_download_restart_drop_resume(frontend, tiny_models_dir, tmp_path, request):
     comfy_dir, python = comfy_env()
-    root = request.getfixturevalue("newest_frontend_root") if frontend == "newest" else None
+    newest, vue = frontend.startswith("newest"), frontend.endswith("-vue")
+    root = request.getfixturevalue("newest_frontend_root") if newest else None
     base = tmp_path / "comfy"
     server = ComfyServer(comfy_dir, python, base, folders=tiny_model_folders(base / "models", tiny_models_dir))
+    settings = base / "user" / "default" / "comfy.settings.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "Comfy.VueNodes.Enabled": vue}))
     _start_image(base / "input" / IMAGE_NAME)
     tag = f"fe-{frontend}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    common = {"artifacts": str(ARTIFACTS), "tag": tag, "chromium": CHROMIUM, "timeout_s": 600}
+    common = {"artifacts": str(ARTIFACTS), "tag": tag, "chromium": CHROMIUM, "timeout_s": WAIT_S, "vue_nodes": vue}
 
     server.start(front_end_root=root)
     try:
         server.dismiss_first_run()
+        jobs_api = _answers(server, "/api/jobs?limit=1")
         first = _run_phase({**common, "url": server.url, "phase": "pause", "workflow": str(WORKFLOW),
                             "prefer": None, "widgets": {"GoanSegmentSampler": SAMPLER, "LoadImage": {"image": IMAGE_NAME}},
-                            "download_dir": str(tmp_path / "downloads")}, base)
+                            "download_dir": str(tmp_path / "downloads"), "subgraph": newest}, base)
+        cancels = _expected_cancels(server, *first["cancel"]["ids"])
     finally:
         server.stop()
     download = Path(first["download"])
     assert download.is_file() and download.suffix == ".goan_resume"
     assert first["node_pause_enabled_while_running"], "the sampler's pause button was not enabled while it ran"
     assert first["paused_run"]["status"] == "success"
-    assert first["has_action_bar_button"] == (frontend == "newest")
+    assert first["vue_nodes"] is vue
+    assert first["jobs_api"] is jobs_api  # ComfyUI's job API used where the server has it, /queue elsewhere
+    assert first["cancel"]["requests"] == cancels  # ComfyUI's cancel route where it has one
+    if newest:
+        assert first["has_action_bar_button"], "the action-bar button was not found by its class"
+        sub = first["subgraph"]
+        assert sub["node_id"] == sub["execution_id"] and ":" in sub["node_id"], sub
+        assert sub["download"].endswith(".goan_resume") and sub["status"] == "success", sub
+    if vue:
+        assert first["node_pause_dom_enabled_while_running"]
 
     bad = tmp_path / "broken.goan_resume"
     bad.write_bytes(b"PK\x03\x04 this is not a real archive")

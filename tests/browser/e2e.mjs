@@ -5,7 +5,9 @@
 //
 // CONFIG: {url, phase: "pause" | "resume", artifacts, tag, chromium, workflow (phase pause: path to
 // a UI-format workflow JSON), widgets ({NodeType: {widget: value}}), download_dir (phase pause),
-// resume_file (phase resume), bad_file (phase resume), timeout_s}
+// resume_file (phase resume), bad_file (phase resume), timeout_s, vue_nodes (the frontend draws
+// nodes with Vue, Comfy.VueNodes.Enabled: node buttons are DOM buttons and are clicked as such),
+// subgraph (phase pause: also run and pause a sampler moved into a subgraph)}
 // Prints one line "RESULT <json>" at the end; exits 1 with "FAIL <message>" on a failed check.
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { join, basename } from "node:path";
@@ -49,7 +51,7 @@ async function waitFor(fn, what, timeout = TIMEOUT, every = 250) {
 
 async function openUi(page) {
   await page.goto(cfg.url, { waitUntil: "domcontentloaded" });
-  await waitFor(() => page.evaluate(() => !!(window.__goan && window.__goan.ready && window.comfyAPI && window.comfyAPI.app.app.graph)), "the goan extension to load", 90000);
+  await waitFor(() => page.evaluate(() => !!(window.__goan && window.__goan.ready && window.comfyAPI && (window.comfyAPI.app.app.rootGraph || window.comfyAPI.app.app.graph))), "the goan extension to load", 90000);
   await page.waitForTimeout(1500); // let the first-run workflow settle
 }
 
@@ -82,8 +84,9 @@ async function toasts(page) {
 async function setWidgets(page, widgets, prefer) {
   return page.evaluate(({ widgets, prefer }) => {
     const app = window.comfyAPI.app.app;
+    const graph = app.rootGraph || app.graph;
     const set = [];
-    for (const node of app.graph.nodes || app.graph._nodes) {
+    for (const node of graph.nodes || graph._nodes) {
       for (const w of node.widgets || []) {
         if (w.name === "control_after_generate" || (w.name && w.name.endsWith("control_after_generate"))) w.value = "fixed";
         const vals = w.options && w.options.values;
@@ -103,7 +106,7 @@ async function setWidgets(page, widgets, prefer) {
         }
       }
     }
-    app.graph.setDirtyCanvas(true, true);
+    graph.setDirtyCanvas(true, true);
     return set;
   }, { widgets: widgets || {}, prefer: prefer || null });
 }
@@ -113,7 +116,8 @@ async function addFrameSaver(page, prefix) {
   return page.evaluate((prefix) => {
     const app = window.comfyAPI.app.app;
     const LiteGraph = window.LiteGraph || window.comfyAPI.litegraph.LiteGraph;
-    const nodes = app.graph.nodes || app.graph._nodes;
+    const graph = app.rootGraph || app.graph;
+    const nodes = graph.nodes || graph._nodes;
     const gate = nodes.find((n) => n.type === "GoanPauseGate");
     if (!gate) return "no GoanPauseGate";
     let saver = nodes.find((n) => n.type === "SaveImage" && n.title === "goan e2e frames");
@@ -121,12 +125,12 @@ async function addFrameSaver(page, prefix) {
       saver = LiteGraph.createNode("SaveImage");
       saver.title = "goan e2e frames";
       saver.pos = [gate.pos[0] + 40, gate.pos[1] + 420];
-      app.graph.add(saver);
+      graph.add(saver);
       const oi = gate.outputs.findIndex((o) => o.name === "images" || o.type === "IMAGE");
       gate.connect(oi, saver, 0);
     }
     saver.widgets.find((w) => w.name === "filename_prefix").value = prefix;
-    app.graph.setDirtyCanvas(true, true);
+    graph.setDirtyCanvas(true, true);
     return `SaveImage ${saver.id} <- GoanPauseGate ${gate.id}`;
   }, prefix);
 }
@@ -134,7 +138,8 @@ async function addFrameSaver(page, prefix) {
 async function graphSummary(page) {
   return page.evaluate(() => {
     const app = window.comfyAPI.app.app;
-    return (app.graph.nodes || app.graph._nodes).map((n) => ({
+    const graph = app.rootGraph || app.graph;
+    return (graph.nodes || graph._nodes).map((n) => ({
       id: n.id,
       type: n.type,
       widgets: (n.widgets || []).map((w) => ({ name: w.name, label: w.label || null, value: typeof w.value === "object" ? null : w.value, disabled: !!w.disabled })),
@@ -146,10 +151,11 @@ async function graphSummary(page) {
 async function centerOn(page, type) {
   await page.evaluate((type) => {
     const app = window.comfyAPI.app.app;
-    const n = (app.graph.nodes || app.graph._nodes).find((x) => x.type === type);
+    const graph = app.rootGraph || app.graph;
+    const n = (graph.nodes || graph._nodes).find((x) => x.type === type);
     if (n && app.canvas.centerOnNode) {
       app.canvas.centerOnNode(n);
-      app.graph.setDirtyCanvas(true, true);
+      graph.setDirtyCanvas(true, true);
     }
   }, type);
   await page.waitForTimeout(200);
@@ -187,6 +193,7 @@ async function waitDone(page, id, timeout = TIMEOUT) {
 }
 
 async function openGoanTab(page) {
+  if (await page.locator("[data-goan-panel]").isVisible()) return; // open already: a click would close it
   const sel = ".goan-tab-button, [data-testid='goan-tab-button']";
   await page.locator(sel).first().click();
   await page.locator("[data-goan-panel]").waitFor({ state: "visible", timeout: 15000 });
@@ -213,7 +220,16 @@ async function phasePause(page, context) {
   check("sampler widgets show their display names", result.sampler_labels.gs === "Distilled CFG" && result.sampler_labels.rs === "CFG Rescale" && result.sampler_labels.lws === "Latent Window Size", result.sampler_labels);
   const pw = sampler.widgets.find((w) => w.name === "goan_pause");
   check("node pause button disabled while idle", pw && pw.disabled, pw);
-  result.has_action_bar_button = await page.locator("button[aria-label='Pause the running goan task']").count() > 0;
+  result.vue_nodes = await page.evaluate(() => {
+    const m = window.comfyAPI.app.app.extensionManager;
+    return !!(m && m.setting && typeof m.setting.get === "function" && m.setting.get("Comfy.VueNodes.Enabled"));
+  });
+  check("Vue nodes as configured", result.vue_nodes === !!cfg.vue_nodes, result.vue_nodes);
+  // With Vue nodes the node's pause button is a DOM button inside the node's element.
+  const domPause = page.locator(`[data-node-id="${sampler.id}"] [data-widget-name="goan_pause"] button`);
+  if (cfg.vue_nodes) check("node pause DOM button, disabled while idle", (await domPause.count()) === 1 && !(await domPause.isEnabled()), await domPause.count());
+  // The action-bar button is found by the class goan registers it with (current frontends keep it).
+  result.has_action_bar_button = await page.locator("button.goan-action-pause").count() > 0;
   await centerOn(page, "GoanSegmentSampler");
   await snap(page, "workflow-loaded");
 
@@ -233,11 +249,34 @@ async function phasePause(page, context) {
   const g1 = await graphSummary(page);
   const runPw = g1.find((n) => n.type === "GoanSegmentSampler").widgets.find((w) => w.name === "goan_pause");
   result.node_pause_enabled_while_running = !runPw.disabled;
+  result.jobs_api = await page.evaluate(() => window.__goan.jobsApi());
   await centerOn(page, "GoanSegmentSampler");
   await snap(page, "running-goan-tab");
   const downloadP = page.waitForEvent("download", { timeout: TIMEOUT });
-  // Press and release the pause button while the row updates many times a second (issue 12 item 16:
-  // a row rebuilt on every progress event lost a click whose press and release hit different buttons).
+  if (cfg.vue_nodes) {
+    // Vue nodes: pause with the node's own DOM button, which turns enabled, then reads "Pausing task...".
+    await waitFor(async () => domPause.isEnabled(), "the node's DOM pause button to be enabled", 30000, 50);
+    result.node_pause_dom_enabled_while_running = true;
+    await domPause.click();
+    result.node_pause_dom_label = await waitFor(async () => {
+      const t = (await domPause.textContent()).trim();
+      return t.startsWith("Pausing") ? t : null;
+    }, "the node's DOM button to read Pausing task...", 10000, 20).catch(() => null); // brief when a step is short
+  } else {
+    await pressPauseInTab(page, pauseBtn);
+  }
+  await waitFor(async () => (await toasts(page)).goan.some((t) => t.includes("Pausing task...")), "the Pausing task... toast", 10000, 50);
+  await snap(page, "pausing");
+  await afterPause(page, context, runId, downloadP);
+  if (cfg.subgraph) result.subgraph = await pauseInSubgraph(page);
+}
+
+/**
+ * Press and release the goan tab's pause button while the row updates many times a second (issue 12
+ * item 16: a row rebuilt on every progress event lost a click whose press and release hit different
+ * buttons).
+ */
+async function pressPauseInTab(page, pauseBtn) {
   await pauseBtn.scrollIntoViewIfNeeded();
   const btn = await pauseBtn.elementHandle();
   const bb = await btn.boundingBox();
@@ -254,8 +293,10 @@ async function phasePause(page, context) {
   result.press = { progress_events: c1.progress - c0.progress, panel_draws: c1.draws - c0.draws, rows_made: c1.made - c0.made, same_button: sameButton };
   check("progress during the press", result.press.progress_events >= 2 && result.press.panel_draws >= 2, result.press);
   check("the pause button stayed the same element during the press", sameButton && result.press.rows_made === 0, result.press);
-  await waitFor(async () => (await toasts(page)).goan.some((t) => t.includes("Pausing task...")), "the Pausing task... toast", 10000, 50);
-  await snap(page, "pausing");
+}
+
+/** From the pause on: the download, the paused row, the reference run, cancel, and Load to resume. */
+async function afterPause(page, context, runId, downloadP) {
   // The download, or a clear failure when the job ended before the pause landed.
   const dl = await Promise.race([
     downloadP,
@@ -305,17 +346,25 @@ async function phasePause(page, context) {
   let downloads = 0;
   const countDownloads = () => downloads++;
   page.on("download", countDownloads);
+  const cancels = []; // the requests the two Cancel clicks send: ComfyUI's job API, or /queue and /interrupt
+  const recordCancel = (r) => {
+    const path = new URL(r.url()).pathname;
+    if (r.method() === "POST" && /\/(cancel|interrupt|queue)$/.test(path)) cancels.push(path);
+  };
   const runA = await queueAndGetId(page);
   const runB = await queueAndGetId(page);
   const cancelB = page.locator(`[data-goan-job="${runB}"] button[data-goan-action="cancel"]`);
   await waitFor(async () => (await cancelB.count()) && (await cancelB.isEnabled()), "the queued job's cancel button", 30000, 100);
+  page.on("request", recordCancel);
   await cancelB.click();
   await waitFor(async () => (await page.locator(`[data-goan-job="${runB}"] [data-goan-status="cancelled"]`).count()) > 0, "the queued job to show Cancelled", 30000);
   await waitFor(() => page.evaluate((id) => { const j = window.__goan.getState().jobs[id]; return j && j.status === "running" && ((j.progress && j.progress.value >= 1) || j.step >= 1); }, runA), "the first job to run", 120000, 50);
   await page.locator(`[data-goan-job="${runA}"] button[data-goan-action="cancel"]`).click();
   const endA = await waitFor(() => page.evaluate((id) => { const j = window.__goan.getState().jobs[id]; return j && (j.status === "stopped" || j.status === "cancelled") && j.file ? j.status : null; }, runA), "the running job to stop with a fail-safe file", 60000);
   const hA = await waitDone(page, runA);
-  result.cancel = { queued: "cancelled", running: endA, running_history: hA.status.status_str, downloads };
+  page.off("request", recordCancel);
+  result.cancel = { queued: "cancelled", running: endA, running_history: hA.status.status_str, downloads, requests: cancels,
+    ids: [runB, runA] };
   check("cancel: no automatic download of the fail-safe file", downloads === 0, downloads);
   page.off("download", countDownloads);
   await page.waitForTimeout(500);
@@ -330,6 +379,50 @@ async function phasePause(page, context) {
   check("job list load: GoanLoadResume added", g2.some((n) => n.type === "GoanLoadResume"), g2.map((n) => n.type));
   await centerOn(page, "GoanSegmentSampler");
   await snap(page, "loaded-from-job-list");
+}
+
+/**
+ * The workflow again with its sampler moved into a subgraph: ComfyUI runs it as "<subgraph node>:<sampler>";
+ * the sampler's pause button, inside the subgraph, turns enabled and pauses the job.
+ */
+async function pauseInSubgraph(page) {
+  const wf = JSON.parse(readFileSync(cfg.workflow, "utf8"));
+  await page.evaluate(async (wf) => window.comfyAPI.app.app.loadGraphData(wf), wf);
+  await page.waitForTimeout(1000);
+  await setWidgets(page, { ...cfg.widgets, GoanSegmentSampler: { ...(cfg.widgets || {}).GoanSegmentSampler, seed: 5151 } }, cfg.prefer);
+  const ids = await page.evaluate(() => {
+    const app = window.comfyAPI.app.app;
+    const g = app.rootGraph || app.graph;
+    const sampler = g.nodes.find((n) => n.type === "GoanSegmentSampler");
+    const inner = String(sampler.id);
+    const { node } = g.convertToSubgraph(new Set([sampler]));
+    return { outer: String(node.id), inner, samplers: window.__goan.samplers() };
+  });
+  const executionId = `${ids.outer}:${ids.inner}`;
+  check("the sampler inside the subgraph is found under its execution id", ids.samplers.some((x) => x.includes(executionId)), ids);
+  await page.evaluate(() => {
+    window.__e2eSubgraphPause = () => { // the pause widget of the sampler inside the subgraph
+      const app = window.comfyAPI.app.app;
+      const sg = (app.rootGraph || app.graph).nodes.find((n) => n.subgraph);
+      const inner = sg && sg.subgraph.nodes.find((n) => n.type === "GoanSegmentSampler");
+      return inner && inner.widgets.find((w) => w.name === "goan_pause");
+    };
+  });
+  await openGoanTab(page);
+  const runId = await queueAndGetId(page);
+  const nodeId = await waitFor(() => page.evaluate((id) => {
+    const j = window.__goan.getState().jobs[id];
+    return j && j.status === "running" ? j.node_id : null;
+  }, runId), "the subgraph's job to run", 120000, 100);
+  check("the job runs the sampler inside the subgraph", String(nodeId) === executionId, { nodeId, executionId });
+  await waitFor(() => page.evaluate(() => { const w = window.__e2eSubgraphPause(); return !!(w && !w.disabled); }),
+    "the subgraph sampler's pause button to be enabled", 60000, 100);
+  const downloadP = page.waitForEvent("download", { timeout: TIMEOUT });
+  await page.evaluate(() => window.__e2eSubgraphPause().callback()); // as a click on it does
+  const dl = await downloadP;
+  const h = await waitDone(page, runId);
+  await snap(page, "subgraph-paused");
+  return { execution_id: executionId, node_id: nodeId, download: dl.suggestedFilename(), status: h.status.status_str };
 }
 
 async function phaseResume(page) {
@@ -384,7 +477,16 @@ async function phaseResume(page) {
   // GoanLoadResume's own upload button (its hidden file input): the combo takes the new name.
   const input = page.locator(`input[type=file][data-goan-upload="${loader.id}"]`);
   check("upload input accepts .goan_resume", (await input.getAttribute("accept")) === ".goan_resume", await input.getAttribute("accept"));
-  await input.setInputFiles({ name: "uploaded-again.goan_resume", mimeType: "", buffer: bytes });
+  const upload = { name: "uploaded-again.goan_resume", mimeType: "", buffer: bytes };
+  if (cfg.vue_nodes) {
+    // Vue nodes: the node's DOM button opens the file chooser (the node must be on screen to be drawn)
+    await centerOn(page, "GoanLoadResume");
+    const button = page.locator(`[data-node-id="${loader.id}"] [data-widget-name="goan_upload"] button`);
+    const [chooser] = await Promise.all([page.waitForEvent("filechooser", { timeout: 30000 }), button.click({ timeout: 30000 })]);
+    await chooser.setFiles(upload);
+  } else {
+    await input.setInputFiles(upload);
+  }
   const uploaded = await waitFor(async () => {
     const v = (await graphSummary(page)).find((n) => n.id === loader.id).widgets.find((w) => w.name === "resume_file").value;
     return v !== rf.value && String(v).includes("uploaded-again") ? v : null;
