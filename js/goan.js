@@ -4,7 +4,7 @@ import { app, redraw, workflowGraph } from "./goan_comfy.js";
 import { install as installJobs, onChange, getState, currentlyExecuting, pause, setResumeLoader, jobsApi } from "./goan_jobs.js";
 import { registerTab } from "./goan_panel.js";
 import { installInterceptors, addUploadButton, followResumeChoice, refreshLengthLabel, refreshAllLabels, restoreFromOutput } from "./goan_resume.js";
-import { SAMPLER_TYPE, runningJob } from "./lib/jobs.js";
+import { SAMPLER_TYPE, runningJob, nodeRunningJob, findJob } from "./lib/jobs.js";
 import { nodesOfType } from "./lib/graph.js";
 import { STATUS } from "./lib/vocabulary.js";
 import { LOAD_RESUME_TYPE, displayNames, missingLabels } from "./lib/labels.js";
@@ -39,7 +39,7 @@ function addPauseButton(node) {
   if ((node.widgets || []).some((w) => w.name === "goan_pause")) return;
   const w = node.addWidget("button", "goan_pause", null, () => {
     const job = nodeJob(node);
-    if (job) pause(job.prompt_id);
+    if (job) pause(job.key);
   }, { serialize: false });
   w.label = PAUSE_LABEL;
   w.serialize = false;
@@ -58,12 +58,7 @@ function executionIdsOf(node) {
 
 /** The running goan job of this sampler node (wherever it sits: `ids` are its execution ids), or null. */
 function nodeJob(node, ids = executionIdsOf(node)) {
-  const ex = currentlyExecuting();
-  const st = getState();
-  const job = ex.prompt_id ? st.jobs[ex.prompt_id] : null;
-  if (!job || job.status !== STATUS.RUNNING) return null;
-  if (!ids.includes(String(ex.node)) && !ids.includes(String(job.node_id))) return null;
-  return job;
+  return nodeRunningJob(getState(), currentlyExecuting(), ids);
 }
 
 function updatePauseButtons() {
@@ -71,9 +66,9 @@ function updatePauseButtons() {
     const w = (node.widgets || []).find((x) => x.name === "goan_pause");
     if (!w) continue;
     const job = nodeJob(node, executionIds);
-    const st = getState();
     const ex = currentlyExecuting();
-    const pausing = ex.prompt_id && st.jobs[ex.prompt_id] && st.jobs[ex.prompt_id].status === STATUS.PAUSING;
+    const executed = ex.prompt_id && ex.node != null ? findJob(getState(), ex.prompt_id, ex.node) : null;
+    const pausing = executed && executed.status === STATUS.PAUSING;
     const disabled = !job;
     const label = pausing && executionIds.includes(String(ex.node)) ? "Pausing task..." : PAUSE_LABEL;
     if (w.disabled !== disabled || w.label !== label) {
@@ -96,7 +91,7 @@ function actionButtons() {
 }
 
 function updateActionButton() {
-  const disabled = !runningJob(getState());
+  const disabled = !runningJob(getState(), currentlyExecuting());
   for (const b of actionButtons()) {
     b.classList.add(ACTION_CLASS);
     b.style.opacity = disabled ? "0.4" : "";
@@ -130,7 +125,8 @@ app.registerExtension({
       updatePauseButtons();
       updateActionButton();
     }, 1000);
-    window.__goan = { ready: true, getState, refreshAllLabels, samplers: () => samplers().map((s) => s.executionIds), jobsApi };
+    // jobOf(prompt id): the prompt's row when it has one sampler (the browser test's lookups)
+    window.__goan = { ready: true, getState, jobOf: (promptId) => findJob(getState(), promptId), refreshAllLabels, samplers: () => samplers().map((s) => s.executionIds), jobsApi };
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {

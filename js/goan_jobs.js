@@ -5,7 +5,7 @@
 import { api, toast, toastError, request, expectOk, downloadFile } from "./goan_comfy.js";
 import {
   emptyState, applyQueue, applyServerJobs, applyEvent, markPausing, markCancelled, markDownloaded, removeJob,
-  runningJob, shouldAutoDownload, applyNativeQueue, applyNativeJob, jobsApiPresent, cancelRequest, cancelOutcome,
+  runningJob, findJob, shouldAutoDownload, applyNativeQueue, applyNativeJob, jobsApiPresent, cancelRequest, cancelOutcome,
   cancelRouteMissing, NATIVE_ACTIVE_JOBS,
 } from "./lib/jobs.js";
 import { STATUS, isTerminal } from "./lib/vocabulary.js";
@@ -94,11 +94,7 @@ async function refreshNative(list) {
   const goan = j.ok && j.json ? j.json : { jobs: [], queue: [] };
   const merged = applyNativeQueue(state, list.json, goan.queue);
   set(applyServerJobs(merged.state, goan));
-  for (const id of merged.left) {
-    if (state.jobs[id] && state.jobs[id].status === STATUS.QUEUED) {
-      set(applyNativeJob(state, id, await request(`/jobs/${encodeURIComponent(id)}`)));
-    }
-  }
+  for (const id of merged.left) set(applyNativeJob(state, id, await request(`/jobs/${encodeURIComponent(id)}`)));
 }
 
 function schedulePoll() {
@@ -110,12 +106,13 @@ function schedulePoll() {
 }
 
 async function autoDownload(detail) {
-  const key = `${detail.prompt_id}/${detail.subfolder}/${detail.filename}`;
-  if (autoDownloaded.has(key)) return;
-  autoDownloaded.add(key);
+  const seen = `${detail.prompt_id}/${detail.subfolder}/${detail.filename}`;
+  if (autoDownloaded.has(seen)) return;
+  autoDownloaded.add(seen);
   try {
     const name = await downloadFile({ filename: detail.filename, subfolder: detail.subfolder, type: detail.type || "output" });
-    set(markDownloaded(state, detail.prompt_id));
+    const job = findJob(state, detail.prompt_id, detail.node_id);
+    if (job) set(markDownloaded(state, job.key));
     toast("success", "Paused", `Resume file downloaded: ${name}`);
   } catch (e) {
     toastError("Paused, but the download failed (use download again in the goan tab)", e);
@@ -132,7 +129,7 @@ export function install() {
         const promptId = (d && typeof d === "object" && d.prompt_id) || currentPrompt;
         d = { node, prompt_id: promptId };
         executing = { prompt_id: node == null ? null : promptId, node };
-        if (promptId && !state.jobs[promptId] && node != null) refresh();
+        if (promptId && node != null && !findJob(state, promptId, node)) refresh();
       }
       d = d || {};
       if (type === "execution_start") {
@@ -170,16 +167,19 @@ export function install() {
 
 // ---- actions -------------------------------------------------------------------------------
 
-export async function pause(promptId) {
-  const target = promptId || (runningJob(state) || {}).prompt_id;
+/** Pause the row `key`, or without one the sampler running now (the action bar's button). */
+export async function pause(key) {
+  const target = key ? state.jobs[key] : runningJob(state, executing);
   if (!target) {
     toast("info", "No goan task is running", "Pause applies to a running GoanSegmentSampler job.");
     return;
   }
-  set(markPausing(state, target));
+  set(markPausing(state, target.key));
   toast("info", "Pausing task...", "The resume file downloads when the current step ends.");
   try {
-    const res = await request("/goan/pause", { method: "POST", json: { prompt_id: target } });
+    // Without a row the server pauses whichever sampler of the prompt runs.
+    const json = key ? { prompt_id: target.prompt_id, node_id: target.node_id } : { prompt_id: target.prompt_id };
+    const res = await request("/goan/pause", { method: "POST", json });
     expectOk(res, "Pause failed");
   } catch (e) {
     toastError("Pause failed", e);
@@ -187,8 +187,9 @@ export async function pause(promptId) {
   }
 }
 
-export async function cancel(promptId) {
-  const job = state.jobs[promptId];
+/** Cancel the prompt of row `key` (ComfyUI cancels whole prompts: every sampler in it). */
+export async function cancel(key) {
+  const job = state.jobs[key];
   if (!job) return;
   try {
     let native = nativeJobs === true && nativeCancel !== false;
@@ -204,7 +205,7 @@ export async function cancel(promptId) {
     if (cancelOutcome(answer, native) === "ended") {
       toast("info", "Nothing to cancel", "The task had already ended.");
     } else {
-      set(markCancelled(state, promptId));
+      set(markCancelled(state, key));
       toast("info", "Cancelled", job.status === STATUS.QUEUED ? "Removed from the queue." : "The task was interrupted.");
     }
   } catch (e) {
@@ -213,25 +214,25 @@ export async function cancel(promptId) {
   refresh();
 }
 
-export async function downloadAgain(promptId) {
-  const job = state.jobs[promptId];
+export async function downloadAgain(key) {
+  const job = state.jobs[key];
   if (!job || !job.file) return;
   try {
     await downloadFile(job.file);
-    set(markDownloaded(state, promptId));
+    set(markDownloaded(state, key));
   } catch (e) {
     toastError("Download failed", e);
   }
 }
 
-export async function loadForResume(promptId) {
-  const job = state.jobs[promptId];
+export async function loadForResume(key) {
+  const job = state.jobs[key];
   if (!job || !job.file || !resumeLoader) return;
   await resumeLoader(job.file);
 }
 
-export function remove(promptId) {
-  set(removeJob(state, promptId));
+export function remove(key) {
+  set(removeJob(state, key));
 }
 
 export const actions = { pause, cancel, download: downloadAgain, load: loadForResume, remove };

@@ -47,17 +47,17 @@ function el(tag, attrs = {}, ...children) {
 }
 
 /** One job's row, built once with all its controls and text slots; `update(view)` changes only what differs. */
-function makeRow(promptId) {
+function makeRow(key, promptId) {
   const controls = el("div", { class: "goan-controls" });
   const buttons = new Map();
   const status = el("span", { class: "goan-status" });
-  const box = el("div", { class: "goan-job", "data-goan-job": promptId }, el("div", { class: "goan-head" }, controls, status));
+  const box = el("div", { class: "goan-job", "data-goan-job": key, "data-prompt-id": promptId }, el("div", { class: "goan-head" }, controls, status));
   const parts = {};
   for (const part of ROW_PARTS) {
     parts[part] = el("div", { class: `goan-sub goan-${part}`, hidden: true });
     box.append(parts[part]);
   }
-  const link = el("a", { class: "goan-again", "data-goan-link": "download", onclick: () => actions.download(promptId) }, "download again");
+  const link = el("a", { class: "goan-again", "data-goan-link": "download", onclick: () => actions.download(key) }, "download again");
   const linkRow = el("div", { class: "goan-sub", hidden: true }, link);
   box.append(linkRow);
   let shown = null;
@@ -85,8 +85,8 @@ function makeRow(promptId) {
     if (!shown) {
       for (const c of view.controls) {
         const btn = el("button", {
-          class: "goan-btn", type: "button", "aria-label": c.label, "data-goan-action": c.id, "data-prompt-id": promptId,
-          onclick: () => actions[c.id] && actions[c.id](promptId),
+          class: "goan-btn", type: "button", "aria-label": c.label, "data-goan-action": c.id,
+          onclick: () => actions[c.id] && actions[c.id](key),
         }, el("i", { class: c.icon }));
         buttons.set(c.id, btn);
         controls.append(btn);
@@ -117,13 +117,14 @@ export function createPanel() {
   const draw = () => {
     stats.draws++;
     const jobs = listJobs(getState());
-    const lu = listUpdates(rows.keys(), jobs.map((j) => j.prompt_id));
-    for (const id of lu.remove) rows.delete(id);
-    for (const id of lu.add) {
-      rows.set(id, makeRow(id));
+    const lu = listUpdates(rows.keys(), jobs.map((j) => j.key));
+    const byKey = new Map(jobs.map((j) => [j.key, j]));
+    for (const key of lu.remove) rows.delete(key);
+    for (const key of lu.add) {
+      rows.set(key, makeRow(key, byKey.get(key).prompt_id));
       stats.rowsMade++;
     }
-    for (const job of jobs) rows.get(job.prompt_id).update(rowView(job));
+    for (const job of jobs) rows.get(job.key).update(rowView(job));
     const want = lu.order.length ? lu.order.map((id) => rows.get(id).box) : [empty];
     const same = want.length === body.children.length && want.every((tr, i) => body.children[i] === tr);
     if (!same) body.replaceChildren(...want);

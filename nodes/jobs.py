@@ -50,27 +50,24 @@ class JobEntry:
                 "error": self.error, "parent": self.parent, "root": self.root}
 
 
-def sampler_node_id(prompt) -> str | None:
-    """The node id of the goan sampler in an API-format prompt (node id -> {class_type, inputs}), or None."""
+def sampler_node_ids(prompt) -> list[str]:
+    """The node ids of the goan samplers in an API-format prompt (node id -> {class_type, inputs})."""
     if not isinstance(prompt, dict):
-        return None
-    return next((str(k) for k, v in prompt.items() if isinstance(v, dict) and v.get("class_type") == SAMPLER_TYPE),
-                None)
+        return []
+    return [str(k) for k, v in prompt.items() if isinstance(v, dict) and v.get("class_type") == SAMPLER_TYPE]
 
 
 def queued_goan_prompts() -> list[dict]:
-    """The prompts in ComfyUI's queue that hold a goan sampler: [{prompt_id, node_id, running}], running first.
+    """Each goan sampler of the prompts in ComfyUI's queue: [{prompt_id, node_id, running}], running first.
 
     ComfyUI's own job list (GET /api/jobs) does not say what a queued prompt contains; the frontend
-    takes the job states from there and which jobs are goan jobs from here.
+    takes the job states from there and which jobs are goan jobs from here. A prompt with several
+    samplers (branches of one resume file) has an entry, and a row in the job list, for each.
     """
-    found = []
-    for running, prompts in ((True, HOST.running_prompts()), (False, HOST.pending_prompts())):
-        for prompt_id, prompt in prompts.items():
-            node_id = sampler_node_id(prompt)
-            if node_id is not None:
-                found.append({"prompt_id": prompt_id, "node_id": node_id, "running": running})
-    return found
+    return [{"prompt_id": prompt_id, "node_id": node_id, "running": running}
+            for running, prompts in ((True, HOST.running_prompts()), (False, HOST.pending_prompts()))
+            for prompt_id, prompt in prompts.items()
+            for node_id in sampler_node_ids(prompt)]
 
 
 class JobRegistry:
@@ -87,7 +84,8 @@ class JobRegistry:
         """Register a running job (with the parent and root of its `lineage` when it is a branch); a pause
         asked for before it started applies now."""
         with self._lock:
-            entry = next((e for e in self._entries if e.prompt_id == prompt_id and e.pending), None)
+            entry = next((e for e in self._entries if e.prompt_id == prompt_id and e.pending
+                          and e.node_id in (None, node_id)), None)
             if entry is None:
                 entry = JobEntry(prompt_id, node_id)
                 self._entries.append(entry)
@@ -121,14 +119,15 @@ class JobRegistry:
             self._trim()
 
     # -- the routes' side ------------------------------------------------------------------------
-    def request_pause(self, prompt_id: str) -> JobEntry | None:
-        """Pause the running job of `prompt_id`; None when there is none. Idempotent.
+    def request_pause(self, prompt_id: str, node_id: str | None = None) -> JobEntry | None:
+        """Pause the running job of `prompt_id` (of its sampler `node_id` when given: a prompt may hold
+        several); None when there is none. Idempotent.
 
         A job whose sampling is done is returned unchanged (still running): it cannot pause.
         """
         running = None
         with self._lock:
-            known = [e for e in self._entries if e.prompt_id == prompt_id]
+            known = [e for e in self._entries if e.prompt_id == prompt_id and node_id in (None, e.node_id)]
             running = next((e for e in known if e.status.active or e.status is Status.PAUSED), None)
             if running is None and known:
                 return None  # its goan job already finished, failed or was cancelled
@@ -140,17 +139,20 @@ class JobRegistry:
                 else:
                     notify = False
         if running is None:
-            running, notify = self._pending_pause(prompt_id), True
+            running, notify = self._pending_pause(prompt_id, node_id), True
             if running is None:
                 return None
         if notify:
             HOST.send("goan.pausing", {"prompt_id": prompt_id, "node_id": running.node_id})
         return running
 
-    def _pending_pause(self, prompt_id: str) -> JobEntry | None:
-        """The prompt runs in ComfyUI and holds a goan sampler that has not started yet: pause it at once."""
-        node_id = sampler_node_id(HOST.running_prompts().get(prompt_id))
-        if node_id is None:
+    def _pending_pause(self, prompt_id: str, node_id: str | None) -> JobEntry | None:
+        """The prompt runs in ComfyUI and holds a goan sampler (`node_id`, else its first) that has not
+        started yet: pause it at once."""
+        samplers = sampler_node_ids(HOST.running_prompts().get(prompt_id))
+        if node_id is None and samplers:
+            node_id = samplers[0]
+        if node_id not in samplers:
             return None
         entry = JobEntry(prompt_id, node_id, status=Status.PAUSING, pending=True)
         entry.control.request_pause()

@@ -92,7 +92,8 @@ class GoanSaveResume:
             folder = RetentionFolder(output, state.state.job_id, state.keep_last)
             path = folder.save(state.state.snapshot(), source_image=state.source_image,
                                workflow=workflow, kind=kind)
-        file = output_relative(path)
+        # the job id tells the job list which sampler's row the file belongs to (a prompt may hold several)
+        file = {**output_relative(path), "job_id": state.state.job_id}
         return {"ui": {"goan_resume": [file]}, "result": ()}
 
 

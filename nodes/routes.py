@@ -1,8 +1,10 @@
 """HTTP routes under /goan/ on ComfyUI's PromptServer (also served with an /api prefix by ComfyUI).
 
-POST /goan/pause                {prompt_id}          -> 200 {status, prompt_id} | 404 {error}
+POST /goan/pause                {prompt_id[, node_id]} -> 200 {status, prompt_id} | 404 {error}
+                                                        (without node_id: the prompt's running sampler)
 GET  /goan/jobs                                      -> {jobs: [...], queue: [{prompt_id, node_id, running}]}
-                                                        (goan's jobs; the goan prompts in ComfyUI's queue)
+                                                        (goan's jobs; each goan sampler of the prompts in
+                                                        ComfyUI's queue)
 POST /goan/upload/{upload_id}?offset=&total=&filename=  raw chunk bytes (<= 16 MiB)
                                                      -> {received} | {done, name, filename, subfolder, type}
                                                         | 507 {error} (no room: refused at the start, or the
@@ -213,9 +215,14 @@ async def pause(request: web.Request) -> web.Response:
     prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
     if not isinstance(prompt_id, str) or not prompt_id:
         return _error(400, 'send JSON {"prompt_id": "..."}')
-    entry = REGISTRY.request_pause(prompt_id)
+    node_id = body.get("node_id")
+    if node_id is not None and not isinstance(node_id, (str, int)):
+        return _error(400, 'node_id: send the sampler\'s node id as a string ("12" or "12:5" inside a subgraph)')
+    node_id = None if node_id is None else str(node_id)
+    entry = REGISTRY.request_pause(prompt_id, node_id)
     if entry is None:
-        return _error(404, f"prompt {prompt_id} is not a running goan job")
+        which = f"prompt {prompt_id}" + ("" if node_id is None else f", sampler {node_id}")
+        return _error(404, f"{which} is not a running goan job")
     if entry.status is Status.RUNNING:
         return _error(409, "the job has finished sampling and is decoding its video; there is nothing left to pause")
     return web.json_response({"status": entry.status.value, "prompt_id": prompt_id})

@@ -356,7 +356,7 @@ class GoanSegmentSampler:
         entry = REGISTRY.start(prompt_id, node_id, state.job_id, section=state.section, step=state.step_in_section,
                                total_sections=state.plan.total_sections, steps=state.params.steps,
                                lineage=state.lineage)
-        ids = {"prompt_id": prompt_id, "job_id": state.job_id}
+        ids = {"prompt_id": prompt_id, "node_id": node_id, "job_id": state.job_id}  # node: a prompt may hold several
         if resumed_from is not None:
             branch = {"parent": entry.parent, "root": entry.root} if entry.parent else {}
             HOST.send("goan.resumed", {**ids, "section": resumed_from[0], "step": resumed_from[1], **branch})
@@ -384,11 +384,11 @@ class GoanSegmentSampler:
             else:
                 images = uint8_to_image(job.source_image)
         except BaseException as error:
-            self._failed(entry, error, failsafe[-1] if failsafe else None, ids, node_id)
+            self._failed(entry, error, failsafe[-1] if failsafe else None, ids)
             raise
         finally:
             HOST.release_memory()
-        return self._ended(entry, result, job, settings, ids, node_id, images)
+        return self._ended(entry, result, job, settings, ids, images)
 
     @staticmethod
     def _progress(entry: JobEntry, state, node_id):
@@ -406,7 +406,7 @@ class GoanSegmentSampler:
         return on_step
 
     @staticmethod
-    def _failed(entry: JobEntry, error: BaseException, failsafe: Path | None, ids: dict, node_id):
+    def _failed(entry: JobEntry, error: BaseException, failsafe: Path | None, ids: dict):
         """Report a run that ended by an exception (cancel, out of memory, a bug), and its fail-safe file."""
         file = output_relative(failsafe) if failsafe is not None else None
         interrupted = HOST.is_interrupt(error)
@@ -415,16 +415,16 @@ class GoanSegmentSampler:
             message = f"out of memory: {error}"
         REGISTRY.end(entry, Status.STOPPED if interrupted else Status.FAILED, file=file, error=message)
         if file is not None:
-            HOST.send("goan.paused", {**ids, "node_id": node_id, **file, "kind": FileKind.FAILSAFE.value})
+            HOST.send("goan.paused", {**ids, **file, "kind": FileKind.FAILSAFE.value})
 
     @staticmethod
-    def _ended(entry: JobEntry, result: RunResult, job: Job, settings: RunSettings, ids: dict, node_id, images):
+    def _ended(entry: JobEntry, result: RunResult, job: Job, settings: RunSettings, ids: dict, images):
         """Report a run that ended normally (finished, paused or stopped) and make the GOAN_STATE output."""
         file = output_relative(result.resume_file) if result.resume_file is not None else None
         REGISTRY.end(entry, result.status, file=file)
         if result.status is not Status.FINISHED:
             kind = FileKind.PAUSE if result.status is Status.PAUSED else FileKind.STOP
-            HOST.send("goan.paused", {**ids, "node_id": node_id, **file, "kind": kind.value})
+            HOST.send("goan.paused", {**ids, **file, "kind": kind.value})
         state = GoanJob(state=result.state, source_image=job.source_image, status=result.status, file=file,
                         path=result.resume_file, workflow=job.workflow, keep_last=settings.keep_last)
         return (state, images, float(FPS))

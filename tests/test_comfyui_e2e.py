@@ -311,7 +311,8 @@ def test_pause_download_upload_resume_matches_an_uninterrupted_run(comfy):
         history = await client.history(paused_id)
         saved = [{k: v for k, v in item.items() if k not in ("id", "preview_id")}  # asset ids, where assets run
                  for item in history["outputs"][save_id]["goan_resume"]]
-        assert saved == [{"filename": note["filename"], "subfolder": note["subfolder"], "type": "output"}]
+        assert saved == [{"filename": note["filename"], "subfolder": note["subfolder"], "type": "output",
+                          "job_id": note["job_id"]}]
         assert video_id not in history["outputs"] and "900" not in history["outputs"]  # video branch blocked
         progress = [m for m in client.messages if m["type"] == "progress" and m["data"]["prompt_id"] == paused_id]
         assert progress and progress[-1]["data"]["max"] == 24

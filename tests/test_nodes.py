@@ -173,8 +173,8 @@ def test_pause_save_load_resume_gives_identical_frames(host, loaded, image):
     gate_images, gate_fps, gate_state = N("GoanPauseGate").execute(paused, placeholder, 30.0)
     assert isinstance(gate_images, PlainBlocker) and isinstance(gate_fps, PlainBlocker) and gate_state is paused
     saved = N("GoanSaveResume").execute(gate_state, unique_id="9", extra_pnginfo={"workflow": {"nodes": []}})
-    assert saved["ui"]["goan_resume"] == [{"filename": paused.path.name,
-                                           "subfolder": f"goan_resume/{paused.state.job_id}", "type": "output"}]
+    assert saved["ui"]["goan_resume"] == [{"filename": paused.path.name, "subfolder": f"goan_resume/{paused.state.job_id}",
+                                           "type": "output", "job_id": paused.state.job_id}]
     assert saved["result"] == ()
     assert read_resume_file(paused.path).workflow == {"nodes": [], "links": [], "version": 0.4}
 
@@ -189,7 +189,7 @@ def test_pause_save_load_resume_gives_identical_frames(host, loaded, image):
     host.events.clear()
     resumed, images, _ = run_sampler(loaded, None, resume_state=state, seconds=0.0)
     assert resumed.status == "finished"
-    assert events(host, "goan.resumed") == [{"prompt_id": PROMPT_ID, "job_id": paused.state.job_id,
+    assert events(host, "goan.resumed") == [{"prompt_id": PROMPT_ID, "node_id": "7", "job_id": paused.state.job_id,
                                              "section": 1, "step": 1}]
     assert torch.equal(resumed.state.history_latents, reference.state.history_latents)
     assert torch.equal(images, ref_images)

@@ -169,12 +169,44 @@ def test_a_chunk_is_read_whole_however_it_arrives(host, valid_file):
 def test_pause_a_prompt_whose_sampler_has_not_started(host):
     host.running["p-queued"] = {"1": {"class_type": "LoadImage"}, "4": {"class_type": "GoanSegmentSampler"}}
     host.running["p-other"] = {"1": {"class_type": "KSampler"}}
-    statuses = serve(lambda c: _statuses(c, ["p-queued", "p-other"]))
-    assert statuses == [200, 404]
+    host.running["p-two"] = {"4": {"class_type": "GoanSegmentSampler"}, "5": {"class_type": "GoanSegmentSampler"}}
+    statuses = serve(lambda c: _statuses(c, ["p-queued", "p-other", "p-two"]))
+    assert statuses == [200, 404, 200]
+    # without a node, the first sampler of the prompt (the action bar's button while loaders run)
+    assert [e["node_id"] for _, e in host.events] == ["4", "4"]
 
 
 async def _statuses(client, prompt_ids):
     return [(await client.post("/goan/pause", json={"prompt_id": p})).status for p in prompt_ids]
+
+
+def test_pause_one_sampler_of_a_prompt_with_several(host):
+    """Three samplers branching one file in one prompt: a pause names its sampler and reaches only that one,
+    whether it runs, has not started yet (applied when it starts) or does not exist."""
+    from goan_pack.nodes.jobs import REGISTRY
+
+    host.running["p-three"] = {str(n): {"class_type": "GoanSegmentSampler"} for n in (4, 5, 6)}
+    first = REGISTRY.start("p-three", "4", "job-4", section=0, step=1, total_sections=2, steps=3)
+
+    async def scenario(client):
+        out = []
+        for body in ({"prompt_id": "p-three", "node_id": "6"}, {"prompt_id": "p-three", "node_id": 9},
+                     {"prompt_id": "p-three", "node_id": ["4"]}):
+            response = await client.post("/goan/pause", json=body)
+            out.append((response.status, await response.json()))
+        return out
+
+    (ok, body), (missing, error), (bad, _) = serve(scenario)
+    assert ok == 200 and body["status"] == "pausing"
+    assert missing == 404 and "sampler 9" in error["error"] and bad == 400
+    assert first.control.request is None and first.status == "running"  # the running branch goes on
+    assert host.events == [("goan.pausing", {"prompt_id": "p-three", "node_id": "6"})]
+    REGISTRY.end(first, "finished")
+    second = REGISTRY.start("p-three", "5", "job-5", section=0, step=1, total_sections=2, steps=3)
+    assert second.control.request is None
+    REGISTRY.end(second, "finished")
+    third = REGISTRY.start("p-three", "6", "job-6", section=0, step=1, total_sections=2, steps=3)
+    assert third.control.request == "pause" and third.node_id == "6" and third.job_id == "job-6"
 
 
 def test_jobs_lists_running_first_then_recent(host):
@@ -208,13 +240,16 @@ def test_jobs_names_the_goan_prompts_in_comfyuis_queue(host):
     host.pending["p-next"] = {"9": {"class_type": "GoanSegmentSampler"}}
     host.pending["p-other"] = {"1": {"class_type": "KSampler"}}
     host.pending["p-broken"] = ["not", "a", "prompt"]
+    host.pending["p-branches"] = {"2": {"class_type": "GoanSegmentSampler"}, "3": {"class_type": "GoanSegmentSampler"}}
 
     async def scenario(client):
         response = await client.get("/goan/jobs")
         return await response.json()
 
     assert serve(scenario) == {"jobs": [], "queue": [{"prompt_id": "p-run", "node_id": "4", "running": True},
-                                                     {"prompt_id": "p-next", "node_id": "9", "running": False}]}
+                                                     {"prompt_id": "p-next", "node_id": "9", "running": False},
+                                                     {"prompt_id": "p-branches", "node_id": "2", "running": False},
+                                                     {"prompt_id": "p-branches", "node_id": "3", "running": False}]}
 
 
 def test_jobs_keeps_only_recent_ones(host):

@@ -13,16 +13,48 @@ export const STATUSES = [
 /** The statuses taken from the server's /goan/jobs. */
 const SERVER_STATUSES = new Set([STATUS.RUNNING, STATUS.PAUSING, STATUS.PAUSED, STATUS.STOPPED, STATUS.FINISHED, STATUS.FAILED]);
 
-/** An empty job list: {jobs: {prompt_id: job}, order: [prompt_id...]} */
+/**
+ * An empty job list: {jobs: {key: job}, order: [key...]}. A row is one goan sampler of one prompt
+ * (`jobKey`): a workflow with three samplers branching one resume file queues one prompt and shows
+ * three rows.
+ */
 export function emptyState() {
   return { jobs: {}, order: [] };
 }
 
-function blank(promptId) {
+/** The key of the row of sampler `nodeId` (its execution id) in prompt `promptId`. */
+export function jobKey(promptId, nodeId) {
+  return `${promptId}@${nodeId ?? ""}`;
+}
+
+/** The keys of the rows of one prompt, oldest first. */
+export function rowsOfPrompt(state, promptId) {
+  return state.order.filter((key) => state.jobs[key].prompt_id === promptId);
+}
+
+/**
+ * The key of the row a message about (promptId, nodeId) is for: that sampler's row; without a node,
+ * the prompt's only row (null when it has several), else a new row's key.
+ */
+function keyFor(state, promptId, nodeId) {
+  if (nodeId !== null && nodeId !== undefined) return jobKey(promptId, String(nodeId));
+  const rows = rowsOfPrompt(state, promptId);
+  if (rows.length > 1) return null;
+  return rows.length ? rows[0] : jobKey(promptId, null);
+}
+
+/** The row of `promptId` (and sampler `nodeId` when given) the user means, or null. */
+export function findJob(state, promptId, nodeId) {
+  const key = keyFor(state, promptId, nodeId);
+  return (key && state.jobs[key]) || null;
+}
+
+function blank(promptId, nodeId) {
   return {
+    key: jobKey(promptId, nodeId),
     prompt_id: promptId,
     status: STATUS.QUEUED,
-    node_id: null,
+    node_id: nodeId ?? null,
     job_id: null,
     section: null,
     total_sections: null,
@@ -39,18 +71,31 @@ function blank(promptId) {
   };
 }
 
-function put(state, promptId, patch) {
-  const prev = state.jobs[promptId];
-  const job = { ...(prev || blank(promptId)), ...patch };
-  const jobs = { ...state.jobs, [promptId]: job };
-  const order = prev ? state.order : [...state.order, promptId];
+/** Create or change the row of (promptId, nodeId); a message without a node goes to the prompt's only row. */
+function put(state, promptId, nodeId, patch) {
+  const key = keyFor(state, promptId, nodeId);
+  if (key === null) return state; // several samplers and no word on which: /goan/jobs will say
+  const prev = state.jobs[key];
+  const job = { ...(prev || blank(promptId, nodeId === undefined || nodeId === null ? null : String(nodeId))), ...patch };
+  const jobs = { ...state.jobs, [key]: job };
+  const order = prev ? state.order : [...state.order, key];
   return { jobs, order };
 }
 
-function update(state, promptId, patch) {
-  // Only touches a job already known to be a goan job.
-  if (!promptId || !state.jobs[promptId]) return state;
-  return put(state, promptId, patch);
+/** Change one existing row (by key); rows only exist for goan jobs. */
+function update(state, key, patch) {
+  if (!key || !state.jobs[key]) return state;
+  return { jobs: { ...state.jobs, [key]: { ...state.jobs[key], ...patch } }, order: state.order };
+}
+
+/** Apply `patchOf(job)` (a patch, or null for none) to every row of a prompt: ComfyUI's events are per prompt. */
+function updatePrompt(state, promptId, patchOf) {
+  let s = state;
+  for (const key of rowsOfPrompt(state, promptId)) {
+    const patch = patchOf(s.jobs[key]);
+    if (patch) s = update(s, key, patch);
+  }
+  return s;
 }
 
 /** True when an API-format prompt (node id -> {class_type}) contains the goan sampler. */
@@ -59,11 +104,10 @@ export function promptHasSampler(prompt) {
   return Object.values(prompt).some((n) => n && n.class_type === SAMPLER_TYPE);
 }
 
-/** The sampler's node id in an API-format prompt, or null. */
-export function samplerNodeId(prompt) {
-  if (!prompt || typeof prompt !== "object") return null;
-  for (const [id, n] of Object.entries(prompt)) if (n && n.class_type === SAMPLER_TYPE) return id;
-  return null;
+/** The node ids of the goan samplers in an API-format prompt (each one a row), in prompt order. */
+export function samplerNodeIds(prompt) {
+  if (!prompt || typeof prompt !== "object") return [];
+  return Object.entries(prompt).filter(([, n]) => n && n.class_type === SAMPLER_TYPE).map(([id]) => id);
 }
 
 function normFile(f) {
@@ -72,30 +116,41 @@ function normFile(f) {
 }
 
 /**
- * Goan jobs in ComfyUI's queue ({promptId, number, nodeId, running}): a pending one becomes "queued",
- * a running one "running" unless it is already pausing or has ended.
+ * Goan samplers in ComfyUI's queue ({promptId, number, nodeId, running}): a pending one becomes
+ * "queued", one in the running prompt "running" unless it is already pausing or has ended.
  */
 function mergeQueued(state, entries) {
   let s = state;
   for (const { promptId, number, nodeId, running } of entries) {
-    const prev = s.jobs[promptId];
-    const patch = { number: number ?? (prev ? prev.number : null), node_id: (prev && prev.node_id) || nodeId };
+    const prev = s.jobs[jobKey(promptId, nodeId)];
+    const patch = { number: number ?? (prev ? prev.number : null) };
     if (running) {
       if (!prev || prev.status === STATUS.QUEUED) patch.status = STATUS.RUNNING;
     } else if (!prev) {
       patch.status = STATUS.QUEUED;
     }
-    s = put(s, promptId, patch);
+    s = put(s, promptId, nodeId, patch);
   }
   return s;
 }
 
-/** Queued jobs that never ran and are no longer among `activeIds` (the prompts in ComfyUI's queue). */
-export function jobsLeftQueue(state, activeIds) {
-  return state.order.filter((id) => {
-    const job = state.jobs[id];
-    return job.status === STATUS.QUEUED && job.step === null && !activeIds.has(id);
-  });
+/** The prompts of queued rows that never ran and are no longer among `activeIds` (the prompts in ComfyUI's queue). */
+export function promptsLeftQueue(state, activeIds) {
+  const left = new Set();
+  for (const key of state.order) {
+    const job = state.jobs[key];
+    if (job.status === STATUS.QUEUED && job.step === null && !activeIds.has(job.prompt_id)) left.add(job.prompt_id);
+  }
+  return [...left];
+}
+
+/** Mark the queued rows of the prompts `promptIds` that never ran cancelled. */
+function cancelNeverRan(state, promptIds) {
+  let s = state;
+  for (const id of promptIds) {
+    s = updatePrompt(s, id, (job) => (job.status === STATUS.QUEUED && job.step === null ? { status: STATUS.CANCELLED } : null));
+  }
+  return s;
 }
 
 /**
@@ -109,13 +164,12 @@ export function applyQueue(state, queue) {
   const entries = [];
   for (const [items, running] of [[queue && queue.queue_running, true], [queue && queue.queue_pending, false]]) {
     for (const item of items || []) {
-      if (!Array.isArray(item) || item.length < 3 || !promptHasSampler(item[2])) continue;
-      entries.push({ promptId: item[1], number: item[0], nodeId: samplerNodeId(item[2]), running });
+      if (!Array.isArray(item) || item.length < 3) continue;
+      for (const nodeId of samplerNodeIds(item[2])) entries.push({ promptId: item[1], number: item[0], nodeId, running });
     }
   }
-  let s = mergeQueued(state, entries);
-  for (const id of jobsLeftQueue(s, new Set(entries.map((e) => e.promptId)))) s = put(s, id, { status: STATUS.CANCELLED });
-  return s;
+  const s = mergeQueued(state, entries);
+  return cancelNeverRan(s, promptsLeftQueue(s, new Set(entries.map((e) => e.promptId))));
 }
 
 // ---- ComfyUI's job API (GET /api/jobs, GET /api/jobs/{id}, POST /api/jobs/{id}/cancel) -----------
@@ -145,10 +199,10 @@ export function jobsApiPresent(res) {
 
 /**
  * Merge ComfyUI's job list (`payload`: GET /api/jobs, {jobs: [{id, status, priority, ...}]}) with
- * goan's word on which queued prompts are goan jobs (`goanQueue`: /goan/jobs `queue`,
- * [{prompt_id, node_id, running}]; the job list does not say what a prompt holds). Returns the new
- * state and `left`: queued jobs that never ran and are in neither list, whose end GET /api/jobs/{id}
- * tells (`applyNativeJob`).
+ * goan's word on which queued prompts hold goan samplers (`goanQueue`: /goan/jobs `queue`,
+ * [{prompt_id, node_id, running}], one entry per sampler; the job list does not say what a prompt
+ * holds). Returns the new state and `left`: the prompts of queued rows that never ran and are in
+ * neither list, whose end GET /api/jobs/{id} tells (`applyNativeJob`).
  */
 export function applyNativeQueue(state, payload, goanQueue) {
   const native = new Map();
@@ -167,26 +221,30 @@ export function applyNativeQueue(state, payload, goanQueue) {
   }
   const s = mergeQueued(state, entries);
   const active = new Set([...native.keys(), ...entries.map((e) => e.promptId)]);
-  return { state: s, left: jobsLeftQueue(s, active) };
+  return { state: s, left: promptsLeftQueue(s, active) };
 }
 
 /**
- * Apply GET /api/jobs/{id} ({ok, status, json}) to a queued job that left the queue without running
- * goan's sampler: 404 (the server no longer knows it: removed from the queue) and "cancelled" make it
- * cancelled, "failed" failed (with ComfyUI's message), "completed" finished (e.g. a cached result).
+ * Apply GET /api/jobs/{id} ({ok, status, json}) to the queued rows of a prompt that left the queue
+ * without running goan's sampler: 404 (the server no longer knows it: removed from the queue) and
+ * "cancelled" make them cancelled, "failed" failed (with ComfyUI's message), "completed" finished
+ * (e.g. a cached result).
  */
 export function applyNativeJob(state, promptId, res) {
-  const job = state.jobs[promptId];
-  if (!job || job.status !== STATUS.QUEUED || !res) return state;
-  if (res.status === 404) return update(state, promptId, { status: STATUS.CANCELLED });
-  const status = res.ok && res.json ? NATIVE_STATUS[res.json.status] : undefined;
-  if (!status || status === STATUS.QUEUED) return state;
-  const patch = { status };
-  if (status === STATUS.FAILED) {
-    const err = res.json.execution_error;
-    patch.error = (err && err.exception_message) || "execution error";
+  if (!res) return state;
+  let patch = null;
+  if (res.status === 404) {
+    patch = { status: STATUS.CANCELLED };
+  } else {
+    const status = res.ok && res.json ? NATIVE_STATUS[res.json.status] : undefined;
+    if (!status || status === STATUS.QUEUED) return state;
+    patch = { status };
+    if (status === STATUS.FAILED) {
+      const err = res.json.execution_error;
+      patch.error = (err && err.exception_message) || "execution error";
+    }
   }
-  return update(state, promptId, patch);
+  return updatePrompt(state, promptId, (job) => (job.status === STATUS.QUEUED ? patch : null));
 }
 
 /**
@@ -225,9 +283,11 @@ export function applyServerJobs(state, payload) {
     for (const k of ["job_id", "node_id", "section", "total_sections", "step", "steps", "skipped", "error", "parent", "root"]) {
       if (j[k] !== undefined) patch[k] = j[k];
     }
-    if (j.node_id !== undefined && j.node_id !== null) patch.node_id = String(j.node_id);
+    delete patch.node_id; // part of the row's key
+    const key = keyFor(s, j.prompt_id, j.node_id);
+    if (key === null) continue;
     if (SERVER_STATUSES.has(j.status)) {
-      const prev = s.jobs[j.prompt_id];
+      const prev = s.jobs[key];
       // A pause the user asked for stays "pausing" until the server says it ended.
       if (!(prev && prev.status === STATUS.PAUSING && j.status === STATUS.RUNNING)) patch.status = j.status;
       // A job cancelled here may still be reported as running for a moment.
@@ -235,67 +295,57 @@ export function applyServerJobs(state, payload) {
     }
     const f = normFile(j.file);
     if (f) patch.file = f;
-    s = put(s, j.prompt_id, patch);
+    s = put(s, j.prompt_id, j.node_id, patch);
   }
   return s;
 }
 
 /**
  * Apply one websocket event {type, detail}. ComfyUI's events only touch jobs already known as goan
- * jobs (from /queue or /goan/jobs); goan's own events create the job when needed.
+ * jobs (from /queue or /goan/jobs), the prompt-wide ones (start, success, error, interrupt) every
+ * row of the prompt; goan's own events name their sampler (`node_id`) and create its row when needed.
  */
 export function applyEvent(state, type, d) {
   d = d || {};
   const id = d.prompt_id;
   switch (type) {
     case "execution_start":
-      if (state.jobs[id] && state.jobs[id].status === STATUS.QUEUED) return update(state, id, { status: STATUS.RUNNING });
-      return state;
-    case "executing": {
-      const job = state.jobs[id];
-      if (!job || d.node === null || d.node === undefined) return state;
-      if (job.status === STATUS.QUEUED) return update(state, id, { status: STATUS.RUNNING });
-      return state;
-    }
-    case "progress": {
-      const job = state.jobs[id];
-      if (!job || String(d.node) !== String(job.node_id)) return state;
+      return updatePrompt(state, id, (job) => (job.status === STATUS.QUEUED ? { status: STATUS.RUNNING } : null));
+    case "executing":
+      if (d.node === null || d.node === undefined) return state;
+      return updatePrompt(state, id, (job) => (job.status === STATUS.QUEUED ? { status: STATUS.RUNNING } : null));
+    case "progress":
       // ComfyUI's bar counts steps over the whole job; /goan/jobs gives the step within a section.
-      return update(state, id, { progress: { value: d.value, max: d.max } });
-    }
+      if (d.node === null || d.node === undefined) return state;
+      return update(state, jobKey(id, String(d.node)), { progress: { value: d.value, max: d.max } });
     case "executed": {
+      // The save node's output: the file of the job it names (older servers: the prompt's only row).
       const out = d.output && d.output.goan_resume;
-      if (!state.jobs[id] || !Array.isArray(out) || !out.length) return state;
-      const f = normFile(out[0]);
-      return f ? update(state, id, { file: f }) : state;
+      const f = Array.isArray(out) && out.length ? normFile(out[0]) : null;
+      if (!f) return state;
+      const rows = rowsOfPrompt(state, id);
+      const named = out[0].job_id ? rows.filter((key) => state.jobs[key].job_id === out[0].job_id) : rows;
+      return named.length === 1 ? update(state, named[0], { file: f }) : state;
     }
-    case "execution_success": {
-      const job = state.jobs[id];
-      if (!job) return state;
-      if (job.status === STATUS.RUNNING) return update(state, id, { status: STATUS.FINISHED });
-      return state; // pausing/paused: the goan events and /goan/jobs settle it
-    }
-    case "execution_error": {
-      const job = state.jobs[id];
-      if (!job || isTerminal(job.status)) return state;
-      return update(state, id, { status: STATUS.FAILED, error: d.exception_message || "execution error" });
-    }
-    case "execution_interrupted": {
-      const job = state.jobs[id];
-      if (!job || isTerminal(job.status)) return state;
-      return update(state, id, { status: job.status === STATUS.PAUSING ? STATUS.PAUSING : STATUS.STOPPED });
-    }
+    case "execution_success":
+      // pausing/paused: the goan events and /goan/jobs settle it
+      return updatePrompt(state, id, (job) => (job.status === STATUS.RUNNING ? { status: STATUS.FINISHED } : null));
+    case "execution_error":
+      return updatePrompt(state, id, (job) => (isTerminal(job.status) ? null
+        : { status: STATUS.FAILED, error: d.exception_message || "execution error" }));
+    case "execution_interrupted":
+      return updatePrompt(state, id, (job) => (isTerminal(job.status) ? null
+        : { status: job.status === STATUS.PAUSING ? STATUS.PAUSING : STATUS.STOPPED }));
     case "goan.pausing":
       if (!id) return state;
-      return put(state, id, { status: STATUS.PAUSING, ...(d.node_id != null ? { node_id: String(d.node_id) } : {}) });
+      return put(state, id, d.node_id, { status: STATUS.PAUSING });
     case "goan.paused": {
       if (!id) return state;
       const patch = { status: isPauseKind(d.kind) ? STATUS.PAUSED : STATUS.STOPPED };
       if (d.job_id) patch.job_id = d.job_id;
-      if (d.node_id != null) patch.node_id = String(d.node_id);
       const f = normFile(d);
       if (f) patch.file = f;
-      return put(state, id, patch);
+      return put(state, id, d.node_id, patch);
     }
     case "goan.autosaved": {
       if (!id) return state;
@@ -303,17 +353,19 @@ export function applyEvent(state, type, d) {
       if (d.job_id) patch.job_id = d.job_id;
       const f = normFile(d);
       if (f) patch.file = f;
-      return put(state, id, patch);
+      return put(state, id, d.node_id, patch);
     }
-    case "goan.resumed":
+    case "goan.resumed": {
       if (!id) return state;
-      return put(state, id, {
-        ...(state.jobs[id] && !isTerminal(state.jobs[id].status) && state.jobs[id].status !== STATUS.QUEUED ? {} : { status: STATUS.RUNNING }),
-        job_id: d.job_id || (state.jobs[id] && state.jobs[id].job_id) || null,
+      const prev = findJob(state, id, d.node_id);
+      return put(state, id, d.node_id, {
+        ...(prev && !isTerminal(prev.status) && prev.status !== STATUS.QUEUED ? {} : { status: STATUS.RUNNING }),
+        job_id: d.job_id || (prev && prev.job_id) || null,
         section: d.section ?? null,
         step: d.step ?? null,
         ...(d.parent ? { parent: String(d.parent), root: String(d.root || d.parent) } : {}),
       });
+    }
     default:
       return state;
   }
@@ -328,28 +380,29 @@ export function shouldAutoDownload(detail) {
   return isPauseKind(detail.kind);
 }
 
-/** The user asked to pause / cancel; the state shows it at once. */
-export function markPausing(state, promptId) {
-  const job = state.jobs[promptId];
+/** The user asked to pause the row `key`; the state shows it at once. */
+export function markPausing(state, key) {
+  const job = state.jobs[key];
   if (!job || job.status !== STATUS.RUNNING) return state;
-  return update(state, promptId, { status: STATUS.PAUSING });
+  return update(state, key, { status: STATUS.PAUSING });
 }
 
-export function markCancelled(state, promptId) {
-  const job = state.jobs[promptId];
-  if (!job || isTerminal(job.status)) return state;
-  return update(state, promptId, { status: STATUS.CANCELLED });
+/** The user cancelled row `key`: ComfyUI cancels whole prompts, so every row of its prompt that has not ended. */
+export function markCancelled(state, key) {
+  const job = state.jobs[key];
+  if (!job) return state;
+  return updatePrompt(state, job.prompt_id, (j) => (isTerminal(j.status) ? null : { status: STATUS.CANCELLED }));
 }
 
-export function markDownloaded(state, promptId) {
-  return update(state, promptId, { downloaded: true });
+export function markDownloaded(state, key) {
+  return update(state, key, { downloaded: true });
 }
 
-export function removeJob(state, promptId) {
-  if (!state.jobs[promptId]) return state;
+export function removeJob(state, key) {
+  if (!state.jobs[key]) return state;
   const jobs = { ...state.jobs };
-  delete jobs[promptId];
-  return { jobs, order: state.order.filter((id) => id !== promptId) };
+  delete jobs[key];
+  return { jobs, order: state.order.filter((k) => k !== key) };
 }
 
 /**
@@ -403,11 +456,32 @@ export function listJobs(state) {
   return groupBranches(state.order.map((id) => state.jobs[id]).reverse());
 }
 
-/** The prompt id of the job the action-bar/node pause should act on: the running goan job. */
-export function runningJob(state) {
-  for (const id of state.order) {
-    const j = state.jobs[id];
+/**
+ * The row the action bar's pause acts on: the sampler ComfyUI executes now (`executing`:
+ * {prompt_id, node}) when it is a running row, else the first running row.
+ */
+export function runningJob(state, executing) {
+  const now = executing && executing.prompt_id && executing.node != null ? state.jobs[jobKey(executing.prompt_id, String(executing.node))] : null;
+  if (now && now.status === STATUS.RUNNING) return now;
+  for (const key of state.order) {
+    const j = state.jobs[key];
     if (j.status === STATUS.RUNNING) return j;
   }
   return null;
+}
+
+/**
+ * The running row of a sampler node whose execution ids are `ids` (a node inside a subgraph runs
+ * as "12:5"), for its pause button, or null. A prompt may hold several samplers, all "running"
+ * while the prompt runs: the button is live for the one ComfyUI executes, for one that has
+ * started (the server reported its step), and, in a prompt with a single sampler, from the
+ * prompt's start (a pause asked before the sampler starts applies when it does).
+ */
+export function nodeRunningJob(state, executing, ids) {
+  const promptId = executing && executing.prompt_id;
+  if (!promptId) return null;
+  const rows = rowsOfPrompt(state, promptId).map((key) => state.jobs[key]);
+  const job = rows.find((j) => ids.includes(String(j.node_id)));
+  if (!job || job.status !== STATUS.RUNNING) return null;
+  return ids.includes(String(executing.node)) || job.step !== null || rows.length === 1 ? job : null;
 }

@@ -242,10 +242,10 @@ async function phasePause(page, context) {
   });
   const runId = await queueAndGetId(page);
   result.paused_prompt_id = runId;
-  const pauseBtn = page.locator(`[data-goan-job="${runId}"] button[data-goan-action="pause"]`);
+  const pauseBtn = page.locator(`.goan-job[data-prompt-id="${runId}"] button[data-goan-action="pause"]`);
   await waitFor(async () => (await pauseBtn.count()) && (await pauseBtn.isEnabled()), "the pause button of the running job", 120000, 100);
   // wait for at least one sampler step so the pause lands mid-job
-  await waitFor(() => page.evaluate((id) => { const j = window.__goan.getState().jobs[id]; return j && j.status === "running" && ((j.progress && j.progress.value >= 1) || j.step >= 1); }, runId), "a first step", 120000, 50);
+  await waitFor(() => page.evaluate((id) => { const j = window.__goan.jobOf(id); return j && j.status === "running" && ((j.progress && j.progress.value >= 1) || j.step >= 1); }, runId), "a first step", 120000, 50);
   const g1 = await graphSummary(page);
   const runPw = g1.find((n) => n.type === "GoanSegmentSampler").widgets.find((w) => w.name === "goan_pause");
   result.node_pause_enabled_while_running = !runPw.disabled;
@@ -311,8 +311,8 @@ async function afterPause(page, context, runId, downloadP) {
   const saved = join(cfg.download_dir, name);
   await dl.saveAs(saved);
   result.download = saved;
-  await waitFor(async () => (await page.locator(`[data-goan-job="${runId}"] [data-goan-status="paused"]`).count()) > 0, "the job to show Paused", 30000);
-  const row = page.locator(`[data-goan-job="${runId}"]`);
+  await waitFor(async () => (await page.locator(`.goan-job[data-prompt-id="${runId}"] [data-goan-status="paused"]`).count()) > 0, "the job to show Paused", 30000);
+  const row = page.locator(`.goan-job[data-prompt-id="${runId}"]`);
   result.paused_row_controls = await row.locator("button[data-goan-action]").evaluateAll((bs) => bs.map((b) => ({ action: b.dataset.goanAction, disabled: b.disabled })));
   check("paused row: pause disabled, download enabled", result.paused_row_controls.find((c) => c.action === "pause").disabled && !result.paused_row_controls.find((c) => c.action === "download").disabled, result.paused_row_controls);
   check("download again link", (await row.locator("a[data-goan-link='download']").count()) === 1, "missing");
@@ -353,14 +353,14 @@ async function afterPause(page, context, runId, downloadP) {
   };
   const runA = await queueAndGetId(page);
   const runB = await queueAndGetId(page);
-  const cancelB = page.locator(`[data-goan-job="${runB}"] button[data-goan-action="cancel"]`);
+  const cancelB = page.locator(`.goan-job[data-prompt-id="${runB}"] button[data-goan-action="cancel"]`);
   await waitFor(async () => (await cancelB.count()) && (await cancelB.isEnabled()), "the queued job's cancel button", 30000, 100);
   page.on("request", recordCancel);
   await cancelB.click();
-  await waitFor(async () => (await page.locator(`[data-goan-job="${runB}"] [data-goan-status="cancelled"]`).count()) > 0, "the queued job to show Cancelled", 30000);
-  await waitFor(() => page.evaluate((id) => { const j = window.__goan.getState().jobs[id]; return j && j.status === "running" && ((j.progress && j.progress.value >= 1) || j.step >= 1); }, runA), "the first job to run", 120000, 50);
-  await page.locator(`[data-goan-job="${runA}"] button[data-goan-action="cancel"]`).click();
-  const endA = await waitFor(() => page.evaluate((id) => { const j = window.__goan.getState().jobs[id]; return j && (j.status === "stopped" || j.status === "cancelled") && j.file ? j.status : null; }, runA), "the running job to stop with a fail-safe file", 60000);
+  await waitFor(async () => (await page.locator(`.goan-job[data-prompt-id="${runB}"] [data-goan-status="cancelled"]`).count()) > 0, "the queued job to show Cancelled", 30000);
+  await waitFor(() => page.evaluate((id) => { const j = window.__goan.jobOf(id); return j && j.status === "running" && ((j.progress && j.progress.value >= 1) || j.step >= 1); }, runA), "the first job to run", 120000, 50);
+  await page.locator(`.goan-job[data-prompt-id="${runA}"] button[data-goan-action="cancel"]`).click();
+  const endA = await waitFor(() => page.evaluate((id) => { const j = window.__goan.jobOf(id); return j && (j.status === "stopped" || j.status === "cancelled") && j.file ? j.status : null; }, runA), "the running job to stop with a fail-safe file", 60000);
   const hA = await waitDone(page, runA);
   page.off("request", recordCancel);
   result.cancel = { queued: "cancelled", running: endA, running_history: hA.status.status_str, downloads, requests: cancels,
@@ -371,7 +371,7 @@ async function afterPause(page, context, runId, downloadP) {
   await snap(page, "cancelled");
 
   // "Load to resume" in the job list brings the paused job's file back into the canvas.
-  await page.locator(`[data-goan-job="${runId}"] button[data-goan-action="load"]`).click();
+  await page.locator(`.goan-job[data-prompt-id="${runId}"] button[data-goan-action="load"]`).click();
   await waitFor(async () => (await toasts(page)).goan.some((x) => x.includes("Resume state loaded. Add to queue to continue.")), "the resume-loaded toast (job list)", 60000);
   const g2 = await graphSummary(page);
   const l2 = g2.find((n) => n.type === "GoanSegmentSampler").widgets.find((w) => w.name === "seconds");
@@ -411,7 +411,7 @@ async function pauseInSubgraph(page) {
   await openGoanTab(page);
   const runId = await queueAndGetId(page);
   const nodeId = await waitFor(() => page.evaluate((id) => {
-    const j = window.__goan.getState().jobs[id];
+    const j = window.__goan.jobOf(id);
     return j && j.status === "running" ? j.node_id : null;
   }, runId), "the subgraph's job to run", 120000, 100);
   check("the job runs the sampler inside the subgraph", String(nodeId) === executionId, { nodeId, executionId });

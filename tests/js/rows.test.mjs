@@ -1,12 +1,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { rowView, rowUpdates, listUpdates, ROW_PARTS } from "../../js/lib/rows.js";
-import { emptyState, applyServerJobs, applyEvent, markPausing } from "../../js/lib/jobs.js";
+import { emptyState, applyServerJobs, applyEvent, markPausing, findJob } from "../../js/lib/jobs.js";
 
 function running(progress) {
   let s = applyServerJobs(emptyState(), { jobs: [{ prompt_id: "p1", status: "running", node_id: "7", job_id: "j1", section: 0, total_sections: 3, step: 1, steps: 10 }] });
   if (progress !== undefined) s = applyEvent(s, "progress", { prompt_id: "p1", node: "7", value: progress, max: 30 });
-  return s.jobs.p1;
+  return findJob(s, "p1");
 }
 
 test("a new row gets every update: status, all text parts, every control, the file link", () => {
@@ -39,8 +39,8 @@ test("progress within the same percent: no update at all", () => {
 
 test("pausing: the status word and the controls that change state, nothing else", () => {
   const job = running(3);
-  const s = markPausing({ jobs: { p1: job }, order: ["p1"] }, "p1");
-  const ups = rowUpdates(rowView(job), rowView(s.jobs.p1));
+  const s = markPausing({ jobs: { [job.key]: job }, order: [job.key] }, job.key);
+  const ups = rowUpdates(rowView(job), rowView(s.jobs[job.key]));
   const st = ups.find((u) => u.kind === "status");
   assert.equal(st.status, "pausing");
   assert.equal(st.word, "Pausing task...");
@@ -53,8 +53,8 @@ test("pausing: the status word and the controls that change state, nothing else"
 
 test("a paused job with a file: download and load enabled, the file name and link appear", () => {
   const job = running(3);
-  const s = applyEvent({ jobs: { p1: job }, order: ["p1"] }, "goan.paused", { prompt_id: "p1", kind: "pause", filename: "goan_abc.goan_resume", subfolder: "goan_resume", type: "output" });
-  const ups = rowUpdates(rowView(job), rowView(s.jobs.p1));
+  const s = applyEvent({ jobs: { [job.key]: job }, order: [job.key] }, "goan.paused", { prompt_id: "p1", kind: "pause", filename: "goan_abc.goan_resume", subfolder: "goan_resume", type: "output" });
+  const ups = rowUpdates(rowView(job), rowView(findJob(s, "p1")));
   const ctl = Object.fromEntries(ups.filter((u) => u.kind === "control").map((u) => [u.id, u.enabled]));
   assert.equal(ctl.download, true);
   assert.equal(ctl.load, true);
