@@ -458,7 +458,8 @@ def test_diffusers_folders_workflow_runs_to_the_end(comfy):
 def test_compare_workflow_branches_one_paused_job_three_ways(comfy):
     """The compare example on the usual files: one uploaded pause file, three samplers with three prompts.
     The sampler whose prompt is the file's resumes the job itself; the other two branch it (new jobs whose
-    lineage names it), each to its own finished resume file."""
+    lineage names it), each to its own finished resume file. A bad branch (a broken timed prompt) fails in
+    ComfyUI with goan's message before the CLIP it would need is loaded."""
     import torch
 
     from comfy_workflow import to_api
@@ -487,9 +488,22 @@ def test_compare_workflow_branches_one_paused_job_three_ways(comfy):
         end = await client.end_of(compare_id)
         assert end["type"] == "execution_success", end
         _, jobs = await client.get_json("/goan/jobs")
-        return note["job_id"], [job for job in jobs["jobs"] if job["prompt_id"] == compare_id]
 
-    parent, jobs = run(comfy, scenario)
+        # a bad branch fails in the sampler's lazy check, before ComfyUI loads the CLIP it would need
+        for node, text in zip(samplers, [prompts[0], prompts[0], "[0s] a [2s] b [1s] c"]):
+            node["widgets_values"][0] = text
+        bad = to_api(compare_ui, infos(comfy))
+        clip_id = next(k for k, v in bad.items() if v["class_type"] == "DualCLIPLoader")
+        bad[clip_id]["inputs"]["device"] = "cpu"  # not in ComfyUI's cache: it would load if asked for
+        bad_id = await client.queue(bad, compare_ui)
+        failed = await client.end_of(bad_id)
+        ran = {m["data"]["node"] for m in client.messages
+               if m["type"] == "executing" and m["data"].get("prompt_id") == bad_id}
+        return note["job_id"], [job for job in jobs["jobs"] if job["prompt_id"] == compare_id], failed, clip_id, ran
+
+    parent, jobs, failed, clip_id, ran = run(comfy, scenario)
+    assert failed["type"] == "execution_error" and "timestamps must increase" in failed["data"]["exception_message"]
+    assert clip_id not in ran, ran
     assert len(jobs) == 3 and {job["status"] for job in jobs} == {"finished"}
     states = {job["job_id"]: read_resume_file(comfy["output"] / job["file"]["subfolder"] / job["file"]["filename"]).state
               for job in jobs}
