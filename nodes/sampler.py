@@ -255,8 +255,9 @@ class GoanSegmentSampler:
         """The lazy inputs this run needs and ComfyUI has not evaluated yet (linked ones arrive as None).
 
         A new job needs the image and its encoders; a continued job needs encoders only when its
-        state lacks embeddings. Of each piece's inputs only the first connected one is needed
-        (`SOURCES`), as in node_encoders.
+        state lacks embeddings or its branch encodes something (`jobs.branch_encoders`); a bad branch
+        is refused here, before any encoder input is evaluated. Of each piece's inputs only the first
+        connected one is needed (`SOURCES`), as in node_encoders.
         """
         needed = []
 
@@ -271,12 +272,14 @@ class GoanSegmentSampler:
         if job is None:
             want("image")
             cfg = inputs.get("cfg", 1.0)
-        elif isinstance(job, GoanJob) and job.state.conditioning is None:
-            cfg = job.state.params.cfg
-        else:
-            if isinstance(job, GoanJob):  # a branch is checked here, before any encoder loads; it may need some
-                for piece in branch_encoders(job.state, branch_changes(job.state, branch_request(inputs))):
+        elif isinstance(job, GoanJob):  # a branch is checked here, before any encoder loads; it may need some
+            changes = branch_changes(job.state, branch_request(inputs))
+            if job.state.conditioning is not None:
+                for piece in branch_encoders(job.state, changes):
                     want_source(piece)
+                return needed
+            cfg = changes["cfg"][1] if "cfg" in changes else job.state.params.cfg
+        else:
             return needed
         want_source("prompt")
         if cfg != 1:

@@ -402,6 +402,7 @@ def test_a_bad_branch_is_refused_before_any_encoder_is_asked_for(host, loaded, i
     refused with the reason; the job's own end image just resumes it."""
     from goan_pack.goan_core.errors import InputError
     from goan_pack.goan_core.params import MAX_PROMPT_CHARS
+    from goan_pack.nodes.types import GoanJob
 
     pause_when(host, 4)  # section 2 of 2, step 1
     paused, _, _ = run_sampler(loaded, image, autosave_every=0, end_image=image.flip(2))
@@ -417,6 +418,10 @@ def test_a_bad_branch_is_refused_before_any_encoder_is_asked_for(host, loaded, i
     with pytest.raises(InputError, match="the end image only conditions the first generated section"):
         sampler.check_lazy_status(resume_state=paused, **JOB, end_image=image, **linked)
     assert sampler.check_lazy_status(resume_state=paused, **JOB, end_image=image.flip(2), **linked) == []
+    bare = GoanJob(state=paused.state.snapshot(), source_image=paused.source_image, status="loaded")
+    bare.state.conditioning = None  # a file saved without embeddings: checked before its encoders are asked for
+    with pytest.raises(InputError, match="steps must be between 1 and 200"):
+        sampler.check_lazy_status(resume_state=bare, **{**JOB, "steps": 0}, **linked)
     with pytest.raises(InputError, match="end_strength only conditions the first generated section"):
         run_sampler(loaded, None, resume_state=paused, seconds=0.0, end_strength=0.5)
     same, _, _ = run_sampler(loaded, None, resume_state=paused, seconds=0.0, end_image=image.flip(2))
