@@ -22,7 +22,7 @@ change and what it means:
 The job's shape cannot change: mode, lws, resolution and (backward) seconds define the saved
 latents, so changing them is refused with the reason. Every new value passes the checks a new job's
 settings pass, with the same messages (`JobParams`, `resumefile.check_prompts`), in `plan_branch`,
-which front ends call before any model work. Without any real change nothing happens: the job keeps
+which front ends reach through `branch_changes` before any model work. Without any real change nothing happens: the job keeps
 its id and continues bit-exactly. The new job records `lineage` (parent and root job ids, the section
 and step it branched at, {setting: [old, new]}), written to its resume files.
 """
