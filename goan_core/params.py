@@ -35,6 +35,10 @@ LIMITS = {
 # The most sections one job may plan: checked when a job is created or extended and when a resume
 # file is read (resumefile.check_job), with the same message, so goan never runs a job it cannot resume.
 MAX_SECTIONS = LIMITS["max_sections"][1]
+# The longest prompt or negative prompt a new job or a branch may have (a timed prompt's parts
+# together), in characters: its resume files keep it in params.json, and a branch's lineage keeps the
+# old and the new text (resumefile.check_prompts). Llama reads 256 tokens of each part.
+MAX_PROMPT_CHARS = 64 * 1024
 
 
 @dataclass

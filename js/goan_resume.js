@@ -98,8 +98,10 @@ function ensureLoader(sampler) {
   graph.add(loader);
   (loader.outputs || []).forEach((out, oi) => {
     const inputs = sampler.inputs || [];
-    let ii = inputs.findIndex((inp) => inp.type === out.type && inp.link == null && !inp.widget);
-    if (ii < 0 && out.type === "IMAGE") ii = inputs.findIndex((inp) => inp.name === "image" && inp.type === "IMAGE");
+    // the source image goes into `image` only: end_image is IMAGE too, and an end image branches a job
+    const ii = out.type === "IMAGE"
+      ? inputs.findIndex((inp) => inp.name === "image" && inp.type === "IMAGE")
+      : inputs.findIndex((inp) => inp.type === out.type && inp.link == null && !inp.widget);
     if (ii >= 0) loader.connect(oi, sampler, ii);
   });
   return loader;

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from ..goan_core.errors import InputError
-from ..goan_core.jobs import (AutosavePolicy, Encoders, Job, RunResult, RunSettings, branch_changes, continue_job,
-                              create_job, render_frames, run_attention, run_job)
+from ..goan_core.jobs import (END_IMAGE, AutosavePolicy, Encoders, Job, RunResult, RunSettings, branch_changes,
+                              branch_encoders, continue_job, create_job, render_frames, run_attention, run_job)
 from ..goan_core.models import (ATTENTION_CHOICES, VAE, ImageEncoder, SwapPlan, TextEncoders, Transformer, is_on,
                                 plan_swap, section_tokens)
 from ..goan_core.params import FPS, LIMITS, MODES, SAMPLERS, JobParams
@@ -46,6 +46,22 @@ HINTS = {
 # encoders (goan encodes with them), then goan's own loaders.
 SOURCES = {"prompt": ("positive", "clip", "text_encoders"), "negative_prompt": ("negative", "clip", "text_encoders"),
            "image": ("clip_vision_output", "clip_vision", "image_encoder")}
+
+
+# The widgets that ask a continued job for a setting (jobs.branch), and how each widget's value is read.
+BRANCH_WIDGETS = {"prompt": None, "negative_prompt": None, "seed": int, "steps": int, "cfg": float, "gs": float,
+                  "rs": float, "sampler": None, "teacache": bool, "teacache_threshold": float, "mode": None, "lws": int,
+                  "resolution": int, "end_strength": float, "end_embeds": float}
+
+
+def branch_request(inputs: dict) -> dict:
+    """The settings the sampler's inputs ask of a continued job (`jobs.branch_changes`): its widgets, and a
+    connected end_image (IMAGE) as the end image (then cropped to the job's frame)."""
+    request = {name: inputs[name] if read is None else read(inputs[name]) for name, read in BRANCH_WIDGETS.items()
+               if inputs.get(name) is not None}
+    if inputs.get("end_image") is not None:
+        request[END_IMAGE] = image_to_uint8(inputs["end_image"])
+    return request
 
 
 def _expect(value, kind: type, name: str, what: str):
@@ -223,8 +239,9 @@ class GoanSegmentSampler:
                 "clip_vision": ("CLIP_VISION", {"lazy": True, "tooltip": "CLIPVisionLoader "
                                                 "(sigclip_vision_patch14_384): goan encodes the bucketed, cropped "
                                                 "start image with it, as FramePack does"}),
-                "end_image": ("IMAGE", {"tooltip": "backward mode: the video ends on this image (a new job's; "
-                                                   "a resumed job keeps its own)"}),
+                "end_image": ("IMAGE", {"tooltip": "backward mode: the video ends on this image; another image "
+                                                   "branches a resumed job until its first generated section is "
+                                                   "done (not connected: the job keeps its own)"}),
                 "end_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
                                            "tooltip": "how strongly the end image conditions the video's end"}),
                 "end_embeds": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
@@ -238,8 +255,9 @@ class GoanSegmentSampler:
         """The lazy inputs this run needs and ComfyUI has not evaluated yet (linked ones arrive as None).
 
         A new job needs the image and its encoders; a continued job needs encoders only when its
-        state lacks embeddings. Of each piece's inputs only the first connected one is needed
-        (`SOURCES`), as in node_encoders.
+        state lacks embeddings or its branch encodes something (`jobs.branch_encoders`); a bad branch
+        is refused here, before any encoder input is evaluated. Of each piece's inputs only the first
+        connected one is needed (`SOURCES`), as in node_encoders.
         """
         needed = []
 
@@ -254,17 +272,14 @@ class GoanSegmentSampler:
         if job is None:
             want("image")
             cfg = inputs.get("cfg", 1.0)
-        elif isinstance(job, GoanJob) and job.state.conditioning is None:
-            cfg = job.state.params.cfg
+        elif isinstance(job, GoanJob):  # a branch is checked here, before any encoder loads; it may need some
+            changes = branch_changes(job.state, branch_request(inputs))
+            if job.state.conditioning is not None:
+                for piece in branch_encoders(job.state, changes):
+                    want_source(piece)
+                return needed
+            cfg = changes["cfg"][1] if "cfg" in changes else job.state.params.cfg
         else:
-            if isinstance(job, GoanJob):  # a branch with a new prompt or negative prompt needs the text encoders
-                params = job.state.params
-                changed = branch_changes(params, {k: inputs[k] for k in ("prompt", "negative_prompt", "cfg")
-                                                  if k in inputs})
-                if "prompt" in changed:
-                    want_source("prompt")
-                if inputs.get("cfg", params.cfg) != 1 and ({"negative_prompt", "cfg"} & set(changed)):
-                    want_source("negative_prompt")
             return needed
         want_source("prompt")
         if cfg != 1:
@@ -306,10 +321,11 @@ class GoanSegmentSampler:
                                hide_autosaves=True)  # out of ComfyUI's asset catalogue (resumefile.retention)
         run_attention(transformer, settings)  # an attention kernel or compiler missing here: said before any work
         if resume_state is not None:
-            changes = dict(prompt=prompt, negative_prompt=negative_prompt, seed=int(seed), steps=int(steps),
-                           cfg=float(cfg), gs=float(gs), rs=float(rs), sampler=sampler, teacache=bool(teacache),
-                           teacache_threshold=float(teacache_threshold), mode=mode, lws=int(lws),
-                           resolution=int(resolution))
+            changes = branch_request(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                                          cfg=cfg, gs=gs, rs=rs, sampler=sampler, teacache=teacache,
+                                          teacache_threshold=teacache_threshold, mode=mode, lws=lws,
+                                          resolution=resolution, end_strength=end_strength, end_embeds=end_embeds,
+                                          end_image=end_image))
             job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow, changes,
                                                bool(accept_lora_difference))
         else:

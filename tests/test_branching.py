@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from goan_core.errors import InputError
-from goan_core.jobs import JobSaver, continue_job, goan_encoders, sample_job
+from goan_core.jobs import Encoders, JobSaver, branch_changes, continue_job, goan_encoders, sample_job
 from goan_core.models import Transformer
-from goan_core.params import JobParams
-from goan_core.resumefile import RetentionFolder, read_resume_file
+from goan_core.params import MAX_PROMPT_CHARS, JobParams
+from goan_core.resumefile import RetentionFolder, check_prompts, read_resume_file
 from goan_core.sampling import (Engine, SectionPlan, parse_timed_prompt, section_prompt, section_seconds,
                                 splice_prompt)
 from goan_core.vocabulary import Status
@@ -189,3 +189,86 @@ def test_splicing_keeps_what_is_done_and_merges_equal_neighbours():
     back = SectionPlan("backward", 3, 5, 64, 64)
     assert splice_prompt("[0s] a [1s] b", "c", back, 2) == "[0s] c [1.2s] b"
     assert splice_prompt("a", "b", back, 0) == "b"
+
+
+# -- a branch's settings are checked before any model work, as a new job's are ----------------------
+
+@pytest.fixture(scope="module")
+def paused_backward(tiny_models, tmp_path_factory):
+    """A backward job of 3 sections paused at the start of its second section."""
+    return paused_file(tiny_models, tmp_path_factory.mktemp("paused"), "backward", (1, 0))
+
+
+def new_job_message(**setting):
+    """The message a new job with `setting` gets (its settings, then its prompts: what create_job checks)."""
+    with pytest.raises(InputError) as refused:
+        check_prompts(params("backward", **setting))
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("setting, value, phrase", [
+    ("seed", -1, "seed must be between 0 and"),
+    ("steps", 0, "steps must be between 1 and 200"),
+    ("steps", 500, "steps must be between 1 and 200"),
+    ("cfg", 0.5, "cfg must be between 1.0 and 32.0"),
+    ("cfg", float("nan"), "cfg must be a finite number"),
+    ("gs", 40.0, "gs must be between 0.0 and 32.0"),
+    ("rs", 2.0, "rs must be between 0.0 and 1.0"),
+    ("teacache_threshold", 11.0, "teacache_threshold must be between 0.0 and 10.0"),
+    ("teacache", "yes", "teacache must be true or false"),
+    ("sampler", "dpm", "unknown sampler 'dpm'"),
+    ("end_strength", 1.5, "end_strength must be between 0.0 and 1.0"),
+    ("end_embeds", -0.1, "end_embeds must be between 0.0 and 1.0"),
+    ("prompt", "[1s] a late start", "timed prompt: nothing covers 0s to 1s"),
+    ("prompt", "[0s] a [2s] b [1s] c", "timed prompt: timestamps must increase"),
+    ("prompt", "x" * (MAX_PROMPT_CHARS + 1), f"the prompt is {MAX_PROMPT_CHARS + 1:,} characters long, more than "
+                                             f"the {MAX_PROMPT_CHARS:,} a job may have"),
+    ("negative_prompt", "y" * (MAX_PROMPT_CHARS + 1), f"the negative prompt is {MAX_PROMPT_CHARS + 1:,} characters"),
+])
+def test_a_bad_branched_setting_is_refused_up_front_with_a_new_jobs_message(tiny_models, paused_backward, setting,
+                                                                           value, phrase):
+    """Every setting a branch may change is checked when the branch is planned (`branch_changes`, which the
+    CLI and the sampler node call before loading or asking for any encoder), with the message a new job
+    with that value gets; continuing with no encoders at all fails the same way, so nothing was encoded."""
+    expected = new_job_message(**{setting: value})
+    assert phrase in expected and ("shorten it" in expected or "characters" not in phrase)
+    state = read_resume_file(paused_backward).state
+    with pytest.raises(InputError) as planned:
+        branch_changes(state, {setting: value})
+    assert str(planned.value) == expected
+    with pytest.raises(InputError) as continued:
+        continue_job(state, read_resume_file(paused_backward).source_image, Encoders(),
+                     identity=Transformer(tiny_models.transformer, CPU, F32).identity(), changes={setting: value})
+    assert str(continued.value) == expected
+
+
+def test_a_branch_whose_spliced_prompt_would_be_too_long_is_refused_up_front(paused_backward):
+    """A new prompt within the limit can still make a too long job prompt once the sections done keep the old
+    one (`splice_prompt`); and a job read from an older file whose prompt is already over the limit cannot
+    record it in a branch's lineage. Both are said when the branch is planned, with the limit and the fix."""
+    state = read_resume_file(paused_backward).state
+    half = MAX_PROMPT_CHARS // 2 + 10
+    state.params.prompt = "o" * half  # as the file's prompt (only the text matters to planning)
+    spliced = splice_prompt(state.params.prompt, "n" * half, state.plan, 1)  # [0s] n... [0.8s] o...
+    with pytest.raises(InputError, match=f"branched job's prompt .* would be {len(spliced):,} characters long, more "
+                                         f"than the {MAX_PROMPT_CHARS:,} a job may have: shorten the new prompt"):
+        branch_changes(state, {"prompt": "n" * half})
+    state.params.prompt = "o" * (MAX_PROMPT_CHARS + 1)
+    with pytest.raises(InputError, match="this job's prompt is .* branch it with its prompt kept, or start a new job"):
+        branch_changes(state, {"prompt": B})
+    assert branch_changes(state, {"seed": 3}) == {"seed": [11, 3]}  # the lineage records no prompt then
+
+
+def test_the_cli_refuses_a_bad_branch_before_loading_any_model(paused_backward, tmp_path, capsys):
+    from goan_core.cli import main
+
+    missing = tmp_path / "no_models_here"
+    for option, phrase in ((["--steps", "0"], "steps must be between 1 and 200"),
+                           (["--prompt", "[0s] a [2s] b [1s] c"], "timestamps must increase"),
+                           (["--prompt", "p" * (MAX_PROMPT_CHARS + 1)], "a job may have"),
+                           (["--end-strength", "0.5"], "has no end image")):
+        code = main(["resume", str(paused_backward), "--models", str(missing), "--out", str(tmp_path / "o.mp4"),
+                     *option])
+        err = capsys.readouterr().err
+        assert code == 2 and phrase in err and len(err.strip().splitlines()) == 1, (option, err)
+        assert str(missing) not in err  # refused before the models were looked at

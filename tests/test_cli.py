@@ -122,6 +122,8 @@ def test_generate_with_an_end_image_stores_it(cli_env, tmp_path, capsys):
     (("--resolution", "650"), "multiple of 16"),
     (("--steps", "0"), "steps must be between"),
     (("--cfg", "nan"), "finite"),
+    (("--prompt", "[1s] a boat"), "timed prompt: nothing covers 0s to 1s"),
+    (("--negative-prompt", "n" * 65537), "the negative prompt is 65,537 characters long, more than the 65,536"),
     (("--pause-at", "x"), "SECTION:STEP"),
     (("--crf", "99"), "crf"),
     (("--keep-last", "0"), "keep-last"),

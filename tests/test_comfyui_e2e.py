@@ -1,5 +1,5 @@
 """End to end against a real ComfyUI: the default workflow on the usual files, queue, pause, download,
-upload, resume, compare; cancel; the diffusers-folders workflow.
+upload, resume, compare; cancel; the diffusers-folders and compare-branches workflows.
 
 Runs only when COMFYUI_DIR names a ComfyUI checkout (COMFYUI_PYTHON: an interpreter with ComfyUI's
 requirements and the pack's; default: this one). The checkout is left untouched: the pack is linked
@@ -453,6 +453,68 @@ def test_diffusers_folders_workflow_runs_to_the_end(comfy):
     end, pictures = run(comfy, scenario)
     assert end["type"] == "execution_success", end
     assert pictures.shape == (1 * JOB["lws"] * 4 + 1, 48, 64, 3)  # one section
+
+
+
+def test_compare_workflow_branches_one_paused_job_three_ways(comfy):
+    """The compare example on the usual files: one uploaded pause file, three samplers with three prompts.
+    The sampler whose prompt is the file's resumes the job itself; the other two branch it (new jobs whose
+    lineage names it), each to its own finished resume file. A bad branch (a broken timed prompt) fails in
+    ComfyUI with goan's message before the CLIP it would need is loaded."""
+    import torch
+
+    from comfy_workflow import to_api
+    from goan_core.resumefile import read_resume_file
+
+    image_name = upload_input_image(comfy)
+    ui, prompt = workflow(comfy, "goan_image_to_video.json",
+                          {**sampler_widgets(seed=41), ("LoadImage", "image"): image_name})
+    prompts = [JOB["prompt"], "a storm over the sea", "a calm sea at night"]
+
+    async def scenario(client):
+        paused_id = await client.queue(prompt, ui)
+        await client.wait_until_running(paused_id, section=1, step=0)
+        assert (await client.post_json("/goan/pause", {"prompt_id": paused_id}))[0] == 200
+        note = (await client.wait_for(lambda m: m["type"] == "goan.paused" and m["data"]["prompt_id"] == paused_id,
+                                      what="goan.paused"))["data"]
+        assert (await client.end_of(paused_id))["type"] == "execution_success"
+        data = await client.view({k: note[k] for k in ("filename", "subfolder", "type")})
+        stored = await client.upload_resume(data, "compare.goan_resume")
+        compare_ui, _ = workflow(comfy, "goan_compare_branches.json",
+                                 {**sampler_widgets(seed=41, seconds=0), ("GoanLoadResume", "resume_file"): stored["name"]})
+        samplers = [node for node in compare_ui["nodes"] if node["type"] == "GoanSegmentSampler"]
+        for node, text in zip(samplers, prompts):
+            node["widgets_values"][0] = text  # the first widget (test_workflows checks the order)
+        compare_id = await client.queue(to_api(compare_ui, infos(comfy)), compare_ui)
+        end = await client.end_of(compare_id)
+        assert end["type"] == "execution_success", end
+        _, jobs = await client.get_json("/goan/jobs")
+
+        # a bad branch fails in the sampler's lazy check, before ComfyUI loads the CLIP it would need
+        for node, text in zip(samplers, [prompts[0], prompts[0], "[0s] a [2s] b [1s] c"]):
+            node["widgets_values"][0] = text
+        bad = to_api(compare_ui, infos(comfy))
+        clip_id = next(k for k, v in bad.items() if v["class_type"] == "DualCLIPLoader")
+        bad[clip_id]["inputs"]["device"] = "cpu"  # not in ComfyUI's cache: it would load if asked for
+        bad_id = await client.queue(bad, compare_ui)
+        failed = await client.end_of(bad_id)
+        ran = {m["data"]["node"] for m in client.messages
+               if m["type"] == "executing" and m["data"].get("prompt_id") == bad_id}
+        return note["job_id"], [job for job in jobs["jobs"] if job["prompt_id"] == compare_id], failed, clip_id, ran
+
+    parent, jobs, failed, clip_id, ran = run(comfy, scenario)
+    assert failed["type"] == "execution_error" and "timestamps must increase" in failed["data"]["exception_message"]
+    assert clip_id not in ran, ran
+    assert len(jobs) == 3 and {job["status"] for job in jobs} == {"finished"}
+    states = {job["job_id"]: read_resume_file(comfy["output"] / job["file"]["subfolder"] / job["file"]["filename"]).state
+              for job in jobs}
+    plain = states.pop(parent)
+    assert plain.done and plain.lineage is None and plain.params.prompt == prompts[0]
+    assert len(states) == 2 and all(s.done and s.lineage["parent"] == parent for s in states.values())
+    assert {job["parent"] for job in jobs if job["job_id"] != parent} == {parent}  # the sidebar groups them
+    assert sorted(s.lineage["changes"]["prompt"][0] for s in states.values()) == [prompts[0]] * 2
+    finals = [plain.history_latents] + [s.history_latents for s in states.values()]
+    assert not any(torch.equal(a, b) for i, a in enumerate(finals) for b in finals[i + 1:])
 
 
 # -- current ComfyUI (issue 17): its job API, its asset catalogue ------------------------------------------

@@ -388,3 +388,41 @@ def test_an_end_image_goes_into_the_job_and_its_file(host, loaded, image):
     assert paused.state.end_latent is not None and paused.state.params.end_strength == 0.8
     with zipfile.ZipFile(paused.path) as archive:
         assert "end_image.png" in archive.namelist()
+    # continuing it: blending the end image in (end_embeds) now asks for the image encoder, lazily
+    sampler = N("GoanSegmentSampler")
+    widgets = {**JOB, "end_strength": 0.8}
+    assert sampler.check_lazy_status(resume_state=paused, **widgets, text_encoders=None, image_encoder=None) == []
+    assert sampler.check_lazy_status(resume_state=paused, **{**widgets, "end_embeds": 0.5}, text_encoders=None,
+                                     image_encoder=None) == ["image_encoder"]
+
+
+def test_a_bad_branch_is_refused_before_any_encoder_is_asked_for(host, loaded, image):
+    """check_lazy_status plans a branch before ComfyUI evaluates any encoder input: a bad widget fails there
+    with a new job's message. Once the first generated section is done, another end image or end_strength is
+    refused with the reason; the job's own end image just resumes it."""
+    from goan_pack.goan_core.errors import InputError
+    from goan_pack.goan_core.params import MAX_PROMPT_CHARS
+    from goan_pack.nodes.types import GoanJob
+
+    pause_when(host, 4)  # section 2 of 2, step 1
+    paused, _, _ = run_sampler(loaded, image, autosave_every=0, end_image=image.flip(2))
+    host.on_progress = None
+    assert paused.state.section == 1
+    sampler = N("GoanSegmentSampler")
+    linked = dict(text_encoders=None, image_encoder=None)
+    with pytest.raises(InputError, match="timed prompt: timestamps must increase"):
+        sampler.check_lazy_status(resume_state=paused, **{**JOB, "prompt": "[0s] a [2s] b [1s] c"}, **linked)
+    with pytest.raises(InputError, match=f"negative prompt is .* more than the {MAX_PROMPT_CHARS:,} a job may have"):
+        sampler.check_lazy_status(resume_state=paused, **{**JOB, "negative_prompt": "n" * (MAX_PROMPT_CHARS + 1)},
+                                  **linked)
+    with pytest.raises(InputError, match="the end image only conditions the first generated section"):
+        sampler.check_lazy_status(resume_state=paused, **JOB, end_image=image, **linked)
+    assert sampler.check_lazy_status(resume_state=paused, **JOB, end_image=image.flip(2), **linked) == []
+    bare = GoanJob(state=paused.state.snapshot(), source_image=paused.source_image, status="loaded")
+    bare.state.conditioning = None  # a file saved without embeddings: checked before its encoders are asked for
+    with pytest.raises(InputError, match="steps must be between 1 and 200"):
+        sampler.check_lazy_status(resume_state=bare, **{**JOB, "steps": 0}, **linked)
+    with pytest.raises(InputError, match="end_strength only conditions the first generated section"):
+        run_sampler(loaded, None, resume_state=paused, seconds=0.0, end_strength=0.5)
+    same, _, _ = run_sampler(loaded, None, resume_state=paused, seconds=0.0, end_image=image.flip(2))
+    assert same.status == "finished" and same.state.job_id == paused.state.job_id and same.state.lineage is None

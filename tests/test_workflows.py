@@ -16,6 +16,7 @@ from nodes_helpers import pack  # noqa: F401  (fixture)
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 NAMES = ["goan_image_to_video.json", "goan_resume.json", "goan_diffusers_folders.json", "goan_compare_branches.json"]
+USUAL_FILE_WORKFLOWS = ["goan_image_to_video.json", "goan_resume.json", "goan_compare_branches.json"]
 # The widgets of ComfyUI's loaders (and goan's transformer loader) that name a model file, and its folder.
 FILE_WIDGETS = {"GoanTransformerLoader": {"model": "diffusion_models"},
                 "DualCLIPLoader": {"clip_name1": "text_encoders", "clip_name2": "text_encoders"},
@@ -64,7 +65,7 @@ def by_type(prompt):
     return {node["class_type"]: (node_id, node) for node_id, node in prompt.items()}
 
 
-def test_the_three_graphs_are_wired_as_documented(infos):
+def test_the_graphs_are_wired_as_documented(infos):
     from goan_core.models import usual_file
 
     flow = by_type(to_api(load("goan_image_to_video.json"), infos))
@@ -77,20 +78,23 @@ def test_the_three_graphs_are_wired_as_documented(infos):
     assert flow["GoanSaveResume"][1]["inputs"]["state"] == [gate_id, 2]
     assert sampler["inputs"]["seconds"] == 5.0 and sampler["inputs"]["seed"] == 31337
 
-    for name in ("goan_image_to_video.json", "goan_resume.json"):  # the usual files, through ComfyUI's own loaders
-        graph = by_type(to_api(load(name), infos))
-        inputs = graph["GoanSegmentSampler"][1]["inputs"]
+    for name in USUAL_FILE_WORKFLOWS:  # the usual files, through ComfyUI's own loaders
+        prompt = to_api(load(name), infos)
+        graph = by_type(prompt)
         clip = graph["DualCLIPLoader"][1]["inputs"]
         assert (clip["clip_name1"], clip["clip_name2"], clip["type"]) == (
             usual_file("text_encoder_2").name, usual_file("text_encoder").name, "hunyuan_video")
         assert graph["CLIPVisionLoader"][1]["inputs"]["clip_name"] == usual_file("image_encoder").name
         assert graph["VAELoader"][1]["inputs"]["vae_name"] == usual_file("vae").name
         assert graph["GoanTransformerLoader"][1]["inputs"]["model"] == usual_file("transformer").name
-        assert inputs["clip"] == [graph["DualCLIPLoader"][0], 0]
-        assert inputs["clip_vision"] == [graph["CLIPVisionLoader"][0], 0]  # goan encodes the bucketed crop
-        assert inputs["vae"] == [graph["VAELoader"][0], 0]
-        assert not {"positive", "clip_vision_output", "text_encoders", "image_encoder", "goan_vae"} & set(inputs)
-        assert not {"CLIPTextEncode", "CLIPVisionEncode"} & set(graph)  # one prompt: the sampler's
+        for sampler in (node for node in prompt.values() if node["class_type"] == "GoanSegmentSampler"):
+            inputs = sampler["inputs"]
+            assert inputs["transformer"] == [graph["GoanTransformerLoader"][0], 0]
+            assert inputs["clip"] == [graph["DualCLIPLoader"][0], 0]
+            assert inputs["clip_vision"] == [graph["CLIPVisionLoader"][0], 0]  # goan encodes the bucketed crop
+            assert inputs["vae"] == [graph["VAELoader"][0], 0]
+            assert not {"positive", "clip_vision_output", "text_encoders", "image_encoder", "goan_vae"} & set(inputs)
+        assert not {"CLIPTextEncode", "CLIPVisionEncode"} & set(graph)  # one prompt per sampler: its own
 
     resume = by_type(to_api(load("goan_resume.json"), infos))
     assert resume["GoanSegmentSampler"][1]["inputs"]["resume_state"] == [resume["GoanLoadResume"][0], 0]
@@ -189,10 +193,23 @@ _INFOS: dict = {}
 
 
 def test_the_compare_workflow_branches_one_resume_file_three_ways(infos):
+    """One Load Resume, three samplers with three prompts (continuing: no added length), each with its own
+    gate, video and Save Resume; the loaders are the default workflow's (checked above)."""
     flow = to_api(load("goan_compare_branches.json"), infos)
     loaders = [k for k, v in flow.items() if v["class_type"] == "GoanLoadResume"]
-    samplers = [v for v in flow.values() if v["class_type"] == "GoanSegmentSampler"]
+    samplers = [k for k, v in flow.items() if v["class_type"] == "GoanSegmentSampler"]
     assert len(loaders) == 1 and len(samplers) == 3
-    assert all(s["inputs"]["resume_state"] == [loaders[0], 0] and "text_encoders" in s["inputs"] for s in samplers)
-    assert len({s["inputs"]["prompt"] for s in samplers}) == 3
-    assert sum(v["class_type"] == "GoanSaveResume" for v in flow.values()) == 3
+    assert len({flow[s]["inputs"]["prompt"] for s in samplers}) == 3
+    ends = set()
+    for sampler in samplers:
+        inputs = flow[sampler]["inputs"]
+        assert inputs["resume_state"] == [loaders[0], 0] and "image" not in inputs and inputs["seconds"] == 0.0
+        gate = next(k for k, v in flow.items() if v["class_type"] == "GoanPauseGate"
+                    and v["inputs"]["state"] == [sampler, 0])
+        video = next(k for k, v in flow.items() if v["class_type"] == "CreateVideo"
+                     and v["inputs"]["images"] == [gate, 0])
+        ends |= {next(k for k, v in flow.items() if v["class_type"] == "GoanSaveResume"
+                      and v["inputs"]["state"] == [gate, 2]),
+                 next(k for k, v in flow.items() if v["class_type"] == "SaveVideo"
+                      and v["inputs"]["video"] == [video, 0])}
+    assert len(ends) == 6

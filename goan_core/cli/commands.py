@@ -15,12 +15,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import InputError, ModelFolderError
-from ..jobs import (AutosavePolicy, Encoders, Job, JobControl, RunResult, RunSettings, branch_changes, continue_job,
-                    create_job, goan_encoders, render_frames, run_attention, run_job, signal_pauses)
+from ..jobs import (END_IMAGE, AutosavePolicy, Encoders, Job, JobControl, RunResult, RunSettings, branch_changes,
+                    branch_encoders, continue_job, create_job, goan_encoders, render_frames, run_attention, run_job,
+                    signal_pauses)
 from ..media import load_image, write_mp4
 from ..models import (ModelFiles, ModelSet, Transformer, apply_fp32_output, configure_precision, default_tiny_root,
                       load_model_set, model_dtypes, read_lora, resolve_device, write_tiny_models)
-from ..resumefile import inspect_resume_file, read_resume_file
+from ..resumefile import check_prompts, inspect_resume_file, read_resume_file
 from ..vocabulary import FileKind, Status
 from .parser import branch_request, params_from_args
 
@@ -163,6 +164,7 @@ def finish(runtime: Runtime, result: RunResult, out: Path, crf: int, determinist
 
 def generate(args) -> int:
     params = params_from_args(args)
+    check_prompts(params)  # before any model loads
     check_run_args(args)
     image = load_image(args.image)
     end = load_image(args.end_image) if args.end_image is not None else None
@@ -182,9 +184,12 @@ def resume(args) -> int:
         print(f"goan: note: {note}", file=sys.stderr)
     need_embeddings = data.state.conditioning is None
     request = branch_request(args)
-    changes = branch_changes(data.state.params, request)  # a refused change fails before any model loads
-    need_text = need_embeddings or bool({"prompt", "negative_prompt", "cfg"} & set(changes))
-    runtime = load_runtime(args, need_text=need_text, need_image=need_embeddings)
+    if args.end_image is not None:
+        request[END_IMAGE] = load_image(args.end_image)
+    changes = branch_changes(data.state, request)  # a refused change or bad value fails before any model loads
+    needs = [] if need_embeddings else branch_encoders(data.state, changes)
+    runtime = load_runtime(args, need_text=need_embeddings or bool({"prompt", "negative_prompt"} & set(needs)),
+                           need_image=need_embeddings or "image" in needs)
     settings = run_settings(args, runtime)
     job, warnings = continue_job(data.state, data.source_image, runtime.encoders,
                                  identity=runtime.transformer.identity(), loras=runtime.transformer.lora_uses(),

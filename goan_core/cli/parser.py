@@ -134,14 +134,18 @@ def _add_branch_args(p: argparse.ArgumentParser) -> None:
     group.add_argument("--sampler", choices=SAMPLERS, help="only at a section boundary")
     group.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=None)
     group.add_argument("--teacache-threshold", type=float)
+    group.add_argument("--end-image", type=Path, help="backward mode: another end image, until the first generated "
+                                                      "section is done")
+    group.add_argument("--end-strength", type=float, help="until the first generated section is done")
+    group.add_argument("--end-embeds", type=float, help="while a section still to come blends the end image in")
     for name in ("mode", "lws", "resolution", "seconds"):  # accepted to explain why they cannot change
         group.add_argument(f"--{name}", type=str if name == "mode" else float, help=argparse.SUPPRESS)
 
 
 def branch_request(args) -> dict:
-    """The branching settings given to `resume` (None: keep the file's)."""
+    """The branching settings given to `resume` (None: keep the file's; the end image aside: a path)."""
     names = ("prompt", "negative_prompt", "seed", "steps", "cfg", "gs", "rs", "sampler", "teacache",
-             "teacache_threshold", "mode", "lws", "resolution", "seconds")
+             "teacache_threshold", "end_strength", "end_embeds", "mode", "lws", "resolution", "seconds")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

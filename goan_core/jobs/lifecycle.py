@@ -27,7 +27,8 @@ from ..models import (COMPILE_BACKEND, DEFAULT_GPU_MEMORY_PRESERVATION, Attentio
                       check_compiler, identity_mismatch, lora_difference)
 from ..params import JobParams, LoraUse, canonical_loras
 from ..resumefile import RetentionFolder, check_job
-from ..sampling import Engine, JobState, SectionPlan, StepCallback, decode_history, section_count, to_uint8_frames
+from ..sampling import (Engine, JobState, SectionPlan, StepCallback, check_end_image_mode, decode_history, section_count,
+                        to_uint8_frames)
 from ..vocabulary import Status
 from .branch import branch_job
 from .conditioning import Encoders, LatentCodec, build_conditioning
@@ -106,9 +107,7 @@ def create_job(params: JobParams, image: np.ndarray, encoders: Encoders, *, iden
     check_job(params, plan)  # refuse at once what a resume file of this job could not hold
     end, end_latent = None, None
     if end_image is not None:
-        if params.mode != "backward":
-            raise InputError("an end image needs mode backward: only backward generation starts from the video's "
-                             "end (f1 generates forward from the start image)")
+        check_end_image_mode(params.mode)
         end = resize_and_center_crop(end_image, width, height)
         end_latent = encoders.require("vae", "encoding the end image").encode_start_latent(end).float()
     conditioning, params = build_conditioning(params, source, encoders, end_image=end)

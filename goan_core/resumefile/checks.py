@@ -15,7 +15,7 @@ import torch
 
 from ..errors import InputError, ResumeFileError
 from ..media import bucket_options
-from ..params import FPS, MAX_LORAS, MAX_SECTIONS, JobParams, LoraUse, canonical_loras
+from ..params import FPS, MAX_LORAS, MAX_PROMPT_CHARS, MAX_SECTIONS, JobParams, LoraUse, canonical_loras
 from ..sampling import LATENT_CHANNELS, PROMPT_FIELDS, JobState, SectionPlan, parse_timed_prompt, section_count
 from ..sampling.plan import TEMPORAL_SCALE
 from ..sampling.teacache import MAX_WIDTH, PASSES, packed_tokens
@@ -164,14 +164,33 @@ def check_plan(params: JobParams, plan: SectionPlan, where: Where) -> None:
              f"{format_size(MAX_TOTAL_BYTES)} a resume file may hold (make the video shorter or smaller)")
 
 
+def check_prompts(params: JobParams, names=("prompt", "negative_prompt")) -> None:
+    """Refuse prompt texts a new job or a branch cannot have: InputError naming the limit and the fix.
+
+    Each of `names` (the texts a job or branch brings) may have at most MAX_PROMPT_CHARS characters (a
+    job's files keep them, a branch's lineage its old and new text), and the prompt must be a valid
+    timed prompt. Front ends call this before any model work; reading a resume file does not (older
+    files stay readable).
+    """
+    for name in names:
+        text = getattr(params, name)
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InputError(f"the {name.replace('_', ' ')} is {len(text):,} characters long, more than the "
+                             f"{MAX_PROMPT_CHARS:,} a job may have (its resume files keep it; a timed prompt's parts "
+                             "count together): shorten it")
+    if "prompt" in names:
+        parse_timed_prompt(params.prompt)
+
+
 def check_job(params: JobParams, plan: SectionPlan) -> None:
     """Refuse a job (new, or just extended) that goan could not save and read back: InputError.
 
-    The same settings and plan checks, with the same messages, as reading a resume file applies;
-    call it before the job runs (create_job, extend_job).
+    The same settings and plan checks, with the same messages, as reading a resume file applies, and
+    the prompt checks of `check_prompts`; call it before the job runs (create_job, extend_job).
     """
     try:
         params.validate()
+        check_prompts(params)
         check_plan(params, plan, Where(None, "cannot run this job: "))
     except ResumeFileError as exc:
         raise InputError(exc.problem) from None

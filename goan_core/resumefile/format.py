@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
+from ..params import MAX_PROMPT_CHARS
 from ..sampling import Conditioning, JobState
 
 RESUME_SUFFIX = ".goan_resume"
@@ -72,7 +73,7 @@ RATIO_FLOOR = 1024**2
 MAX_IDENTITY_ENTRIES = 64
 CHUNK_BYTES = 8 * 1024**2  # streaming unit for writing, reading and hashing the state member
 MAX_TEXT = 4096
-MAX_LINEAGE_TEXT = 64 * 1024  # a changed prompt in a branched job's lineage (job_info stays under 1 MiB)
+MAX_LINEAGE_TEXT = MAX_PROMPT_CHARS  # a changed prompt in a branched job's lineage
 # Nesting depth of any JSON goan parses or writes (job_info, params, workflow, safetensors headers,
 # request bodies). ComfyUI graphs, subgraphs included, stay far below; Python's recursion limit
 # (about 1000) is what a deeper document would hit in json.dumps, so the limit sits well under it.

@@ -10,11 +10,15 @@ from .checks import Where
 from .format import MAX_LINEAGE_TEXT, SAFE_NAME
 
 LINEAGE_KEYS = ("changes", "parent", "root", "section", "step")
+# What a branch may change besides the settings: the end image, recorded as [old, new] sha256 hex digests
+# of its cropped pixels ("" for none; see jobs.branch).
+OTHER_CHANGES = ("end_image",)
 
 
 def check_lineage(lineage, where: Where) -> None:
     """job_info's optional "lineage" of a branched job: parent and root job ids (safe names), the section
-    and step it branched at, and `changes` mapping setting names to [old, new] JSON scalars (text bounded).
+    and step it branched at, and `changes` mapping setting names (or `OTHER_CHANGES`) to [old, new] JSON
+    scalars (text bounded).
     """
     fail = where.fail
     if not isinstance(lineage, dict) or sorted(lineage) != sorted(LINEAGE_KEYS):
@@ -26,7 +30,7 @@ def check_lineage(lineage, where: Where) -> None:
         value = lineage[key]
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
             fail(f"lineage.{key} must be a whole number between 0 and {high}, got {str(value)[:40]!r}")
-    changes, settings = lineage["changes"], {f.name for f in fields(JobParams)}
+    changes, settings = lineage["changes"], {f.name for f in fields(JobParams)} | set(OTHER_CHANGES)
     if not isinstance(changes, dict) or not 1 <= len(changes) <= len(settings):
         fail("lineage.changes must map at least one setting to its [old, new] values")
     for name, pair in changes.items():

@@ -15,9 +15,17 @@ from dataclasses import replace
 
 import torch
 
+from ..errors import InputError
 from .plan import SectionPlan
 from .state import Conditioning, JobState
 from .timed import section_prompt
+
+
+def check_end_image_mode(mode: str) -> None:
+    """InputError unless `mode` can have an end image (backward: it generates the video's end first)."""
+    if mode != "backward":
+        raise InputError("an end image needs mode backward: only backward generation starts from the video's end "
+                         "(f1 generates forward from the start image)")
 
 
 def with_end_latent(clean: torch.Tensor, end_latent: torch.Tensor, strength: float) -> torch.Tensor:

@@ -4,7 +4,7 @@
 /** Sampler widgets that hold a job setting of the same name (params.json). */
 export const SETTING_WIDGETS = [
   "prompt", "negative_prompt", "seed", "steps", "cfg", "gs", "rs", "lws", "mode", "resolution", "sampler",
-  "teacache", "teacache_threshold",
+  "teacache", "teacache_threshold", "end_strength", "end_embeds",
 ];
 
 /** {widget name: value} to put into the sampler from a resume file's params (unknown or missing ones left out). */

@@ -13,6 +13,8 @@ test("the sampler's widgets take the file's settings, nothing else", () => {
   assert.deepEqual(widgetValuesFromParams(params),
                    { prompt: "[0s] a cat [2s] a dog", seed: 7, cfg: 1.0, mode: "f1", teacache: false });
   assert.ok(!SETTING_WIDGETS.includes("seconds"));  // the length widget means additional seconds when continuing
+  // the end frame's settings too: a widget left at its default would otherwise branch (or be refused)
+  assert.deepEqual(widgetValuesFromParams({ end_strength: 0.8, end_embeds: 0.5 }), { end_strength: 0.8, end_embeds: 0.5 });
   assert.deepEqual(widgetValuesFromParams(null), {});
 });
 
