@@ -277,3 +277,22 @@ def test_legacy_files_are_refused_on_torch_before_2_6(tmp_path, monkeypatch):
 def test_the_torch_version_is_read_from_torch():
     major, minor = legacy_module.torch_version()
     assert f"{major}.{minor}" == ".".join(torch.__version__.split(".")[:2])
+
+
+@pytest.mark.parametrize("char", ["\x01", "\U0001F408"])  # the longest in JSON (\u0001), the longest in UTF-8
+def test_a_branch_of_the_longest_prompts_writes_a_file_goan_reads(tmp_path, char):
+    """Prompt and negative prompt at the length limit, both changed in a branch: job_info's lineage holds
+    all four, and the file must still be within the reader's limits (a file goan writes, goan reads)."""
+    import dataclasses
+
+    from goan_core.params import MAX_PROMPT_CHARS
+
+    state = make_state(cfg=2.0)
+    old, new = char * MAX_PROMPT_CHARS, "b" + char * (MAX_PROMPT_CHARS - 1)
+    params = dataclasses.replace(state.params, prompt=new, negative_prompt=new)
+    lineage = {"parent": "job-0", "root": "job-0", "section": 1, "step": 0,
+               "changes": {"prompt": [old, new], "negative_prompt": [old, new]}}
+    state = dataclasses.replace(state, params=params, lineage=lineage)
+    path = write_resume_file(state, tmp_path / "branch.goan_resume", source_image=source_image())
+    data = read_resume_file(path)
+    assert data.state.lineage == lineage and data.state.params.prompt == new

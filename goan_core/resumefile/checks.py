@@ -22,7 +22,7 @@ from ..sampling.teacache import MAX_WIDTH, PASSES, packed_tokens
 from .format import (COND_FIELDS, COND_MASKS, COND_NEGATIVE, COND_PREFIX, COND_REQUIRED, DTYPE_SIZES, END_LATENT,
                      FLOAT_CODES, GENERATOR, GENERATOR_STATE_BYTES, HISTORY, IMAGE_AREA_FACTOR, MASK_CODES,
                      MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_CONDITIONING_BYTES, MAX_HEADER_BYTES, MAX_IDENTITY_ENTRIES,
-                     MAX_IMAGE_BYTES, MAX_JSON_BYTES, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_TOTAL_BYTES,
+                     MAX_IMAGE_BYTES, MAX_JOB_INFO_BYTES, MAX_JSON_BYTES, MAX_SAMPLER_OUTPUTS, MAX_TEXT, MAX_TOTAL_BYTES,
                      MAX_WORKFLOW_BYTES, SAFE_NAME, SAMPLER_OUTPUTS, SAMPLER_X, START, TEACACHE_PREFIX,
                      TEACACHE_TENSORS, TensorTable)
 from .atomic import format_size
@@ -118,7 +118,7 @@ def job_file_bytes(plan: SectionPlan) -> int:
     biggest = max(_tensor_bytes(plan, Position(plan.total_sections, 0, False, 0)),
                   _tensor_bytes(plan, Position(last, MAX_SAMPLER_OUTPUTS, True, MAX_SAMPLER_OUTPUTS)))
     return (biggest + MAX_HEADER_BYTES + 8 + MAX_CONDITIONING_BYTES + image_bytes_limit(plan)
-            + MAX_WORKFLOW_BYTES + 2 * MAX_JSON_BYTES)
+            + MAX_WORKFLOW_BYTES + MAX_JSON_BYTES + MAX_JOB_INFO_BYTES)
 
 
 def image_pixels_limit(plan: SectionPlan) -> int:

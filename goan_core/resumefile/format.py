@@ -62,13 +62,16 @@ MAX_SAMPLER_OUTPUTS = 3  # UniPC bh1 keeps at most this many past model outputs
 # Limits against hostile or broken files. A 60 s 640x480 job's history is about 145 MB in float32.
 MAX_MEMBERS = 8
 MAX_TOTAL_BYTES = 4 * 1024**3
-MAX_JSON_BYTES = 1024**2
+MAX_JSON_BYTES = 1024**2  # params.json: its two prompts take at most 2 x 65,536 characters x 6 bytes
+# job_info of a branch whose prompt and negative prompt both changed holds four prompts in its lineage:
+# 4 x 65,536 characters, up to 6 bytes each in JSON (a control character is written as \u0001).
+MAX_JOB_INFO_BYTES = 4 * 1024**2
 MAX_WORKFLOW_BYTES = 8 * 1024**2  # ComfyUI graphs with many nodes and notes outgrow 1 MiB
 MAX_IMAGE_BYTES = 64 * 1024**2
 MAX_IMAGE_SIDE = 8192
 MAX_CONDITIONING_BYTES = 256 * 1024**2
 MAX_HEADER_BYTES = 1024**2
-MAX_RATIO = 100  # deflate ratio allowed for members above RATIO_FLOOR; goan stores big members raw
+MAX_RATIO = 100  # deflate ratio allowed for members above RATIO_FLOOR; goan stores members that large raw
 RATIO_FLOOR = 1024**2
 MAX_IDENTITY_ENTRIES = 64
 CHUNK_BYTES = 8 * 1024**2  # streaming unit for writing, reading and hashing the state member

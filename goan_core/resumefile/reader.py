@@ -31,7 +31,8 @@ from .checks import (Position, Where, check_identity, check_image_size, check_lo
                      check_run_info, check_teacache, check_tensor_table, check_values, expected_bytes,
                      image_bytes_limit)
 from .format import (COND_PREFIX, END_IMAGE, END_LATENT, FORMAT, FORMAT_VERSION, GENERATOR, HISTORY,
-                     IMAGE_AREA_FACTOR, JOB_INFO, MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_SAMPLER_OUTPUTS, MAX_TEXT,
+                     IMAGE_AREA_FACTOR, JOB_INFO, MAX_ABS_EMBEDDING, MAX_ABS_LATENT, MAX_JOB_INFO_BYTES, MAX_JSON_BYTES,
+                     MAX_JSON_DEPTH, MAX_SAMPLER_OUTPUTS, MAX_TEXT,
                      MAX_WORKFLOW_BYTES, OPTIONAL_MEMBERS, PARAMS, REQUIRED_MEMBERS, SAMPLER_OUTPUTS, SAMPLER_X,
                      SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, TORCH_DTYPES, WORKFLOW, ResumeData, ResumeSummary)
 from .legacy import read_legacy
@@ -180,7 +181,7 @@ def _read_job_info(archive: "SafeArchive") -> tuple[dict, SectionPlan, Position]
     path = archive.path
     if JOB_INFO not in archive.names:
         raise ResumeFileError(path, f"it lacks {JOB_INFO}, so it is not a goan resume file (or is incomplete)")
-    info = load_json(archive.read(JOB_INFO, MAX_JSON_BYTES), JOB_INFO, path)
+    info = load_json(archive.read(JOB_INFO, MAX_JOB_INFO_BYTES), JOB_INFO, path)
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ResumeFileError(path, f"{JOB_INFO} does not say format {FORMAT!r}: this is not a goan resume file")
     version = info.get("format_version")

@@ -27,8 +27,8 @@ from .atomic import atomic_writer, check_free_space, format_size
 from .checks import (Where, check_identity, check_image_size, check_loras, check_plan, check_position, check_run_info,
                      check_teacache, check_tensor_table, check_values, image_bytes_limit, position_of)
 from .format import (CHUNK_BYTES, COND_PREFIX, DTYPE_CODES, END_IMAGE, END_LATENT, FORMAT, FORMAT_VERSION,
-                     GENERATOR, HISTORY, JOB_INFO, MAX_IMAGE_SIDE, MAX_JSON_DEPTH, MAX_WORKFLOW_BYTES, PARAMS, SAMPLER_OUTPUTS, SAMPLER_X,
-                     SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, WORKFLOW)
+                     GENERATOR, HISTORY, JOB_INFO, MAX_IMAGE_SIDE, MAX_JSON_DEPTH, MAX_WORKFLOW_BYTES, PARAMS, RATIO_FLOOR, SAMPLER_OUTPUTS,
+                     SAMPLER_X, SOURCE_IMAGE, START, STATE, TEACACHE_PREFIX, WORKFLOW)
 from .lineage import check_lineage
 
 log = logging.getLogger("goan")
@@ -64,22 +64,28 @@ def write_resume_file(state: JobState, path: str | Path, *, source_image, workfl
     checksums = {name: hashlib.sha256(data).hexdigest() for name, data in others.items()}
     with atomic_writer(path) as fh, zipfile.ZipFile(fh, "w") as archive:
         for name, data in others.items():
-            archive.writestr(_zip_entry(name, stamp), data)
-        entry = _zip_entry(STATE, stamp)
+            archive.writestr(_zip_entry(name, stamp, len(data)), data)
+        entry = _zip_entry(STATE, stamp, state_size)
         entry.file_size = state_size
         with archive.open(entry, "w", force_zip64=state_size > 2**31) as member:
             checksums[STATE] = _write_hashed(member, [memoryview(header)] + [_raw_bytes(t) for t in tensors.values()],
                                              fh)
         job_info = {**_job_info(state, with_embeddings, kind, checksums), **({} if run is None else {"run": run})}
-        archive.writestr(_zip_entry(JOB_INFO, stamp), _json_bytes(job_info))
+        data = _json_bytes(job_info)
+        archive.writestr(_zip_entry(JOB_INFO, stamp, len(data)), data)
     return path
 
 
-def _zip_entry(name: str, stamp) -> zipfile.ZipInfo:
-    """A regular-file entry; JSON is deflated, images and tensors are stored as they are."""
+def _zip_entry(name: str, stamp, size: int) -> zipfile.ZipInfo:
+    """A regular-file entry of `size` bytes; JSON is deflated, images and tensors are stored as they are.
+
+    JSON over RATIO_FLOOR is stored too: the reader refuses large members deflated beyond MAX_RATIO
+    (zip bombs), and long repetitive prompts (a lineage holds up to four) deflate that well.
+    """
     info = zipfile.ZipInfo(name, date_time=stamp)
     info.external_attr = (stat.S_IFREG | 0o644) << 16
-    info.compress_type = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
+    deflate = name.endswith(".json") and size <= RATIO_FLOOR
+    info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
     return info
 
 
