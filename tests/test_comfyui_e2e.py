@@ -459,8 +459,9 @@ def test_diffusers_folders_workflow_runs_to_the_end(comfy):
 def test_compare_workflow_branches_one_paused_job_three_ways(comfy):
     """The compare example on the usual files: one uploaded pause file, three samplers with three prompts.
     The sampler whose prompt is the file's resumes the job itself; the other two branch it (new jobs whose
-    lineage names it), each to its own finished resume file. A bad branch (a broken timed prompt) fails in
-    ComfyUI with goan's message before the CLIP it would need is loaded."""
+    lineage names it), each to its own resume file. Each sampler is its own job in /goan/jobs (the browser's
+    rows), and a pause naming the third sampler pauses that branch alone. A bad branch (a broken timed
+    prompt) fails in ComfyUI with goan's message before the CLIP it would need is loaded."""
     import torch
 
     from comfy_workflow import to_api
@@ -486,9 +487,25 @@ def test_compare_workflow_branches_one_paused_job_three_ways(comfy):
         for node, text in zip(samplers, prompts):
             node["widgets_values"][0] = text  # the first widget (test_workflows checks the order)
         compare_id = await client.queue(to_api(compare_ui, infos(comfy)), compare_ui)
+        # a row per sampler: goan's queue word names each, and a pause names its sampler; the third
+        # branch is paused before it starts (or while it runs, if ComfyUI runs it first)
+        first = await client.wait_until_running(compare_id, section=1, step=0)
+        _, listing = await client.get_json("/goan/jobs")
+        third = str(samplers[2]["id"])
+        pause = await client.post_json("/goan/pause", {"prompt_id": compare_id, "node_id": third})
         end = await client.end_of(compare_id)
         assert end["type"] == "execution_success", end
         _, jobs = await client.get_json("/goan/jobs")
+        resumed = [m["data"] for m in client.messages
+                   if m["type"] == "goan.resumed" and m["data"]["prompt_id"] == compare_id]
+        queue = [entry for entry in listing["queue"] if entry["prompt_id"] == compare_id]
+        assert sorted(entry["node_id"] for entry in queue) == sorted(str(node["id"]) for node in samplers)
+        assert pause == (200, {"status": "pausing", "prompt_id": compare_id}), (pause, first)
+        assert sorted(m["node_id"] for m in resumed) == sorted(str(node["id"]) for node in samplers)
+        mine = [job for job in jobs["jobs"] if job["prompt_id"] == compare_id]
+        # read now: the bad run below may resume the parent job again, and its retention keeps the newest files
+        states = {job["job_id"]: read_resume_file(comfy["output"] / job["file"]["subfolder"] / job["file"]["filename"]).state
+                  for job in mine}
 
         # a bad branch fails in the sampler's lazy check, before ComfyUI loads the CLIP it would need
         for node, text in zip(samplers, [prompts[0], prompts[0], "[0s] a [2s] b [1s] c"]):
@@ -500,21 +517,21 @@ def test_compare_workflow_branches_one_paused_job_three_ways(comfy):
         failed = await client.end_of(bad_id)
         ran = {m["data"]["node"] for m in client.messages
                if m["type"] == "executing" and m["data"].get("prompt_id") == bad_id}
-        return note["job_id"], [job for job in jobs["jobs"] if job["prompt_id"] == compare_id], failed, clip_id, ran
+        return note["job_id"], mine, states, third, failed, clip_id, ran
 
-    parent, jobs, failed, clip_id, ran = run(comfy, scenario)
+    parent, jobs, states, third, failed, clip_id, ran = run(comfy, scenario)
     assert failed["type"] == "execution_error" and "timestamps must increase" in failed["data"]["exception_message"]
     assert clip_id not in ran, ran
-    assert len(jobs) == 3 and {job["status"] for job in jobs} == {"finished"}
-    states = {job["job_id"]: read_resume_file(comfy["output"] / job["file"]["subfolder"] / job["file"]["filename"]).state
-              for job in jobs}
+    assert len(jobs) == 3 and len({job["node_id"] for job in jobs}) == 3
+    assert {job["node_id"]: job["status"] for job in jobs if job["status"] != "finished"} == {third: "paused"}
     plain = states.pop(parent)
     assert plain.done and plain.lineage is None and plain.params.prompt == prompts[0]
-    assert len(states) == 2 and all(s.done and s.lineage["parent"] == parent for s in states.values())
+    assert len(states) == 2 and all(s.lineage["parent"] == parent for s in states.values())
+    assert sorted(s.done for s in states.values()) == [False, True]  # the paused branch can go on later
     assert {job["parent"] for job in jobs if job["job_id"] != parent} == {parent}  # the sidebar groups them
     assert sorted(s.lineage["changes"]["prompt"][0] for s in states.values()) == [prompts[0]] * 2
-    finals = [plain.history_latents] + [s.history_latents for s in states.values()]
-    assert not any(torch.equal(a, b) for i, a in enumerate(finals) for b in finals[i + 1:])
+    finals = [plain.history_latents] + [s.history_latents for s in states.values() if s.done]
+    assert not torch.equal(*finals)
 
 
 # -- current ComfyUI (issue 17): its job API, its asset catalogue ------------------------------------------
