@@ -54,11 +54,20 @@ BRANCH_WIDGETS = {"prompt": None, "negative_prompt": None, "seed": int, "steps":
                   "resolution": int, "end_strength": float, "end_embeds": float}
 
 
-def branch_request(inputs: dict) -> dict:
-    """The settings the sampler's inputs ask of a continued job (`jobs.branch_changes`): its widgets, and a
-    connected end_image (IMAGE) as the end image (then cropped to the job's frame)."""
+def branch_request(inputs: dict, state) -> dict:
+    """The settings the sampler's inputs ask of continued job `state` (`jobs.branch_changes`): its widgets, and
+    a connected end_image (IMAGE) as the end image (then cropped to the job's frame).
+
+    A natively conditioned job's prompts are its saved embeddings: its prompt widgets are left out (in such
+    workflows they often hold text that never conditioned anything), with a warning when they hold text.
+    """
     request = {name: inputs[name] if read is None else read(inputs[name]) for name, read in BRANCH_WIDGETS.items()
                if inputs.get(name) is not None}
+    if state.params.prompt_source == "native":
+        texts = [name for name in ("prompt", "negative_prompt") if str(request.pop(name, "")).strip()]
+        if texts:
+            log.warning("goan: this job was conditioned natively (CONDITIONING made elsewhere): its saved embeddings "
+                        "condition the rest of it, not the %s widget text", " and ".join(texts))
     if inputs.get("end_image") is not None:
         request[END_IMAGE] = image_to_uint8(inputs["end_image"])
     return request
@@ -273,7 +282,7 @@ class GoanSegmentSampler:
             want("image")
             cfg = inputs.get("cfg", 1.0)
         elif isinstance(job, GoanJob):  # a branch is checked here, before any encoder loads; it may need some
-            changes = branch_changes(job.state, branch_request(inputs))
+            changes = branch_changes(job.state, branch_request(inputs, job.state))
             if job.state.conditioning is not None:
                 for piece in branch_encoders(job.state, changes):
                     want_source(piece)
@@ -321,11 +330,14 @@ class GoanSegmentSampler:
                                hide_autosaves=True)  # out of ComfyUI's asset catalogue (resumefile.retention)
         run_attention(transformer, settings)  # an attention kernel or compiler missing here: said before any work
         if resume_state is not None:
+            if not isinstance(resume_state, GoanJob):
+                raise InputError("resume_state: expected a goan state (Load Resume or a sampler), got "
+                                 f"{type(resume_state).__name__}")
             changes = branch_request(dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                                           cfg=cfg, gs=gs, rs=rs, sampler=sampler, teacache=teacache,
                                           teacache_threshold=teacache_threshold, mode=mode, lws=lws,
                                           resolution=resolution, end_strength=end_strength, end_embeds=end_embeds,
-                                          end_image=end_image))
+                                          end_image=end_image), resume_state.state)
             job, resumed_from = self._continue(resume_state, transformer, float(seconds), encoders, workflow, changes,
                                                bool(accept_lora_difference))
         else:
@@ -349,8 +361,6 @@ class GoanSegmentSampler:
     def _continue(saved, transformer: Transformer, seconds: float, encoders: Encoders, workflow, changes: dict,
                   accept_lora_difference: bool = False):
         """The saved job continued; widgets that differ from its settings branch it (`jobs.branch`)."""
-        if not isinstance(saved, GoanJob):
-            raise InputError(f"resume_state: expected a goan state (Load Resume or a sampler), got {type(saved).__name__}")
         try:
             job, warnings = continue_job(saved.state, saved.source_image, encoders, identity=transformer.identity(),
                                          loras=transformer.lora_uses(), accept_lora_difference=accept_lora_difference,

@@ -108,3 +108,14 @@ def run_sampler(loaded, image=None, **overrides):
     from goan_pack.nodes import NODE_CLASS_MAPPINGS as N
 
     return N["GoanSegmentSampler"]().execute(**sampler_args(loaded, image, **overrides))
+
+
+def pause_when(host, value):
+    """Ask for a pause (as POST /goan/pause does) once the step progress bar reaches `value`."""
+    from goan_pack.nodes.jobs import REGISTRY
+
+    def hook(bar):
+        if bar.current == value and bar.total > 2 and REGISTRY.jobs() and REGISTRY.jobs()[0]["status"] == "running":
+            assert REGISTRY.request_pause(PROMPT_ID) is not None
+
+    host.on_progress = hook

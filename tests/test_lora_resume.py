@@ -22,7 +22,7 @@ from nodes_helpers import *  # noqa: F401,F403  (fixtures)
 from nodes_helpers import run_sampler
 import test_cli
 from test_cli import cli_env, run_main  # noqa: F401  (fixture)
-from test_nodes import pause_when
+from nodes_helpers import pause_when
 from test_offload import image as job_image
 from test_offload import params
 

@@ -9,24 +9,13 @@ import pytest
 import torch
 
 from nodes_helpers import *  # noqa: F401,F403  (fixtures)
-from nodes_helpers import JOB, PROMPT_ID, run_sampler, sampler_args
+from nodes_helpers import JOB, PROMPT_ID, pause_when, run_sampler, sampler_args
 
 
 def N(name):
     from goan_pack.nodes import NODE_CLASS_MAPPINGS
 
     return NODE_CLASS_MAPPINGS[name]()
-
-
-def pause_when(host, value):
-    """Ask for a pause (as POST /goan/pause does) once the step progress bar reaches `value`."""
-    from goan_pack.nodes.jobs import REGISTRY
-
-    def hook(bar):
-        if bar.current == value and bar.total > 2 and REGISTRY.jobs() and REGISTRY.jobs()[0]["status"] == "running":
-            assert REGISTRY.request_pause(PROMPT_ID) is not None
-
-    host.on_progress = hook
 
 
 def events(host, name):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nodes_helpers import *  # noqa: F401,F403  (fixtures)
-from nodes_helpers import JOB, run_sampler
+from nodes_helpers import JOB, pause_when, run_sampler
 
 
 class FakeComfyVAE:
@@ -232,6 +232,31 @@ def test_native_conditioning_is_recorded_as_such_and_resumes_without_encoders(ho
     with pytest.raises(InputError, match="native conditioning"):
         continue_job(bare, saved.source_image, node_encoders(text_encoders=text, image_encoder=image_encoder,
                                                              goan_vae=vae), identity=transformer.identity())
+
+
+def test_a_native_jobs_prompt_is_never_silently_branched(host, loaded, image, encoded, caplog):
+    """Asked for another prompt (the CLI's --prompt), a natively conditioned job refuses with the reason; the
+    sampler's prompt widgets, unused in such workflows, are left out with a warning, and the job goes on."""
+    from goan_pack.goan_core.errors import InputError
+    from goan_pack.goan_core.jobs import branch_changes
+    from goan_pack.goan_core.resumefile import read_resume_file
+
+    (embeds, mask, pooled), _, image_embeds = encoded
+    native = dict(text_encoders=None, image_encoder=None, positive=comfy_conditioning(embeds, mask, pooled),
+                  clip_vision_output=SimpleNamespace(last_hidden_state=image_embeds))
+    pause_when(host, 1)
+    paused, _, _ = run_sampler(loaded, image, seconds=0.3, steps=3, autosave_every=0, **native)
+    assert paused.status == "paused"
+    state = read_resume_file(paused.path).state
+    for name in ("prompt", "negative_prompt"):
+        with pytest.raises(InputError, match=f"conditioned natively .* its {name.replace('_', ' ')} is its saved"):
+            branch_changes(state, {name: "a new text"})
+    assert branch_changes(state, {"prompt": "", "seed": 5}) == {"seed": [state.params.seed, 5]}
+    with caplog.at_level("WARNING"):
+        resumed, _, _ = run_sampler(loaded, None, resume_state=paused, prompt="a leftover widget text", seconds=0.0,
+                                    steps=3, autosave_every=0, **native)
+    assert resumed.status == "finished" and resumed.state.job_id == state.job_id  # the same job, not a branch
+    assert "not the prompt widget text" in caplog.text
 
 
 def test_only_the_first_connected_source_of_each_piece_is_evaluated(pack):

@@ -76,9 +76,13 @@ def _requested_changes(params: JobParams, requested: dict) -> dict[str, list]:
     """
     changes = {}
     for name, value in requested.items():
-        if value is None or name == END_IMAGE or (
-                params.prompt_source == "native" and name in ("prompt", "negative_prompt")):
-            continue  # a natively conditioned job's prompt is its CONDITIONING input, never a text goan saw
+        if value is None or name == END_IMAGE:
+            continue
+        if params.prompt_source == "native" and name in ("prompt", "negative_prompt") and value != getattr(params, name):
+            what = name.replace("_", " ")
+            raise InputError(f"this job was conditioned natively (a ComfyUI CONDITIONING made elsewhere): its {what} "
+                             f"is its saved embeddings, not a text goan can change or splice. Continue it without a "
+                             f"{what}, or start a new job for another one")
         if name in SHAPE:
             if value != getattr(params, name):
                 raise InputError(f"cannot change {name} ({getattr(params, name)!r} -> {value!r}) when continuing a "
