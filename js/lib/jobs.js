@@ -441,6 +441,8 @@ export function statusText(job) {
     [STATUS.CANCELLED]: "Cancelled",
   }[job.status] || job.status;
   const parts = [base];
+  // its prompt runs, its sampler has not started: loaders first, or another branch of the prompt
+  if (job.status === STATUS.RUNNING && job.step === null && !job.progress) parts.push("waiting to start");
   if (job.total_sections) parts.push(`section ${Math.min((job.section ?? 0) + 1, job.total_sections)}/${job.total_sections}`);
   if (job.steps) parts.push(`step ${job.step ?? 0}/${job.steps}`);
   if (job.progress && job.progress.max && !isTerminal(job.status)) {

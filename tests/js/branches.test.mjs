@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { widgetValuesFromParams, SETTING_WIDGETS, groupBranches } from "../../js/lib/branches.js";
 import {
   emptyState, applyServerJobs, applyEvent, applyQueue, applyNativeQueue, applyNativeJob, listJobs, findJob, jobKey,
-  samplerNodeIds, nodeRunningJob, runningJob, markPausing, markCancelled,
+  samplerNodeIds, nodeRunningJob, runningJob, markPausing, markCancelled, statusText,
 } from "../../js/lib/jobs.js";
 import { rowView } from "../../js/lib/rows.js";
 
@@ -48,6 +48,7 @@ test("three samplers branching one file in one prompt: three rows, each with its
   assert.ok(s.order.every((k) => s.jobs[k].status === "queued"));
   s = applyEvent(s, "execution_start", { prompt_id: "p" });
   assert.ok(s.order.every((k) => s.jobs[k].status === "running"));
+  assert.equal(statusText(row(s, "6")), "Running · waiting to start");
   for (const [node, job] of [["4", "job-b1"], ["5", "job-b2"], ["6", "job-b3"]]) {
     s = applyEvent(s, "goan.resumed", { prompt_id: "p", node_id: node, job_id: job, section: 1, step: 0, parent: "job-a", root: "job-a" });
   }
