@@ -84,13 +84,13 @@ class JobRegistry:
         """Register a running job (with the parent and root of its `lineage` when it is a branch); a pause
         asked for before it started applies now."""
         with self._lock:
-            entry = next((e for e in self._entries if e.prompt_id == prompt_id and e.pending
-                          and e.node_id in (None, node_id)), None)
+            entry = next((e for e in self._entries if e.prompt_id == prompt_id and e.pending and e.node_id == node_id),
+                         None)
             if entry is None:
                 entry = JobEntry(prompt_id, node_id)
                 self._entries.append(entry)
             else:
-                entry.pending, entry.node_id = False, node_id or entry.node_id
+                entry.pending = False
             entry.job_id, entry.section, entry.step = job_id, section, step
             entry.total_sections, entry.steps = total_sections, steps
             entry.parent, entry.root = (lineage["parent"], lineage["root"]) if lineage else (None, None)

@@ -131,15 +131,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".sft")
 
 def list_files(folder_kind: str) -> list[str]:
     """Names (relative, '/'-separated) of the .safetensors files in ComfyUI's `folder_kind` model folders."""
-    files = []
-    for base in HOST.folder_paths(folder_kind):
-        base = Path(base)
+    files = set()
+    for base in map(Path, HOST.folder_paths(folder_kind)):
         if base.is_dir():
-            for path in sorted(base.rglob("*")):
-                if path.suffix.lower() in WEIGHT_SUFFIXES and path.is_file():
-                    name = path.relative_to(base).as_posix()
-                    if name not in files:
-                        files.append(name)
+            files.update(path.relative_to(base).as_posix() for path in base.rglob("*")
+                         if path.suffix.lower() in WEIGHT_SUFFIXES and path.is_file())
     return sorted(files)
 
 
@@ -157,7 +153,6 @@ def find_file(folder_kind: str, name: str, what: str) -> Path:
             return target
     raise ModelFolderError(f"{name!r}: no such {what} file in {', '.join(looked) or folder_kind}; "
                            "put it there and refresh (press R)")
-
 
 
 def _dtype(name: str, device, role: str):

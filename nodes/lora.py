@@ -7,27 +7,18 @@ only acts while a sampler runs with that handle (goan_core.models.lora).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..goan_core.errors import InputError
 from ..goan_core.models import Transformer, read_lora
 from ..goan_core.params import LORA_STRENGTH
-from .adapter import HOST
-from .loaders import _or_none, find_file
+from .loaders import _or_none, find_file, list_files
 from .types import CATEGORY, TRANSFORMER
 
 FOLDER = "loras"
-SUFFIXES = (".safetensors", ".sft")
 
 
 def lora_choices() -> list[str]:
     """The .safetensors files below ComfyUI's loras folders, '/'-separated names relative to their folder."""
-    found = set()
-    for base in map(Path, HOST.folder_paths(FOLDER)):
-        if base.is_dir():
-            found.update(p.relative_to(base).as_posix() for p in base.rglob("*")
-                         if p.suffix.lower() in SUFFIXES and p.is_file())
-    return sorted(found)
+    return list_files(FOLDER)
 
 
 class GoanLora:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from goan_core.errors import InputError
-from goan_core.jobs import Encoders, JobSaver, branch_changes, continue_job, goan_encoders, sample_job
+from goan_core.jobs import Encoders, JobSaver, branch_changes, continue_job, sample_job
 from goan_core.models import Transformer
 from goan_core.params import MAX_PROMPT_CHARS, JobParams
 from goan_core.resumefile import RetentionFolder, check_prompts, read_resume_file
@@ -13,9 +13,8 @@ from goan_core.sampling import (Engine, SectionPlan, parse_timed_prompt, section
                                 splice_prompt)
 from goan_core.vocabulary import Status
 
-from job_helpers import new_job_state
+from job_helpers import CPU, F32, branch, new_job_state
 
-CPU, F32 = torch.device("cpu"), torch.float32
 A, B = "waves roll onto a beach", "a storm rises over the sea"
 
 
@@ -41,13 +40,6 @@ def paused_file(models, tmp_path, mode, point, **overrides):
     result = run(models, state, tmp_path, pause_at=point)
     assert result.status is Status.PAUSED
     return result.resume_file
-
-
-def branch(models, path, **changes):
-    data = read_resume_file(path)
-    job, _ = continue_job(data.state, data.source_image, goan_encoders(models, CPU, F32),
-                          identity=Transformer(models.transformer, CPU, F32).identity(), changes=changes)
-    return job.state
 
 
 def finished(models, state, tmp_path):

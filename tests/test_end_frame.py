@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from goan_core.errors import InputError
-from goan_core.jobs import JobSaver, continue_job, create_job, goan_encoders, sample_job
+from goan_core.jobs import JobSaver, create_job, goan_encoders, sample_job
 from goan_core.models import Transformer
 from goan_core.params import JobParams
 from goan_core.resumefile import RetentionFolder, read_resume_file
 from goan_core.sampling import Engine
 from goan_core.vocabulary import Status
 
-CPU, F32 = torch.device("cpu"), torch.float32
+from job_helpers import CPU, F32, branch
 
 
 def start_image():
@@ -88,13 +88,6 @@ def paused(models, tmp_path, point, **overrides):
     result = sample_job(Engine(models.transformer, CPU, F32), job.state, saver, pause_at=point, save_finished=False)
     assert result.status is Status.PAUSED
     return result.resume_file
-
-
-def branch(models, path, **changes):
-    data = read_resume_file(path)
-    job, _ = continue_job(data.state, data.source_image, goan_encoders(models, CPU, F32),
-                          identity=Transformer(models.transformer, CPU, F32).identity(), changes=changes)
-    return job.state
 
 
 def finish(models, state):

@@ -22,7 +22,7 @@ export function emptyState() {
   return { jobs: {}, order: [] };
 }
 
-/** The key of the row of sampler `nodeId` (its execution id) in prompt `promptId`. */
+/** The key of the row of sampler `nodeId` (its execution id, a string; null: not known) in prompt `promptId`. */
 export function jobKey(promptId, nodeId) {
   return `${promptId}@${nodeId ?? ""}`;
 }
@@ -37,7 +37,7 @@ export function rowsOfPrompt(state, promptId) {
  * the prompt's only row (null when it has several), else a new row's key.
  */
 function keyFor(state, promptId, nodeId) {
-  if (nodeId !== null && nodeId !== undefined) return jobKey(promptId, String(nodeId));
+  if (nodeId != null) return jobKey(promptId, String(nodeId));
   const rows = rowsOfPrompt(state, promptId);
   if (rows.length > 1) return null;
   return rows.length ? rows[0] : jobKey(promptId, null);
@@ -54,7 +54,7 @@ function blank(promptId, nodeId) {
     key: jobKey(promptId, nodeId),
     prompt_id: promptId,
     status: STATUS.QUEUED,
-    node_id: nodeId ?? null,
+    node_id: nodeId,
     job_id: null,
     section: null,
     total_sections: null,
@@ -76,7 +76,7 @@ function put(state, promptId, nodeId, patch) {
   const key = keyFor(state, promptId, nodeId);
   if (key === null) return state; // several samplers and no word on which: /goan/jobs will say
   const prev = state.jobs[key];
-  const job = { ...(prev || blank(promptId, nodeId === undefined || nodeId === null ? null : String(nodeId))), ...patch };
+  const job = { ...(prev || blank(promptId, nodeId == null ? null : String(nodeId))), ...patch };
   const jobs = { ...state.jobs, [key]: job };
   const order = prev ? state.order : [...state.order, key];
   return { jobs, order };
@@ -280,10 +280,9 @@ export function applyServerJobs(state, payload) {
   for (const j of (payload && payload.jobs) || []) {
     if (!j || !j.prompt_id) continue;
     const patch = {};
-    for (const k of ["job_id", "node_id", "section", "total_sections", "step", "steps", "skipped", "error", "parent", "root"]) {
+    for (const k of ["job_id", "section", "total_sections", "step", "steps", "skipped", "error", "parent", "root"]) {
       if (j[k] !== undefined) patch[k] = j[k];
     }
-    delete patch.node_id; // part of the row's key
     const key = keyFor(s, j.prompt_id, j.node_id);
     if (key === null) continue;
     if (SERVER_STATUSES.has(j.status)) {
